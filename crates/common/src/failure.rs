@@ -1,0 +1,171 @@
+//! [`FailureStore`]: wraps a store and makes chosen operations fail (feature `testing`), to test
+//! what callers do when S3 errors: abort uploads, surface EIO, never serve wrong bytes.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{ErrorKind, StoreError, StoreResult};
+pub use crate::memory::Op;
+use crate::store::*;
+
+#[derive(Debug, Clone, Copy)]
+struct Injected {
+    kind: ErrorKind,
+    /// `None`: fail every time.
+    remaining: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct FailureStore<S> {
+    inner: S,
+    failures: Mutex<HashMap<Op, Injected>>,
+}
+
+impl<S: ObjectStore> FailureStore<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Make the next `times` requests of `op` fail with `kind`.
+    pub fn fail_next(&self, op: Op, kind: ErrorKind, times: u32) {
+        self.set(
+            op,
+            Injected {
+                kind,
+                remaining: Some(times),
+            },
+        );
+    }
+
+    /// Make every request of `op` fail with `kind` until [`heal`](Self::heal).
+    pub fn fail_always(&self, op: Op, kind: ErrorKind) {
+        self.set(
+            op,
+            Injected {
+                kind,
+                remaining: None,
+            },
+        );
+    }
+
+    /// Stop injecting failures.
+    pub fn heal(&self) {
+        self.failures.lock().unwrap().clear();
+    }
+
+    fn set(&self, op: Op, injected: Injected) {
+        self.failures.lock().unwrap().insert(op, injected);
+    }
+
+    fn check(&self, op: Op) -> StoreResult<()> {
+        let mut failures = self.failures.lock().unwrap();
+        let Some(injected) = failures.get_mut(&op) else {
+            return Ok(());
+        };
+        match &mut injected.remaining {
+            Some(0) => return Ok(()),
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        Err(StoreError::new(
+            injected.kind,
+            format!("injected {:?} failure of {op:?}", injected.kind),
+        ))
+    }
+}
+
+#[async_trait]
+impl<S: ObjectStore> ObjectStore for FailureStore<S> {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        self.check(Op::Head)?;
+        self.inner.head(key).await
+    }
+
+    async fn get_stream(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<ByteStream> {
+        self.check(Op::Get)?;
+        self.inner.get_stream(key, range, if_match).await
+    }
+
+    async fn list(&self, params: &ListParams) -> StoreResult<ListPage> {
+        self.check(Op::List)?;
+        self.inner.list(params).await
+    }
+
+    async fn put(&self, key: &str, body: Bytes, metadata: &UserMetadata) -> StoreResult<PutResult> {
+        self.check(Op::Put)?;
+        self.inner.put(key, body, metadata).await
+    }
+
+    async fn create_multipart(&self, key: &str, metadata: &UserMetadata) -> StoreResult<UploadId> {
+        self.check(Op::CreateMultipart)?;
+        self.inner.create_multipart(key, metadata).await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &UploadId,
+        part_number: u32,
+        body: Bytes,
+    ) -> StoreResult<CompletedPart> {
+        self.check(Op::UploadPart)?;
+        self.inner
+            .upload_part(key, upload_id, part_number, body)
+            .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &UploadId,
+        parts: &[CompletedPart],
+    ) -> StoreResult<PutResult> {
+        self.check(Op::CompleteMultipart)?;
+        self.inner.complete_multipart(key, upload_id, parts).await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &UploadId) -> StoreResult<()> {
+        self.check(Op::AbortMultipart)?;
+        self.inner.abort_multipart(key, upload_id).await
+    }
+
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
+        self.check(Op::ListMultipart)?;
+        self.inner.list_multipart_uploads(prefix).await
+    }
+
+    async fn copy(
+        &self,
+        src: &str,
+        dst: &str,
+        metadata: Option<&UserMetadata>,
+    ) -> StoreResult<PutResult> {
+        self.check(Op::Copy)?;
+        self.inner.copy(src, dst, metadata).await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.check(Op::Delete)?;
+        self.inner.delete(key).await
+    }
+}
