@@ -1,14 +1,17 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! s3vol's data path to S3-compatible object stores.
+//!
+//! - [`s3`]: [`S3Store`], the [`ObjectStore`](common::ObjectStore) on aws-sdk-s3, with its
+//!   configuration and the mapping of S3 errors to [`common::StoreError`] kinds.
+//! - [`cache`]: the chunk cache in front of any store: memory tier on moka, disk tier with a hard
+//!   byte cap, one request per missing chunk however many readers want it.
+//! - [`readahead`]: per-file sequential read detection that fetches ahead in parallel.
+//! - [`upload`]: the streaming multipart uploader.
+//!
+//! Everything but [`s3`] is generic over `ObjectStore`, so it is tested over the in-memory store.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod cache;
+pub mod readahead;
+pub mod s3;
+pub mod upload;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use s3::{CredentialsSource, PathStyle, S3Config, S3Store};

@@ -1,0 +1,332 @@
+//! The disk tier of the chunk cache: one file per chunk in a cache folder, under a hard byte cap,
+//! kept across restarts.
+//!
+//! Each file starts with a header naming the chunk it holds (bucket, key, ETag, index), the data
+//! length and a CRC32C of the data. A read checks all of it, so a file that was truncated by a
+//! crash, corrupted on disk, or named by a hash collision is dropped and reported as a miss,
+//! never served. Files are written to a temporary name and renamed, so a crash leaves either the
+//! whole chunk or a `*.tmp` file that the next start deletes.
+//!
+//! The index of files is a moka cache weighted by file size with the byte cap as capacity; its
+//! eviction listener deletes the evicted file. On start the folder is scanned into the index.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use moka::notification::RemovalCause;
+
+use super::ChunkKey;
+
+const MAGIC: &[u8; 8] = b"S3VOLCH1";
+
+/// A bounded folder of chunk files.
+#[derive(Debug, Clone)]
+pub struct DiskCache {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    index: moka::sync::Cache<PathBuf, u32>,
+    corrupt_dropped: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+impl DiskCache {
+    /// Open (or create) the cache in `dir`, keeping at most `max_bytes` of chunk files.
+    /// Files already there count toward the cap; leftovers of interrupted writes are deleted.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+        let root = dir.join("chunks-v1");
+        fs::create_dir_all(&root)?;
+        let index = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_path: &PathBuf, size: &u32| *size)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .eviction_listener(|path: Arc<PathBuf>, _size, cause| {
+                // A replaced entry's file was just rewritten in place: keep it.
+                if cause != RemovalCause::Replaced {
+                    let _ = fs::remove_file(&*path);
+                }
+            })
+            .build();
+        let cache = DiskCache {
+            inner: Arc::new(Inner {
+                root,
+                index,
+                corrupt_dropped: AtomicU64::new(0),
+                write_errors: AtomicU64::new(0),
+            }),
+        };
+        cache.scan()?;
+        Ok(cache)
+    }
+
+    fn scan(&self) -> io::Result<()> {
+        for shard in fs::read_dir(&self.inner.root)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(shard.path())? {
+                let file = file?;
+                let path = file.path();
+                if path.extension().is_some_and(|e| e == "tmp") {
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+                let size = file.metadata()?.len();
+                self.inner
+                    .index
+                    .insert(path, size.min(u32::MAX as u64) as u32);
+            }
+        }
+        self.inner.index.run_pending_tasks();
+        Ok(())
+    }
+
+    fn path_of(&self, key: &ChunkKey) -> PathBuf {
+        let mut hasher = Md5::new();
+        for part in [
+            key.bucket.as_bytes(),
+            key.key.as_bytes(),
+            key.etag.as_bytes(),
+        ] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        let name = hex::encode(hasher.finalize());
+        self.inner
+            .root
+            .join(&name[..2])
+            .join(format!("{}.{}", &name[2..], key.index))
+    }
+
+    /// The chunk's data if a valid file for exactly this chunk is cached.
+    pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+        let path = self.path_of(key);
+        self.inner.index.get(&path)?;
+        match fs::read(&path).ok().and_then(|file| decode(&file, key)) {
+            Some(data) => Some(data),
+            None => {
+                self.inner.corrupt_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %path.display(), "dropping an unreadable or corrupt cached chunk");
+                self.inner.index.invalidate(&path);
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Store a chunk. Failures (disk full, folder deleted) are counted and logged, not returned:
+    /// the cache is an optimisation and the data is still in the object store.
+    pub fn put(&self, key: &ChunkKey, data: &[u8]) {
+        let path = self.path_of(key);
+        let file = encode(key, data);
+        match write_atomically(&path, &file) {
+            Ok(()) => {
+                self.inner.index.insert(path, file.len() as u32);
+                // Enforce the cap now, not at some later maintenance run.
+                self.inner.index.run_pending_tasks();
+            }
+            Err(e) => {
+                let n = self.inner.write_errors.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() || n == 0 {
+                    tracing::warn!(path = %path.display(), error = %e, errors = n + 1, "cannot write to the disk cache; reading from the object store instead");
+                }
+            }
+        }
+    }
+
+    /// Bytes of chunk files the index accounts for.
+    pub fn used_bytes(&self) -> u64 {
+        self.inner.index.run_pending_tasks();
+        self.inner.index.weighted_size()
+    }
+
+    pub fn corrupt_dropped(&self) -> u64 {
+        self.inner.corrupt_dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn write_errors(&self) -> u64 {
+        self.inner.write_errors.load(Ordering::Relaxed)
+    }
+}
+
+fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().expect("chunk paths have a shard folder");
+    fs::create_dir_all(dir)?;
+    // Unique per write: chunks of one object share a stem, and writers run in parallel.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = PathBuf::from(tmp);
+    let result = fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(data))
+        .and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn header(key: &ChunkKey) -> Vec<u8> {
+    let mut h = Vec::new();
+    for part in [
+        key.bucket.as_bytes(),
+        key.key.as_bytes(),
+        key.etag.as_bytes(),
+    ] {
+        h.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        h.extend_from_slice(part);
+    }
+    h.extend_from_slice(&key.index.to_le_bytes());
+    h
+}
+
+fn encode(key: &ChunkKey, data: &[u8]) -> Vec<u8> {
+    let header = header(key);
+    let mut file = Vec::with_capacity(MAGIC.len() + 4 + header.len() + 12 + data.len());
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    file.extend_from_slice(&header);
+    file.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    file.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    file.extend_from_slice(data);
+    file
+}
+
+/// The data of `file` if it is a complete, intact chunk file for `key`.
+fn decode(file: &[u8], key: &ChunkKey) -> Option<Bytes> {
+    let rest = file.strip_prefix(MAGIC.as_slice())?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let header_len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < header_len || rest[..header_len] != header(key)[..] {
+        return None;
+    }
+    let rest = &rest[header_len..];
+    let (len, rest) = rest.split_first_chunk::<8>()?;
+    let (crc, data) = rest.split_first_chunk::<4>()?;
+    if data.len() as u64 != u64::from_le_bytes(*len)
+        || crc32c::crc32c(data) != u32::from_le_bytes(*crc)
+    {
+        return None;
+    }
+    Some(Bytes::copy_from_slice(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(index: u64) -> ChunkKey {
+        ChunkKey::new("bucket", "dir/file", &common::ETag::new("\"abc\""), index)
+    }
+
+    #[test]
+    fn round_trips_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        cache.put(&key(0), b"hello");
+        assert_eq!(cache.get(&key(0)).unwrap(), &b"hello"[..]);
+        assert!(cache.get(&key(1)).is_none());
+        drop(cache);
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(cache.get(&key(0)).unwrap(), &b"hello"[..]);
+        assert!(cache.used_bytes() > 5);
+    }
+
+    #[test]
+    fn another_etag_never_reads_the_old_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        cache.put(&key(0), b"old version");
+        let newer = ChunkKey::new("bucket", "dir/file", &common::ETag::new("\"def\""), 0);
+        assert!(cache.get(&newer).is_none());
+    }
+
+    #[test]
+    fn corrupt_truncated_and_foreign_files_are_dropped_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let data = vec![7u8; 4096];
+        for (i, damage) in ["flip", "truncate", "foreign"].into_iter().enumerate() {
+            let k = key(i as u64);
+            cache.put(&k, &data);
+            let path = cache.path_of(&k);
+            let mut file = fs::read(&path).unwrap();
+            match damage {
+                "flip" => *file.last_mut().unwrap() ^= 1,
+                "truncate" => file.truncate(file.len() - 100),
+                _ => file = encode(&key(99), &data),
+            }
+            fs::write(&path, file).unwrap();
+            assert!(cache.get(&k).is_none(), "{damage} was served");
+            assert!(!path.exists(), "{damage} file was kept");
+        }
+        assert_eq!(cache.corrupt_dropped(), 3);
+    }
+
+    #[test]
+    fn stays_under_the_byte_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 64 * 1024;
+        let cache = DiskCache::open(dir.path(), cap).unwrap();
+        for i in 0..100 {
+            cache.put(&key(i), &vec![i as u8; 4096]);
+            assert!(
+                cache.used_bytes() <= cap,
+                "after {i}: {}",
+                cache.used_bytes()
+            );
+        }
+        let on_disk: u64 = walk(dir.path())
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum();
+        assert!(on_disk <= cap, "{on_disk} bytes on disk");
+        assert!(
+            on_disk > cap / 2,
+            "the cache should still hold data: {on_disk}"
+        );
+    }
+
+    #[test]
+    fn leftover_temp_files_are_deleted_and_a_deleted_folder_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        cache.put(&key(0), b"x");
+        let tmp = cache.path_of(&key(5)).with_extension("123.tmp");
+        fs::write(&tmp, b"partial").unwrap();
+        drop(cache);
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        assert!(!tmp.exists());
+        fs::remove_dir_all(dir.path().join("chunks-v1")).unwrap();
+        assert!(cache.get(&key(0)).is_none());
+        // Writing recreates the folder.
+        cache.put(&key(1), b"y");
+        assert_eq!(cache.get(&key(1)).unwrap(), &b"y"[..]);
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
+    }
+}

@@ -1,0 +1,166 @@
+use std::sync::Arc;
+
+use common::conformance::pattern;
+use common::failure::FailureStore;
+use common::memory::{InMemoryStore, Op};
+use common::{ErrorKind, ObjectStore, UserMetadata};
+use proptest::prelude::*;
+
+use super::*;
+
+const CHUNK: u64 = 64 * 1024;
+
+async fn object(store: &impl ObjectStore, key: &str, size: usize, seed: u8) -> ObjectVersion {
+    let put = store
+        .put(key, pattern(size, seed), &UserMetadata::new())
+        .await
+        .unwrap();
+    ObjectVersion {
+        key: key.into(),
+        etag: put.etag,
+        size: size as u64,
+    }
+}
+
+fn cache<S: ObjectStore>(store: Arc<S>, config: CacheConfig) -> Arc<ChunkCache<S>> {
+    Arc::new(ChunkCache::new(store, config).unwrap())
+}
+
+fn small_chunks() -> CacheConfig {
+    CacheConfig::default()
+        .chunk_size(CHUNK)
+        .memory_bytes(64 << 20)
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_chunk_make_one_request() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let obj = object(&*store, "f", 3 * CHUNK as usize, 1).await;
+    let cache = cache(store.clone(), small_chunks());
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let (cache, obj) = (cache.clone(), obj.clone());
+            tokio::spawn(async move { cache.read(&obj, 10, 100).await.unwrap() })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(
+            r.await.unwrap(),
+            pattern(3 * CHUNK as usize, 1).slice(10..110)
+        );
+    }
+    assert_eq!(store.request_count(Op::Get), 1);
+    // A second round is served from memory.
+    cache.read(&obj, 0, CHUNK).await.unwrap();
+    assert_eq!(store.request_count(Op::Get), 1);
+}
+
+#[tokio::test]
+async fn a_read_across_chunks_is_one_request() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let obj = object(&*store, "f", 10 * CHUNK as usize, 2).await;
+    let cache = cache(store.clone(), small_chunks());
+    let got = cache.read(&obj, CHUNK / 2, 5 * CHUNK).await.unwrap();
+    assert_eq!(
+        got,
+        pattern(10 * CHUNK as usize, 2)
+            .slice((CHUNK / 2) as usize..(CHUNK / 2 + 5 * CHUNK) as usize)
+    );
+    assert_eq!(store.request_count(Op::Get), 1);
+    assert_eq!(cache.stats().fetched_chunks.load(Ordering::Relaxed), 6);
+}
+
+#[tokio::test]
+async fn a_changed_object_is_never_served_from_old_chunks() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let v1 = object(&*store, "f", 1000, 3).await;
+    let cache = cache(store.clone(), small_chunks());
+    assert_eq!(cache.read(&v1, 0, 1000).await.unwrap(), pattern(1000, 3));
+    let v2 = object(&*store, "f", 1000, 4).await;
+    assert_eq!(cache.read(&v2, 0, 1000).await.unwrap(), pattern(1000, 4));
+    // Chunks of v1 not cached yet can no longer be read: the store refuses the old ETag.
+    let v1_far = ObjectVersion {
+        size: 10 * CHUNK,
+        ..v1.clone()
+    };
+    let err = cache.read(&v1_far, 5 * CHUNK, 10).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PreconditionFailed);
+}
+
+#[tokio::test]
+async fn memory_stays_within_the_budget() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let obj = object(&*store, "f", 200 * CHUNK as usize, 5).await;
+    let budget = 16 * CHUNK;
+    let cache = cache(store.clone(), small_chunks().memory_bytes(budget));
+    for i in 0..200 {
+        cache.read(&obj, i * CHUNK, CHUNK).await.unwrap();
+        assert!(
+            cache.memory_used() <= budget,
+            "{} > {budget}",
+            cache.memory_used()
+        );
+    }
+    assert!(cache.memory_used() > budget / 2);
+}
+
+#[tokio::test]
+async fn the_disk_tier_serves_a_new_cache_without_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(InMemoryStore::new("b"));
+    let obj = object(&*store, "f", 8 * CHUNK as usize, 6).await;
+    let config = small_chunks().disk(Some(dir.path().into()), 1 << 30);
+    let first = cache(store.clone(), config.clone());
+    first.read(&obj, 0, 8 * CHUNK).await.unwrap();
+    let requests = store.request_count(Op::Get);
+    // Disk writes happen in the background: wait until they are all there.
+    for _ in 0..100 {
+        if first.disk().unwrap().used_bytes() >= 8 * CHUNK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(first);
+    let second = cache(store.clone(), config);
+    assert_eq!(
+        second.read(&obj, 0, 8 * CHUNK).await.unwrap(),
+        pattern(8 * CHUNK as usize, 6)
+    );
+    assert_eq!(store.request_count(Op::Get), requests);
+    assert_eq!(second.stats().disk_hits.load(Ordering::Relaxed), 8);
+}
+
+#[tokio::test]
+async fn a_failed_fetch_is_reported_and_the_next_read_retries() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let obj = object(&*store, "f", 4 * CHUNK as usize, 7).await;
+    let cache = cache(store.clone(), small_chunks());
+    store.fail_next(Op::Get, ErrorKind::Network, 1);
+    let err = cache.read(&obj, 0, 2 * CHUNK).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network);
+    assert_eq!(
+        cache.read(&obj, 0, 2 * CHUNK).await.unwrap(),
+        pattern(4 * CHUNK as usize, 7).slice(..2 * CHUNK as usize)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn proptest_reads_match_the_object(size in 0usize..300_000, reads in prop::collection::vec((0u64..320_000, 0u64..200_000), 1..12)) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = Arc::new(InMemoryStore::new("b"));
+            let obj = object(&*store, "f", size, 9).await;
+            let cache = cache(store, CacheConfig::default().chunk_size(4096 * 4).memory_bytes(1 << 16));
+            let body = pattern(size, 9);
+            for (offset, len) in reads {
+                let got = cache.read(&obj, offset, len).await.unwrap();
+                let from = (offset as usize).min(size);
+                let to = (offset.saturating_add(len) as usize).min(size);
+                prop_assert_eq!(got, body.slice(from..to.max(from)));
+            }
+            Ok(())
+        })?;
+    }
+}

@@ -1,0 +1,221 @@
+//! Sequential read-ahead: one [`SequentialReader`] per open file notices sequential access and
+//! fetches ahead of the reader into the chunk cache, with several ranged GETs in parallel.
+//!
+//! The window starts at `initial_window` on the first sequential read and doubles with each
+//! further one, up to `max_window` and never more than a quarter of the cache's memory budget
+//! (so prefetched chunks are not evicted before they are read). It is cut into requests of
+//! `request_size`, each its own GET, so a window of 64 MiB keeps 8 requests of 8 MiB in flight:
+//! one reader is then limited by the backend's bandwidth, not one request's latency. A read at
+//! another offset (a seek) drops the window to zero: random reads fetch only what they need.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{ObjectStore, StoreResult};
+
+use crate::cache::{ChunkCache, ObjectVersion};
+
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReadaheadConfig {
+    pub initial_window: u64,
+    pub max_window: u64,
+    pub request_size: u64,
+}
+
+impl Default for ReadaheadConfig {
+    fn default() -> Self {
+        Self {
+            initial_window: 1 << 20,
+            max_window: 64 << 20,
+            request_size: 8 << 20,
+        }
+    }
+}
+
+impl ReadaheadConfig {
+    pub fn max_window(mut self, bytes: u64) -> Self {
+        self.max_window = bytes;
+        self
+    }
+
+    pub fn request_size(mut self, bytes: u64) -> Self {
+        self.request_size = bytes;
+        self
+    }
+}
+
+/// Reads one object version for one open file handle.
+#[derive(Debug)]
+pub struct SequentialReader<S> {
+    cache: Arc<ChunkCache<S>>,
+    object: ObjectVersion,
+    config: ReadaheadConfig,
+    /// Where the next read starts if access is sequential.
+    next_offset: u64,
+    window: u64,
+    /// Prefetch has been requested up to here.
+    prefetched_to: u64,
+}
+
+impl<S: ObjectStore> SequentialReader<S> {
+    pub fn new(cache: Arc<ChunkCache<S>>, object: ObjectVersion, config: ReadaheadConfig) -> Self {
+        Self {
+            cache,
+            object,
+            config,
+            next_offset: 0,
+            window: 0,
+            prefetched_to: 0,
+        }
+    }
+
+    pub fn object(&self) -> &ObjectVersion {
+        &self.object
+    }
+
+    /// The current read-ahead window in bytes (0 while access is random).
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    fn window_cap(&self) -> u64 {
+        let chunk = self.cache.config().chunk_size;
+        self.config
+            .max_window
+            .min(self.cache.config().memory_bytes / 4)
+            .max(chunk)
+    }
+
+    /// Read `len` bytes at `offset` (fewer at the end of the object).
+    pub async fn read(&mut self, offset: u64, len: u64) -> StoreResult<Bytes> {
+        let end = offset.saturating_add(len).min(self.object.size);
+        if offset == self.next_offset {
+            self.window = (self.window * 2).clamp(self.config.initial_window, self.window_cap());
+        } else {
+            self.window = 0;
+            self.prefetched_to =
+                end / self.cache.config().chunk_size * self.cache.config().chunk_size;
+        }
+        self.next_offset = end;
+        if self.window > 0 {
+            self.prefetch_ahead(end);
+        }
+        self.cache.read(&self.object, offset, len).await
+    }
+
+    /// Request whole `request_size` pieces of the window that are not requested yet. Waiting
+    /// until a whole piece is due keeps requests large: small reads must not each send a GET.
+    fn prefetch_ahead(&mut self, end: u64) {
+        let chunk = self.cache.config().chunk_size;
+        let size = self.object.size;
+        let request = self.config.request_size.min(self.window).max(chunk) / chunk * chunk;
+        let target = end.saturating_add(self.window).min(size);
+        let mut from = self.prefetched_to.max(end / chunk * chunk);
+        while from < target && (target - from >= request || target == size) {
+            let to = (from + request).min(size);
+            self.cache
+                .prefetch(&self.object, from / chunk..to.div_ceil(chunk));
+            from = to;
+        }
+        self.prefetched_to = from;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheConfig;
+    use common::conformance::pattern;
+    use common::memory::{InMemoryStore, Op};
+    use common::UserMetadata;
+
+    const CHUNK: u64 = 64 * 1024;
+
+    async fn reader(
+        size: usize,
+        memory: u64,
+    ) -> (Arc<InMemoryStore>, SequentialReader<InMemoryStore>) {
+        let store = Arc::new(InMemoryStore::new("b"));
+        let put = store
+            .put("f", pattern(size, 1), &UserMetadata::new())
+            .await
+            .unwrap();
+        let cache = Arc::new(
+            ChunkCache::new(
+                store.clone(),
+                CacheConfig::default()
+                    .chunk_size(CHUNK)
+                    .memory_bytes(memory),
+            )
+            .unwrap(),
+        );
+        let object = ObjectVersion {
+            key: "f".into(),
+            etag: put.etag,
+            size: size as u64,
+        };
+        let config = ReadaheadConfig {
+            initial_window: CHUNK,
+            max_window: 32 * CHUNK,
+            request_size: 4 * CHUNK,
+        };
+        (store, SequentialReader::new(cache, object, config))
+    }
+
+    #[tokio::test]
+    async fn sequential_reads_grow_the_window_and_use_few_large_requests() {
+        let size = 256 * CHUNK as usize;
+        let (store, mut r) = reader(size, 1 << 30).await;
+        let body = pattern(size, 1);
+        let mut windows = Vec::new();
+        let mut offset = 0;
+        while offset < size as u64 {
+            let got = r.read(offset, 16 * 1024).await.unwrap();
+            assert_eq!(
+                got,
+                body.slice(offset as usize..offset as usize + got.len())
+            );
+            offset += got.len() as u64;
+            windows.push(r.window());
+        }
+        assert_eq!(windows[0], CHUNK);
+        assert_eq!(*windows.last().unwrap(), 32 * CHUNK);
+        assert!(
+            windows.windows(2).all(|w| w[1] >= w[0]),
+            "window only grows while sequential"
+        );
+        // 256 chunks in requests of up to 4 chunks each, plus the small first ones.
+        let gets = store.request_count(Op::Get);
+        assert!((64..=80).contains(&gets), "{gets} GETs");
+    }
+
+    #[tokio::test]
+    async fn random_reads_fetch_only_what_they_need() {
+        let size = 256 * CHUNK as usize;
+        let (store, mut r) = reader(size, 1 << 30).await;
+        let body = pattern(size, 1);
+        for i in [200u64, 3, 150, 77, 12] {
+            let got = r.read(i * CHUNK + 5, 100).await.unwrap();
+            assert_eq!(
+                got,
+                body.slice((i * CHUNK + 5) as usize..(i * CHUNK + 105) as usize)
+            );
+        }
+        // The first read at 200 is not at the expected offset 0, so no read-ahead at all.
+        assert_eq!(r.window(), 0);
+        assert_eq!(store.request_count(Op::Get), 5);
+    }
+
+    #[tokio::test]
+    async fn the_window_is_bounded_by_the_memory_budget() {
+        let size = 128 * CHUNK as usize;
+        let (_store, mut r) = reader(size, 8 * CHUNK).await;
+        let mut offset = 0;
+        while offset < size as u64 {
+            offset += r.read(offset, CHUNK).await.unwrap().len() as u64;
+            assert!(r.window() <= 2 * CHUNK, "window {}", r.window());
+            assert!(r.cache.memory_used() <= 8 * CHUNK);
+        }
+    }
+}

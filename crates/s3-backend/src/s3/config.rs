@@ -1,0 +1,307 @@
+//! How to reach an S3 endpoint: plain settings, turned into an aws-sdk-s3 client in one place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_credential_types::Credentials;
+use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use common::{ErrorKind, StoreError, StoreResult};
+
+/// Path-style (`http://host/bucket/key`) or virtual-host style (`http://bucket.host/key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathStyle {
+    /// Path-style when a custom endpoint is set (Ceph RGW and MinIO usually need it),
+    /// virtual-host style on AWS.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl std::str::FromStr for PathStyle {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(PathStyle::Auto),
+            "true" | "yes" | "1" | "on" => Ok(PathStyle::Always),
+            "false" | "no" | "0" | "off" => Ok(PathStyle::Never),
+            _ => Err(format!("invalid path style {s:?}: use auto, true or false")),
+        }
+    }
+}
+
+/// Where credentials come from.
+#[derive(Clone, Default)]
+pub enum CredentialsSource {
+    /// The standard AWS chain: environment, shared credentials/config files (default profile or
+    /// `AWS_PROFILE`), web identity, ECS and EC2 instance metadata.
+    #[default]
+    DefaultChain,
+    /// A named profile of a shared credentials file (`~/.aws/credentials` when `file` is None).
+    Profile { name: String, file: Option<PathBuf> },
+    /// Keys given explicitly.
+    Static {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for CredentialsSource {
+    // Never print secrets, not even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DefaultChain => f.write_str("DefaultChain"),
+            Self::Profile { name, file } => f
+                .debug_struct("Profile")
+                .field("name", name)
+                .field("file", file)
+                .finish(),
+            Self::Static { access_key_id, .. } => f
+                .debug_struct("Static")
+                .field("access_key_id", access_key_id)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Everything needed to talk to one S3 endpoint.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct S3Config {
+    /// `None` means AWS S3.
+    pub endpoint_url: Option<String>,
+    pub region: String,
+    pub path_style: PathStyle,
+    pub credentials: CredentialsSource,
+    /// Limit for establishing a TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Limit for one attempt of one request, up to the first byte of the answer; a body that
+    /// stalls for this long also fails.
+    pub request_timeout: Duration,
+    /// Attempts per request, the first included; only retryable failures are retried.
+    pub max_attempts: u32,
+    /// PEM file with extra CA certificates trusted besides the system's (self-signed endpoints).
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint_url: None,
+            region: "us-east-1".to_string(),
+            path_style: PathStyle::Auto,
+            credentials: CredentialsSource::DefaultChain,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            ca_bundle: None,
+        }
+    }
+}
+
+impl S3Config {
+    /// A config for a custom endpoint with explicit keys (tests, MinIO, Ceph RGW).
+    pub fn with_endpoint(endpoint_url: impl Into<String>) -> Self {
+        Self {
+            endpoint_url: Some(endpoint_url.into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn credentials(mut self, credentials: CredentialsSource) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    pub fn timeouts(mut self, connect: Duration, request: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.request_timeout = request;
+        self
+    }
+
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    pub fn ca_bundle(mut self, path: Option<PathBuf>) -> Self {
+        self.ca_bundle = path;
+        self
+    }
+
+    pub fn path_style(mut self, style: PathStyle) -> Self {
+        self.path_style = style;
+        self
+    }
+
+    pub(crate) fn uses_path_style(&self) -> bool {
+        match self.path_style {
+            PathStyle::Auto => self.endpoint_url.is_some(),
+            PathStyle::Always => true,
+            PathStyle::Never => false,
+        }
+    }
+
+    /// The endpoint as users know it, for error messages.
+    pub fn endpoint_display(&self) -> String {
+        self.endpoint_url
+            .clone()
+            .unwrap_or_else(|| format!("AWS S3 ({})", self.region))
+    }
+
+    /// Build the aws-sdk-s3 client. Fails on settings that cannot work (unreadable CA bundle,
+    /// bad endpoint URL); reaching the endpoint is checked by the first request.
+    pub async fn build_client(&self) -> StoreResult<aws_sdk_s3::Client> {
+        if let Some(url) = &self.endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(StoreError::invalid_input(format!(
+                    "endpoint URL {url:?} must start with http:// or https://"
+                )));
+            }
+        }
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new(self.region.clone()))
+            .http_client(self.http_client()?)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(self.connect_timeout)
+                    .read_timeout(self.request_timeout)
+                    .operation_attempt_timeout(self.request_timeout)
+                    .build(),
+            )
+            // Standard mode retries only throttling, transient and timeout errors, with
+            // exponential backoff and jitter.
+            .retry_config(RetryConfig::standard().with_max_attempts(self.max_attempts));
+        match &self.credentials {
+            CredentialsSource::DefaultChain => {}
+            CredentialsSource::Profile { name, file } => {
+                loader = loader.profile_name(name);
+                if let Some(file) = file {
+                    loader = loader.profile_files(
+                        EnvConfigFiles::builder()
+                            .with_file(EnvConfigFileKind::Credentials, file)
+                            .build(),
+                    );
+                }
+            }
+            CredentialsSource::Static {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                loader = loader.credentials_provider(Credentials::new(
+                    access_key_id,
+                    secret_access_key,
+                    session_token.clone(),
+                    None,
+                    "s3vol",
+                ));
+            }
+        }
+        let sdk_config = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
+            .force_path_style(self.uses_path_style())
+            // Ceph RGW and older MinIO do not understand the SDK's default flexible checksums
+            // (aws-chunked trailers); integrity of cached data is checked by the chunk cache.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(url) = &self.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        Ok(aws_sdk_s3::Client::from_conf(builder.build()))
+    }
+
+    fn http_client(&self) -> StoreResult<aws_smithy_runtime_api::client::http::SharedHttpClient> {
+        let mut trust = TrustStore::default();
+        if let Some(path) = &self.ca_bundle {
+            let pem = std::fs::read(path).map_err(|e| {
+                StoreError::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "cannot read the CA bundle {}: {e} (AWS_CA_BUNDLE)",
+                        path.display()
+                    ),
+                )
+            })?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(StoreError::invalid_input(format!(
+                    "the CA bundle {} holds no PEM certificate (AWS_CA_BUNDLE)",
+                    path.display()
+                )));
+            }
+            trust = trust.with_pem_certificate(pem);
+        }
+        let tls_context = TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| StoreError::invalid_input(format!("bad TLS settings: {e}")))?;
+        Ok(aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(tls_context)
+            .build_https())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_style_auto_follows_the_endpoint() {
+        assert!(S3Config::with_endpoint("http://127.0.0.1:9000").uses_path_style());
+        assert!(!S3Config::default().uses_path_style());
+        assert!(S3Config::default()
+            .path_style(PathStyle::Always)
+            .uses_path_style());
+        assert!(!S3Config::with_endpoint("http://x")
+            .path_style(PathStyle::Never)
+            .uses_path_style());
+        assert_eq!("TRUE".parse::<PathStyle>(), Ok(PathStyle::Always));
+        assert!("maybe"
+            .parse::<PathStyle>()
+            .unwrap_err()
+            .contains("auto, true or false"));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let creds = CredentialsSource::Static {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI/K7MDENG".into(),
+            session_token: Some("token-secret".into()),
+        };
+        let text = format!("{:?}", S3Config::default().credentials(creds));
+        assert!(text.contains("AKIDEXAMPLE"));
+        assert!(
+            !text.contains("wJalrXUtnFEMI") && !text.contains("token-secret"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_endpoint_url_and_ca_bundle_are_refused_with_the_reason() {
+        let err = S3Config::with_endpoint("127.0.0.1:9000")
+            .build_client()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("http://"), "{err}");
+        let err = S3Config::with_endpoint("http://127.0.0.1:9")
+            .ca_bundle(Some("/nonexistent/ca.pem".into()))
+            .build_client()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+}

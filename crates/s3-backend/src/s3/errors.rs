@@ -1,0 +1,263 @@
+//! The S3 error table: every aws-sdk-s3 failure becomes a [`StoreError`] with a kind and a message
+//! that says what to check. Status first, then the S3 error code.
+//! Codes: <https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html#ErrorCodeList>.
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::http::Response;
+use common::{ErrorKind, StoreError};
+
+/// What was being done, for the message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request<'a> {
+    pub op: &'static str,
+    pub endpoint: &'a str,
+    pub bucket: &'a str,
+    pub key: &'a str,
+}
+
+impl Request<'_> {
+    fn target(&self) -> String {
+        if self.key.is_empty() {
+            format!("bucket {:?}", self.bucket)
+        } else {
+            format!("{:?} in bucket {:?}", self.key, self.bucket)
+        }
+    }
+}
+
+pub(crate) fn map_sdk_error<E>(err: SdkError<E, Response>, req: Request<'_>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let Request { op, endpoint, .. } = req;
+    let details = DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::ConstructionFailure(_) => StoreError::new(
+            ErrorKind::InvalidInput,
+            format!("{op} of {} could not be sent: {details}", req.target()),
+        ),
+        SdkError::TimeoutError(_) => StoreError::new(
+            ErrorKind::Timeout,
+            format!(
+                "{op} of {} timed out: the S3 endpoint {endpoint} did not answer in time",
+                req.target()
+            ),
+        ),
+        SdkError::DispatchFailure(failure) => {
+            let kind = if failure.is_timeout() {
+                ErrorKind::Timeout
+            } else if failure.is_user() {
+                ErrorKind::InvalidInput
+            } else {
+                ErrorKind::Network
+            };
+            StoreError::new(
+                kind,
+                format!(
+                    "cannot reach the S3 endpoint {endpoint} ({}); check the endpoint URL and that \
+                     the server is up. {op} of {} failed: {details}",
+                    connection_cause(&details),
+                    req.target()
+                ),
+            )
+        }
+        SdkError::ResponseError(_) => StoreError::new(
+            ErrorKind::Network,
+            format!(
+                "{op} of {}: the answer from {endpoint} could not be read: {details}",
+                req.target()
+            ),
+        ),
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or_default().to_string();
+            let message = service.err().message().unwrap_or_default().to_string();
+            map_service_error(status, &code, &message, req)
+        }
+        _ => StoreError::new(
+            ErrorKind::Other,
+            format!("{op} of {} failed: {details}", req.target()),
+        ),
+    }
+}
+
+/// A short human cause for a connection failure, from the error chain's text.
+fn connection_cause(details: &str) -> &'static str {
+    let d = details.to_ascii_lowercase();
+    if d.contains("connection refused") {
+        "connection refused"
+    } else if d.contains("dns") || d.contains("resolve") || d.contains("lookup") {
+        "host name not found"
+    } else if d.contains("certificate") || d.contains("tls") || d.contains("invalidcertificate") {
+        "TLS handshake failed; for a self-signed endpoint set AWS_CA_BUNDLE to its CA certificate"
+    } else if d.contains("timed out") || d.contains("timeout") {
+        "connection timed out"
+    } else if d.contains("reset") || d.contains("broken pipe") || d.contains("closed") {
+        "connection closed by the server"
+    } else {
+        "connection failed"
+    }
+}
+
+pub(crate) fn map_service_error(
+    status: u16,
+    code: &str,
+    message: &str,
+    req: Request<'_>,
+) -> StoreError {
+    let Request {
+        op,
+        endpoint,
+        bucket,
+        ..
+    } = req;
+    let target = req.target();
+    let server_said = if message.is_empty() {
+        format!("HTTP {status} {code}")
+    } else {
+        format!("HTTP {status} {code}: {message}")
+    };
+    let (kind, text) = match (status, code) {
+        // HEAD answers carry no body, so a 404 there has no code: the object is missing.
+        (_, "NoSuchKey") | (404, "") | (404, "NotFound") => {
+            (ErrorKind::NotFound, format!("{op}: object {:?} does not exist in bucket {bucket:?}", req.key))
+        }
+        (_, "NoSuchBucket") => (
+            ErrorKind::NoSuchBucket,
+            format!("bucket {bucket:?} does not exist on {endpoint}; create it, or allow s3vol to create it (create_bucket=true)"),
+        ),
+        (_, "NoSuchUpload") => (ErrorKind::NotFound, format!("{op} of {target}: the multipart upload does not exist (completed or aborted)")),
+        // If-Match did not match: the object changed since its ETag was read.
+        (412, _) | (_, "PreconditionFailed") => (
+            ErrorKind::PreconditionFailed,
+            format!("{op} of {target}: the object changed while it was being read"),
+        ),
+        (416, _) | (_, "InvalidRange") => (ErrorKind::InvalidRange, format!("{op} of {target}: the range starts beyond the end of the object")),
+        (_, "InvalidAccessKeyId") => (
+            ErrorKind::AccessDenied,
+            format!("the access key ID is not known to {endpoint}; check AWS_ACCESS_KEY_ID or the credentials profile ({server_said})"),
+        ),
+        (_, "SignatureDoesNotMatch") => (
+            ErrorKind::AccessDenied,
+            format!("the secret access key was rejected by {endpoint}; check AWS_SECRET_ACCESS_KEY or the credentials profile ({server_said})"),
+        ),
+        (_, "RequestTimeTooSkewed") => (
+            ErrorKind::AccessDenied,
+            format!("the clock of this machine differs too much from {endpoint}'s; fix the system time ({server_said})"),
+        ),
+        (_, "ExpiredToken") | (_, "InvalidToken") => (
+            ErrorKind::AccessDenied,
+            format!("the session token was rejected by {endpoint}; refresh the credentials ({server_said})"),
+        ),
+        (403, _) | (_, "AccessDenied") => (
+            ErrorKind::AccessDenied,
+            format!("access denied: the credentials may not {op} {target} on {endpoint}; check the bucket policy and the key's permissions ({server_said})"),
+        ),
+        (_, "InvalidBucketName") => (ErrorKind::InvalidInput, format!("bucket name {bucket:?} is not valid on {endpoint} ({server_said})")),
+        // Wrong region for the bucket on AWS.
+        (301, _) | (_, "PermanentRedirect") | (_, "AuthorizationHeaderMalformed") => (
+            ErrorKind::InvalidInput,
+            format!("bucket {bucket:?} is in another region than the configured one; set the region (AWS_REGION / -o region) ({server_said})"),
+        ),
+        (429, _) | (_, "SlowDown") | (_, "Throttling") | (_, "ThrottlingException") | (_, "RequestLimitExceeded") => {
+            (ErrorKind::Throttled, format!("{op} of {target} was throttled by {endpoint} ({server_said})"))
+        }
+        (_, "RequestTimeout") => (ErrorKind::Timeout, format!("{op} of {target}: {endpoint} timed out waiting for the request ({server_said})")),
+        (500..=599, _) => (ErrorKind::ServerError, format!("{op} of {target}: {endpoint} failed ({server_said})")),
+        (400..=499, _) => (ErrorKind::InvalidInput, format!("{op} of {target} was refused by {endpoint} ({server_said})")),
+        _ => (ErrorKind::Other, format!("{op} of {target}: unexpected answer from {endpoint} ({server_said})")),
+    };
+    StoreError::new(kind, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> Request<'static> {
+        Request {
+            op: "GetObject",
+            endpoint: "http://127.0.0.1:7480",
+            bucket: "data",
+            key: "a/b",
+        }
+    }
+
+    #[test]
+    fn status_and_code_map_to_kinds_with_actionable_messages() {
+        let cases: &[(u16, &str, ErrorKind, &str)] = &[
+            (404, "NoSuchKey", ErrorKind::NotFound, "does not exist"),
+            (404, "", ErrorKind::NotFound, "does not exist"),
+            (
+                404,
+                "NoSuchBucket",
+                ErrorKind::NoSuchBucket,
+                "create_bucket",
+            ),
+            (404, "NoSuchUpload", ErrorKind::NotFound, "multipart"),
+            (
+                412,
+                "PreconditionFailed",
+                ErrorKind::PreconditionFailed,
+                "changed",
+            ),
+            (
+                416,
+                "InvalidRange",
+                ErrorKind::InvalidRange,
+                "beyond the end",
+            ),
+            (
+                403,
+                "InvalidAccessKeyId",
+                ErrorKind::AccessDenied,
+                "AWS_ACCESS_KEY_ID",
+            ),
+            (
+                403,
+                "SignatureDoesNotMatch",
+                ErrorKind::AccessDenied,
+                "AWS_SECRET_ACCESS_KEY",
+            ),
+            (403, "AccessDenied", ErrorKind::AccessDenied, "permissions"),
+            (
+                403,
+                "RequestTimeTooSkewed",
+                ErrorKind::AccessDenied,
+                "clock",
+            ),
+            (
+                400,
+                "InvalidBucketName",
+                ErrorKind::InvalidInput,
+                "not valid",
+            ),
+            (301, "PermanentRedirect", ErrorKind::InvalidInput, "region"),
+            (503, "SlowDown", ErrorKind::Throttled, "throttled"),
+            (429, "", ErrorKind::Throttled, "throttled"),
+            (500, "InternalError", ErrorKind::ServerError, "failed"),
+            (400, "RequestTimeout", ErrorKind::Timeout, "timed out"),
+            (400, "MalformedXML", ErrorKind::InvalidInput, "refused"),
+        ];
+        for &(status, code, kind, hint) in cases {
+            let err = map_service_error(status, code, "", req());
+            assert_eq!(err.kind(), kind, "{status} {code}: {err}");
+            assert!(err.to_string().contains(hint), "{status} {code}: {err}");
+        }
+    }
+
+    #[test]
+    fn connection_causes_are_named() {
+        assert_eq!(
+            connection_cause("io error: Connection refused (os error 111)"),
+            "connection refused"
+        );
+        assert_eq!(
+            connection_cause("dns error: failed to lookup address"),
+            "host name not found"
+        );
+        assert!(
+            connection_cause("invalid peer certificate: UnknownIssuer").contains("AWS_CA_BUNDLE")
+        );
+    }
+}

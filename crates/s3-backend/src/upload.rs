@@ -1,0 +1,330 @@
+//! The streaming uploader: bytes written in order become one object, sent while they are
+//! written as a multipart upload with several parts in flight.
+//!
+//! Bytes are buffered up to `part_size`; each full part is uploaded in the background while the
+//! writer goes on, with at most `max_parts_in_flight` at once (the writer waits when that many
+//! are pending, which bounds memory to about `(max_parts_in_flight + 1) * part_size`). An object
+//! that never fills a part is sent with one PUT at [`finish`](StreamingUpload::finish). Any
+//! failure aborts the multipart upload, so no orphaned parts are left in the bucket; dropping an
+//! unfinished upload aborts it too.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use common::{
+    CompletedPart, ObjectStore, PutResult, StoreError, StoreResult, UploadId, UserMetadata,
+};
+use tokio::task::JoinSet;
+
+/// S3's limits on parts.
+const MIN_PART_SIZE: usize = 5 << 20;
+const MAX_PARTS: u32 = 10_000;
+
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UploadConfig {
+    /// Size of each part but the last (at least 5 MiB, S3's minimum).
+    pub part_size: usize,
+    /// Parts uploaded at the same time.
+    pub max_parts_in_flight: usize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            part_size: 8 << 20,
+            max_parts_in_flight: 4,
+        }
+    }
+}
+
+impl UploadConfig {
+    pub fn part_size(mut self, bytes: usize) -> Self {
+        self.part_size = bytes.max(MIN_PART_SIZE);
+        self
+    }
+
+    pub fn max_parts_in_flight(mut self, n: usize) -> Self {
+        self.max_parts_in_flight = n.max(1);
+        self
+    }
+
+    /// Use any part size, for tests over the in-memory store (S3 refuses parts under 5 MiB).
+    #[doc(hidden)]
+    pub fn unchecked_part_size(mut self, bytes: usize) -> Self {
+        self.part_size = bytes.max(1);
+        self
+    }
+}
+
+/// One object being written front to back.
+#[derive(Debug)]
+pub struct StreamingUpload<S: ObjectStore> {
+    store: Arc<S>,
+    key: String,
+    metadata: UserMetadata,
+    config: UploadConfig,
+    buffer: BytesMut,
+    upload_id: Option<UploadId>,
+    next_part: u32,
+    in_flight: JoinSet<StoreResult<CompletedPart>>,
+    done: Vec<CompletedPart>,
+    bytes_written: u64,
+}
+
+impl<S: ObjectStore> StreamingUpload<S> {
+    pub fn new(
+        store: Arc<S>,
+        key: impl Into<String>,
+        metadata: UserMetadata,
+        config: UploadConfig,
+    ) -> Self {
+        Self {
+            store,
+            key: key.into(),
+            metadata,
+            buffer: BytesMut::with_capacity(config.part_size.min(1 << 20)),
+            config,
+            upload_id: None,
+            next_part: 1,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+            bytes_written: 0,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Append `data`. Starts part uploads as parts fill; waits while too many are in flight.
+    /// On error the upload is aborted and must not be used further.
+    pub async fn write(&mut self, mut data: &[u8]) -> StoreResult<()> {
+        self.bytes_written += data.len() as u64;
+        while !data.is_empty() {
+            let room = self.config.part_size - self.buffer.len();
+            let take = room.min(data.len());
+            self.buffer.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buffer.len() == self.config.part_size {
+                let part = self.buffer.split().freeze();
+                if let Err(e) = self.send_part(part).await {
+                    self.abort_now().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self, body: Bytes) -> StoreResult<()> {
+        if self.next_part > MAX_PARTS {
+            return Err(StoreError::invalid_input(format!(
+                "{:?} is too large for {MAX_PARTS} parts of {} bytes; use a larger part size",
+                self.key, self.config.part_size
+            )));
+        }
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = self
+                    .store
+                    .create_multipart(&self.key, &self.metadata)
+                    .await?;
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        while self.in_flight.len() >= self.config.max_parts_in_flight {
+            self.collect_one().await?;
+        }
+        let (store, key, part_number) = (self.store.clone(), self.key.clone(), self.next_part);
+        self.next_part += 1;
+        self.in_flight
+            .spawn(async move { store.upload_part(&key, &upload_id, part_number, body).await });
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> StoreResult<()> {
+        match self.in_flight.join_next().await {
+            Some(Ok(part)) => {
+                self.done.push(part?);
+                Ok(())
+            }
+            Some(Err(join_error)) => Err(StoreError::new(
+                common::ErrorKind::Other,
+                format!("a part upload of {:?} crashed: {join_error}", self.key),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Send what is left and make the object visible. Returns only once the store has
+    /// acknowledged the whole object. On error the multipart upload is aborted.
+    pub async fn finish(mut self) -> StoreResult<PutResult> {
+        let result = self.finish_inner().await;
+        if result.is_err() {
+            self.abort_now().await;
+        }
+        result
+    }
+
+    async fn finish_inner(&mut self) -> StoreResult<PutResult> {
+        let rest = self.buffer.split().freeze();
+        if self.upload_id.is_none() {
+            return self.store.put(&self.key, rest, &self.metadata).await;
+        }
+        if !rest.is_empty() {
+            self.send_part(rest).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.collect_one().await?;
+        }
+        let mut parts = std::mem::take(&mut self.done);
+        parts.sort_by_key(|p| p.part_number);
+        let upload_id = self.upload_id.clone().expect("checked above");
+        let result = self
+            .store
+            .complete_multipart(&self.key, &upload_id, &parts)
+            .await?;
+        self.upload_id = None;
+        Ok(result)
+    }
+
+    /// Give up: abort the multipart upload, if one was started.
+    pub async fn abort(mut self) {
+        self.abort_now().await;
+    }
+
+    async fn abort_now(&mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if let Some(id) = self.upload_id.take() {
+            if let Err(e) = self.store.abort_multipart(&self.key, &id).await {
+                tracing::warn!(key = %self.key, error = %e, "could not abort a failed multipart upload; it will be cleaned up on the next start");
+            }
+        }
+    }
+}
+
+impl<S: ObjectStore> Drop for StreamingUpload<S> {
+    fn drop(&mut self) {
+        // Dropped mid-way (the writer gave up or panicked): abort so no parts are orphaned.
+        if let Some(id) = self.upload_id.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let (store, key) = (self.store.clone(), self.key.clone());
+                handle.spawn(async move {
+                    let _ = store.abort_multipart(&key, &id).await;
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::conformance::pattern;
+    use common::failure::FailureStore;
+    use common::memory::{InMemoryStore, Op};
+    use common::ErrorKind;
+
+    fn config(part: usize) -> UploadConfig {
+        UploadConfig::default()
+            .unchecked_part_size(part)
+            .max_parts_in_flight(3)
+    }
+
+    #[tokio::test]
+    async fn small_objects_are_one_put() {
+        let store = Arc::new(InMemoryStore::new("b"));
+        let mut up =
+            StreamingUpload::new(store.clone(), "small", UserMetadata::new(), config(1000));
+        up.write(b"hello ").await.unwrap();
+        up.write(b"world").await.unwrap();
+        up.finish().await.unwrap();
+        assert_eq!(store.request_count(Op::Put), 1);
+        assert_eq!(store.request_count(Op::CreateMultipart), 0);
+        assert_eq!(
+            store.get_range("small", 0..100, None).await.unwrap(),
+            &b"hello world"[..]
+        );
+    }
+
+    #[tokio::test]
+    async fn large_objects_stream_as_parts_in_order() {
+        let store = Arc::new(InMemoryStore::new("b"));
+        let body = pattern(10_500, 3);
+        let metadata: UserMetadata = [("mode".to_string(), "33188".to_string())].into();
+        let mut up = StreamingUpload::new(store.clone(), "big", metadata.clone(), config(1000));
+        for piece in body.chunks(333) {
+            up.write(piece).await.unwrap();
+        }
+        let put = up.finish().await.unwrap();
+        assert!(put.etag.is_multipart());
+        assert_eq!(store.request_count(Op::UploadPart), 11);
+        let head = store.head("big").await.unwrap();
+        assert_eq!(head.user_metadata, metadata);
+        assert_eq!(
+            store.get_range("big", 0..head.size, None).await.unwrap(),
+            body
+        );
+        assert_eq!(store.pending_upload_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_aborts_and_leaves_nothing() {
+        let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+        store.fail_always(Op::UploadPart, ErrorKind::AccessDenied);
+        let mut up =
+            StreamingUpload::new(store.clone(), "doomed", UserMetadata::new(), config(100));
+        let mut result = Ok(());
+        for _ in 0..20 {
+            result = up.write(&[1u8; 100]).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        let err = match result {
+            Err(e) => e,
+            Ok(()) => up.finish().await.unwrap_err(),
+        };
+        assert_eq!(err.kind(), ErrorKind::AccessDenied);
+        assert_eq!(store.inner().pending_upload_count(), 0);
+        assert!(store.inner().keys().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_completion_aborts() {
+        let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+        store.fail_always(Op::CompleteMultipart, ErrorKind::ServerError);
+        let mut up = StreamingUpload::new(store.clone(), "k", UserMetadata::new(), config(100));
+        up.write(&[2u8; 350]).await.unwrap();
+        assert_eq!(
+            up.finish().await.unwrap_err().kind(),
+            ErrorKind::ServerError
+        );
+        assert_eq!(store.inner().pending_upload_count(), 0);
+        assert!(store.inner().keys().is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropping_an_unfinished_upload_aborts_it() {
+        let store = Arc::new(InMemoryStore::new("b"));
+        let mut up = StreamingUpload::new(store.clone(), "k", UserMetadata::new(), config(100));
+        up.write(&[3u8; 250]).await.unwrap();
+        assert_eq!(store.pending_upload_count(), 1);
+        drop(up);
+        for _ in 0..50 {
+            if store.pending_upload_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.pending_upload_count(), 0);
+    }
+}
