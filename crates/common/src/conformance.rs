@@ -400,7 +400,9 @@ pub async fn keys_with_odd_characters_round_trip(store: &dyn ObjectStore, prefix
 }
 
 /// One `#[tokio::test]` per conformance check. `$factory` is an async fn returning
-/// `(S, String)` for some `S: ObjectStore`: the store and a prefix no other test uses.
+/// `Option<(S, String)>` for some `S: ObjectStore`: the store and a prefix no other test uses,
+/// or `None` when the store is not available here (the test then does nothing; CI makes sure
+/// it is available).
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($factory:path) => {
@@ -422,7 +424,9 @@ macro_rules! store_conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                let (store, prefix) = $factory().await;
+                let Some((store, prefix)) = $factory().await else {
+                    return;
+                };
                 $crate::conformance::$check(&store, &prefix).await;
             }
         )*
@@ -433,8 +437,8 @@ macro_rules! store_conformance_tests {
 mod tests {
     use crate::memory::InMemoryStore;
 
-    async fn in_memory() -> (InMemoryStore, String) {
-        (InMemoryStore::new("conformance"), "suite/".to_string())
+    async fn in_memory() -> Option<(InMemoryStore, String)> {
+        Some((InMemoryStore::new("conformance"), "suite/".to_string()))
     }
 
     crate::store_conformance_tests!(in_memory);

@@ -112,10 +112,10 @@ pub(crate) fn map_service_error(
         ..
     } = req;
     let target = req.target();
-    let server_said = if message.is_empty() {
-        format!("HTTP {status} {code}")
-    } else {
-        format!("HTTP {status} {code}: {message}")
+    let server_said = match (code.is_empty(), message.is_empty()) {
+        (true, _) => format!("HTTP {status}"),
+        (false, true) => format!("HTTP {status} {code}"),
+        (false, false) => format!("HTTP {status} {code}: {message}"),
     };
     let (kind, text) = match (status, code) {
         // HEAD answers carry no body, so a 404 there has no code: the object is missing.

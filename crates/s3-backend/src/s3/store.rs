@@ -107,6 +107,26 @@ impl S3Store {
         }
     }
 
+    /// HEAD answers have no body, so a 403 does not say whether the key, the secret or a
+    /// permission is wrong. Ask once more with a request that has a body (a one-key listing)
+    /// and return its more precise error when it fails too. Only on the error path.
+    async fn explain_head_error(&self, err: StoreError) -> StoreError {
+        if err.kind() != ErrorKind::AccessDenied {
+            return err;
+        }
+        let probe = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .max_keys(1)
+            .send()
+            .await;
+        match probe {
+            Err(e) => map_sdk_error(e, self.req("ListObjectsV2", "")),
+            Ok(_) => err,
+        }
+    }
+
     fn req<'a>(&'a self, op: &'static str, key: &'a str) -> Request<'a> {
         Request {
             op,
@@ -147,8 +167,14 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .send()
-            .await
-            .map_err(|e| map_sdk_error(e, self.req("HeadObject", key)))?;
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                let err = map_sdk_error(e, self.req("HeadObject", key));
+                return Err(self.explain_head_error(err).await);
+            }
+        };
         Ok(ObjectMeta {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
