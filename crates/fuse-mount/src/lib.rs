@@ -1,14 +1,4 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+//! The FUSE filesystem over an [`ObjectStore`](common::ObjectStore) and `s3vol mount`.
+//!
+//! Not built yet: issue #3 fills this crate in (filesystem core over the store, the fuser
+//! adapter, mount sessions). It depends only on `common`'s trait and the generic data path.

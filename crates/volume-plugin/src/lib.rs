@@ -1,14 +1,4 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+//! The Docker volume plugin (`s3vol serve`): Docker's volume plugin protocol on a unix socket,
+//! volumes as FUSE mounts, the state catalogue.
+//!
+//! Not built yet: issue #5 fills this crate in.
