@@ -380,6 +380,7 @@ pub async fn keys_with_odd_characters_round_trip(store: &dyn ObjectStore, prefix
         "percent%20and?query=1&x#frag",
         "tab\tand'quote\"",
         "dots/../not-a-parent",
+        "control\u{1}char",
     ];
     for (i, name) in names.iter().enumerate() {
         let key = format!("{prefix}{name}");

@@ -178,7 +178,7 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
         if_match: Option<&ETag>,
     ) -> StoreResult<Bytes> {
         use futures::TryStreamExt;
-        let capacity = (range.end - range.start).min(64 << 20) as usize;
+        let capacity = range.end.saturating_sub(range.start).min(64 << 20) as usize;
         let mut stream = self.get_stream(key, range, if_match).await?;
         let mut buf = bytes::BytesMut::with_capacity(capacity);
         while let Some(chunk) = stream.try_next().await? {

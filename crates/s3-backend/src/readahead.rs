@@ -91,7 +91,8 @@ impl<S: ObjectStore> SequentialReader<S> {
     pub async fn read(&mut self, offset: u64, len: u64) -> StoreResult<Bytes> {
         let end = offset.saturating_add(len).min(self.object.size);
         if offset == self.next_offset {
-            self.window = (self.window * 2).clamp(self.config.initial_window, self.window_cap());
+            let cap = self.window_cap();
+            self.window = (self.window * 2).clamp(self.config.initial_window.min(cap), cap);
         } else {
             self.window = 0;
             self.prefetched_to =
@@ -205,6 +206,18 @@ mod tests {
         // The first read at 200 is not at the expected offset 0, so no read-ahead at all.
         assert_eq!(r.window(), 0);
         assert_eq!(store.request_count(Op::Get), 5);
+    }
+
+    #[tokio::test]
+    async fn an_initial_window_above_the_cap_does_not_panic() {
+        let (_store, r) = reader(10 * CHUNK as usize, 2 * CHUNK).await;
+        let mut r = SequentialReader::new(
+            r.cache.clone(),
+            r.object.clone(),
+            ReadaheadConfig::default(),
+        );
+        assert_eq!(r.read(0, 10).await.unwrap().len(), 10);
+        assert!(r.window() <= CHUNK);
     }
 
     #[tokio::test]

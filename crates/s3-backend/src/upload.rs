@@ -70,6 +70,9 @@ pub struct StreamingUpload<S: ObjectStore> {
     in_flight: JoinSet<StoreResult<CompletedPart>>,
     done: Vec<CompletedPart>,
     bytes_written: u64,
+    /// Set by the first failure; every later call returns it, so a failed upload can never
+    /// be completed with parts missing.
+    failed: Option<StoreError>,
 }
 
 impl<S: ObjectStore> StreamingUpload<S> {
@@ -90,6 +93,7 @@ impl<S: ObjectStore> StreamingUpload<S> {
             in_flight: JoinSet::new(),
             done: Vec::new(),
             bytes_written: 0,
+            failed: None,
         }
     }
 
@@ -104,6 +108,9 @@ impl<S: ObjectStore> StreamingUpload<S> {
     /// Append `data`. Starts part uploads as parts fill; waits while too many are in flight.
     /// On error the upload is aborted and must not be used further.
     pub async fn write(&mut self, mut data: &[u8]) -> StoreResult<()> {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
         self.bytes_written += data.len() as u64;
         while !data.is_empty() {
             let room = self.config.part_size - self.buffer.len();
@@ -113,7 +120,7 @@ impl<S: ObjectStore> StreamingUpload<S> {
             if self.buffer.len() == self.config.part_size {
                 let part = self.buffer.split().freeze();
                 if let Err(e) = self.send_part(part).await {
-                    self.abort_now().await;
+                    self.fail(e.clone()).await;
                     return Err(e);
                 }
             }
@@ -139,13 +146,14 @@ impl<S: ObjectStore> StreamingUpload<S> {
                 id
             }
         };
-        while self.in_flight.len() >= self.config.max_parts_in_flight {
-            self.collect_one().await?;
-        }
+        // Hand the part to its task before waiting, so a cancelled caller cannot lose it.
         let (store, key, part_number) = (self.store.clone(), self.key.clone(), self.next_part);
         self.next_part += 1;
         self.in_flight
             .spawn(async move { store.upload_part(&key, &upload_id, part_number, body).await });
+        while self.in_flight.len() > self.config.max_parts_in_flight {
+            self.collect_one().await?;
+        }
         Ok(())
     }
 
@@ -166,11 +174,19 @@ impl<S: ObjectStore> StreamingUpload<S> {
     /// Send what is left and make the object visible. Returns only once the store has
     /// acknowledged the whole object. On error the multipart upload is aborted.
     pub async fn finish(mut self) -> StoreResult<PutResult> {
+        if let Some(err) = self.failed.take() {
+            return Err(err);
+        }
         let result = self.finish_inner().await;
-        if result.is_err() {
-            self.abort_now().await;
+        if let Err(e) = &result {
+            self.fail(e.clone()).await;
         }
         result
+    }
+
+    async fn fail(&mut self, err: StoreError) {
+        self.failed = Some(err);
+        self.abort_now().await;
     }
 
     async fn finish_inner(&mut self) -> StoreResult<PutResult> {
@@ -232,6 +248,45 @@ mod tests {
     use common::failure::FailureStore;
     use common::memory::{InMemoryStore, Op};
     use common::ErrorKind;
+
+    #[tokio::test]
+    async fn a_failed_upload_refuses_further_writes_and_finish() {
+        let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+        store.fail_next(Op::UploadPart, ErrorKind::Network, 1);
+        let mut up = StreamingUpload::new(store.clone(), "k", UserMetadata::new(), config(100));
+        let mut failed = None;
+        for _ in 0..10 {
+            if let Err(e) = up.write(&[4u8; 100]).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        // The part failure surfaces at a later write or at finish; after it, nothing works.
+        let err = match failed {
+            Some(e) => e,
+            None => up.finish().await.unwrap_err(),
+        };
+        assert_eq!(err.kind(), ErrorKind::Network);
+        assert!(store.inner().keys().is_empty(), "a partial object was made");
+        assert_eq!(store.inner().pending_upload_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn writes_after_a_failure_are_refused() {
+        let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+        store.fail_next(Op::CreateMultipart, ErrorKind::AccessDenied, 1);
+        let mut up = StreamingUpload::new(store.clone(), "k", UserMetadata::new(), config(100));
+        assert!(up.write(&[5u8; 150]).await.is_err());
+        assert_eq!(
+            up.write(&[5u8; 10]).await.unwrap_err().kind(),
+            ErrorKind::AccessDenied
+        );
+        assert_eq!(
+            up.finish().await.unwrap_err().kind(),
+            ErrorKind::AccessDenied
+        );
+        assert!(store.inner().keys().is_empty(), "a partial object was made");
+    }
 
     fn config(part: usize) -> UploadConfig {
         UploadConfig::default()

@@ -111,13 +111,23 @@ impl DiskCache {
     pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
         let path = self.path_of(key);
         self.inner.index.get(&path)?;
-        match fs::read(&path).ok().and_then(|file| decode(&file, key)) {
+        let file = match fs::read(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Deleted behind our back (folder removed): forget it.
+                self.inner.index.invalidate(&path);
+                return None;
+            }
+            // Transient (EMFILE, EIO): a miss, but keep the file.
+            Err(_) => return None,
+        };
+        match decode(&file, key) {
             Some(data) => Some(data),
             None => {
                 self.inner.corrupt_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(path = %path.display(), "dropping an unreadable or corrupt cached chunk");
+                tracing::warn!(path = %path.display(), "dropping a corrupt or truncated cached chunk");
+                // The eviction listener deletes the file.
                 self.inner.index.invalidate(&path);
-                let _ = fs::remove_file(&path);
                 None
             }
         }

@@ -45,13 +45,6 @@ impl ChunkKey {
             index,
         }
     }
-
-    fn with_index(&self, index: u64) -> Self {
-        Self {
-            index,
-            ..self.clone()
-        }
-    }
 }
 
 /// One version of one object, as a reader holds it (from HEAD or a listing).
@@ -120,14 +113,55 @@ pub struct CacheStats {
 }
 
 type ChunkFuture = Shared<BoxFuture<'static, StoreResult<Bytes>>>;
+type InflightMap = Arc<Mutex<HashMap<ChunkKey, ChunkFuture>>>;
+
+/// Disk writes queued at most; beyond that a chunk is not written to disk (it is only a cache,
+/// and an unbounded queue would hold chunk buffers outside the memory budget).
+const MAX_PENDING_DISK_WRITES: usize = 16;
+
+/// The duty to answer the readers waiting for one chunk. Dropped unanswered (the fetching task
+/// was cancelled or panicked), it answers with an error and clears the in-flight entry, so no
+/// chunk stays "being fetched" forever.
+struct Ticket {
+    key: ChunkKey,
+    tx: Option<oneshot::Sender<StoreResult<Bytes>>>,
+    inflight: InflightMap,
+}
+
+impl Ticket {
+    fn index(&self) -> u64 {
+        self.key.index
+    }
+
+    fn answer(mut self, result: StoreResult<Bytes>) {
+        // Remove first: a reader arriving now must find the chunk in memory or fetch anew.
+        self.inflight.lock().unwrap().remove(&self.key);
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.inflight.lock().unwrap().remove(&self.key);
+            let _ = tx.send(Err(StoreError::new(
+                ErrorKind::Other,
+                "the chunk fetch was cancelled",
+            )));
+        }
+    }
+}
 
 /// The chunk cache over a store `S`. Share it with `Arc`.
 pub struct ChunkCache<S> {
     store: Arc<S>,
     config: CacheConfig,
     memory: moka::sync::Cache<ChunkKey, Bytes>,
-    inflight: Mutex<HashMap<ChunkKey, ChunkFuture>>,
+    inflight: InflightMap,
     disk: Option<DiskCache>,
+    disk_writes: Arc<tokio::sync::Semaphore>,
     stats: CacheStats,
 }
 
@@ -157,8 +191,9 @@ impl<S: ObjectStore> ChunkCache<S> {
             store,
             config,
             memory,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
             disk,
+            disk_writes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DISK_WRITES)),
             stats: CacheStats::default(),
         })
     }
@@ -195,8 +230,13 @@ impl<S: ObjectStore> ChunkCache<S> {
     }
 
     fn chunk_range(&self, object: &ObjectVersion, index: u64) -> Range<u64> {
-        let start = index * self.config.chunk_size;
-        start..(start + self.config.chunk_size).min(object.size)
+        let start = index
+            .saturating_mul(self.config.chunk_size)
+            .min(object.size);
+        start
+            ..start
+                .saturating_add(self.config.chunk_size)
+                .min(object.size)
     }
 
     /// Read `len` bytes at `offset` of `object` (fewer at the end of the object).
@@ -210,18 +250,24 @@ impl<S: ObjectStore> ChunkCache<S> {
         if offset >= end {
             return Ok(Bytes::new());
         }
+        if object.etag.as_str().trim_matches('"').is_empty() {
+            // Without an ETag, versions cannot be told apart: caching could mix them.
+            return self.store.get_range(&object.key, offset..end, None).await;
+        }
         let cs = self.config.chunk_size;
         let (first, last) = (offset / cs, (end - 1) / cs);
         if first == last {
             let chunk = self.chunk(object, first).await?;
-            return Ok(chunk.slice((offset - first * cs) as usize..(end - first * cs) as usize));
+            let from = ((offset - first * cs) as usize).min(chunk.len());
+            let to = ((end - first * cs) as usize).min(chunk.len());
+            return Ok(chunk.slice(from..to));
         }
         // A read spanning chunks: fetch the missing ones in one request, then assemble.
         self.prefetch(object, first..last + 1);
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for index in first..=last {
             let chunk = self.chunk(object, index).await?;
-            let from = offset.saturating_sub(index * cs) as usize;
+            let from = (offset.saturating_sub(index * cs) as usize).min(chunk.len());
             let to = ((end - index * cs) as usize).min(chunk.len());
             out.extend_from_slice(&chunk[from..to]);
         }
@@ -230,6 +276,15 @@ impl<S: ObjectStore> ChunkCache<S> {
 
     /// One whole chunk, from wherever it is.
     pub async fn chunk(self: &Arc<Self>, object: &ObjectVersion, index: u64) -> StoreResult<Bytes> {
+        if index >= self.chunk_count(object.size) {
+            return Err(StoreError::new(
+                ErrorKind::InvalidRange,
+                format!(
+                    "chunk {index} is past the end of {:?} ({} bytes)",
+                    object.key, object.size
+                ),
+            ));
+        }
         let key = self.key_of(object, index);
         if let Some(data) = self.memory.get(&key) {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
@@ -268,7 +323,7 @@ impl<S: ObjectStore> ChunkCache<S> {
     /// without waiting. Consecutive missing chunks share one ranged GET.
     pub fn prefetch(self: &Arc<Self>, object: &ObjectVersion, indices: Range<u64>) {
         let indices = indices.start..indices.end.min(self.chunk_count(object.size));
-        let mut run: Vec<(u64, oneshot::Sender<StoreResult<Bytes>>)> = Vec::new();
+        let mut run: Vec<Ticket> = Vec::new();
         let mut runs = Vec::new();
         {
             let mut inflight = self.inflight.lock().unwrap();
@@ -286,14 +341,18 @@ impl<S: ObjectStore> ChunkCache<S> {
                         r.unwrap_or_else(|_| {
                             Err(StoreError::new(
                                 ErrorKind::Other,
-                                "chunk fetch was cancelled",
+                                "the chunk fetch was cancelled",
                             ))
                         })
                     })
                     .boxed()
                     .shared();
-                inflight.insert(key, future);
-                run.push((index, tx));
+                inflight.insert(key.clone(), future);
+                run.push(Ticket {
+                    key,
+                    tx: Some(tx),
+                    inflight: self.inflight.clone(),
+                });
             }
         }
         if !run.is_empty() {
@@ -308,84 +367,78 @@ impl<S: ObjectStore> ChunkCache<S> {
 
     /// Fetch a run of consecutive chunks: each from disk if it is there, the rest with one
     /// ranged GET, handing out every chunk as soon as it is complete.
-    async fn fetch_run(
-        self: Arc<Self>,
-        object: &ObjectVersion,
-        run: Vec<(u64, oneshot::Sender<StoreResult<Bytes>>)>,
-    ) {
-        let base = self.key_of(object, 0);
+    async fn fetch_run(self: Arc<Self>, object: &ObjectVersion, run: Vec<Ticket>) {
         let mut missing = Vec::new();
-        for (index, tx) in run {
-            let key = base.with_index(index);
+        for ticket in run {
             let on_disk = match &self.disk {
                 Some(disk) => {
-                    let disk = disk.clone();
-                    let k = key.clone();
-                    tokio::task::spawn_blocking(move || disk.get(&k))
+                    let (disk, key) = (disk.clone(), ticket.key.clone());
+                    tokio::task::spawn_blocking(move || disk.get(&key))
                         .await
                         .ok()
                         .flatten()
                 }
                 None => None,
             };
+            let want = self.chunk_range(object, ticket.index());
             match on_disk {
-                Some(data)
-                    if data.len() as u64
-                        == self.chunk_range(object, index).end
-                            - self.chunk_range(object, index).start =>
-                {
+                Some(data) if data.len() as u64 == want.end - want.start => {
                     self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-                    self.deliver(key, Ok(data), tx, false);
+                    self.deliver(ticket, Ok(data), false);
                 }
-                _ => missing.push((index, tx)),
+                _ => missing.push(ticket),
             }
         }
         // Disk hits may have split the run; each consecutive stretch is one request.
-        let mut stretch: Vec<(u64, oneshot::Sender<StoreResult<Bytes>>)> = Vec::new();
-        for (index, tx) in missing {
-            if stretch.last().is_some_and(|(last, _)| *last + 1 != index) {
-                self.fetch_stretch(object, &base, std::mem::take(&mut stretch))
+        let mut stretch: Vec<Ticket> = Vec::new();
+        for ticket in missing {
+            if stretch
+                .last()
+                .is_some_and(|last| last.index() + 1 != ticket.index())
+            {
+                self.fetch_stretch(object, std::mem::take(&mut stretch))
                     .await;
             }
-            stretch.push((index, tx));
+            stretch.push(ticket);
         }
         if !stretch.is_empty() {
-            self.fetch_stretch(object, &base, stretch).await;
+            self.fetch_stretch(object, stretch).await;
         }
     }
 
-    async fn fetch_stretch(
-        &self,
-        object: &ObjectVersion,
-        base: &ChunkKey,
-        stretch: Vec<(u64, oneshot::Sender<StoreResult<Bytes>>)>,
-    ) {
-        let first = stretch[0].0;
-        let last = stretch[stretch.len() - 1].0;
+    async fn fetch_stretch(&self, object: &ObjectVersion, stretch: Vec<Ticket>) {
+        let first = stretch[0].index();
+        let last = stretch[stretch.len() - 1].index();
         let range = self.chunk_range(object, first).start..self.chunk_range(object, last).end;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let mut waiting: VecDeque<_> = stretch.into();
+        let mut waiting: VecDeque<Ticket> = stretch.into();
         let result: StoreResult<()> = async {
-            let mut body = self
-                .store
-                .get_stream(&object.key, range.clone(), Some(&object.etag))
-                .await?;
+            let mut body = self.store.get_stream(&object.key, range.clone(), Some(&object.etag)).await?;
+            // Each chunk gets a buffer of exactly its size: no regrowth copies, and evicting a
+            // chunk frees its memory (a shared buffer would stay alive through its neighbours).
             let mut buf = BytesMut::new();
-            while let Some(bytes) = body.try_next().await? {
-                buf.extend_from_slice(&bytes);
-                while let Some((index, _)) = waiting.front() {
-                    let want = self.chunk_range(object, *index);
+            while let Some(mut bytes) = body.try_next().await? {
+                while !bytes.is_empty() {
+                    let Some(ticket) = waiting.front() else {
+                        return Err(StoreError::new(
+                            ErrorKind::Network,
+                            format!("the object store sent more bytes than asked for {:?} (range {range:?})", object.key),
+                        ));
+                    };
+                    let want = self.chunk_range(object, ticket.index());
                     let want = (want.end - want.start) as usize;
-                    if buf.len() < want {
-                        break;
+                    if buf.capacity() < want {
+                        buf.reserve(want - buf.len());
                     }
-                    let data = buf.split_to(want).freeze();
-                    let (index, tx) = waiting.pop_front().expect("checked");
-                    self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .fetched_bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    self.deliver(base.with_index(index), Ok(data), tx, true);
+                    let take = (want - buf.len()).min(bytes.len());
+                    buf.extend_from_slice(&bytes.split_to(take));
+                    if buf.len() == want {
+                        let data = std::mem::take(&mut buf).freeze();
+                        let ticket = waiting.pop_front().expect("checked");
+                        self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+                        self.stats.fetched_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        self.deliver(ticket, Ok(data), true);
+                    }
                 }
             }
             if waiting.is_empty() {
@@ -393,40 +446,35 @@ impl<S: ObjectStore> ChunkCache<S> {
             } else {
                 Err(StoreError::new(
                     ErrorKind::Network,
-                    format!(
-                        "the object store sent fewer bytes than asked for {:?} (range {range:?})",
-                        object.key
-                    ),
+                    format!("the object store sent fewer bytes than asked for {:?} (range {range:?})", object.key),
                 ))
             }
         }
         .await;
         // Every waiter gets an answer, so no chunk stays "in flight" forever.
         if let Err(err) = result {
-            for (index, tx) in waiting {
-                self.deliver(base.with_index(index), Err(err.clone()), tx, false);
+            for ticket in waiting {
+                self.deliver(ticket, Err(err.clone()), false);
             }
         }
     }
 
     /// Hand a fetched chunk (or the error) to its waiters and the caches.
-    fn deliver(
-        &self,
-        key: ChunkKey,
-        result: StoreResult<Bytes>,
-        tx: oneshot::Sender<StoreResult<Bytes>>,
-        to_disk: bool,
-    ) {
+    fn deliver(&self, ticket: Ticket, result: StoreResult<Bytes>, to_disk: bool) {
         if let Ok(data) = &result {
-            self.memory.insert(key.clone(), data.clone());
+            self.memory.insert(ticket.key.clone(), data.clone());
             if let (true, Some(disk)) = (to_disk, &self.disk) {
-                let (disk, key, data) = (disk.clone(), key.clone(), data.clone());
-                tokio::task::spawn_blocking(move || disk.put(&key, &data));
+                // Skip the disk when writes queue up (a slow disk must not hold memory).
+                if let Ok(permit) = self.disk_writes.clone().try_acquire_owned() {
+                    let (disk, key, data) = (disk.clone(), ticket.key.clone(), data.clone());
+                    tokio::task::spawn_blocking(move || {
+                        disk.put(&key, &data);
+                        drop(permit);
+                    });
+                }
             }
         }
-        // Remove after inserting, so a new reader finds the chunk in one place or the other.
-        self.inflight.lock().unwrap().remove(&key);
-        let _ = tx.send(result);
+        ticket.answer(result);
     }
 }
 

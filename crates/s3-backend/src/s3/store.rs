@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, DateTime};
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CompletedMultipartUpload, CompletedPart as SdkCompletedPart,
-    CreateBucketConfiguration, MetadataDirective,
+    CreateBucketConfiguration, EncodingType, MetadataDirective,
 };
 use bytes::Bytes;
 use common::store::{ByteStream, PendingUpload};
@@ -142,6 +142,13 @@ fn system_time(t: Option<&DateTime>) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// Keys in listings asked for with `encoding-type=url`.
+fn url_decode(value: &str) -> String {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 fn etag(value: Option<&str>) -> ETag {
     ETag::new(value.unwrap_or_default())
 }
@@ -227,6 +234,23 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_sdk_error(e, self.req("GetObject", key)))?;
+        // A server or proxy that ignores Range answers with the whole object from byte 0;
+        // its bytes must not be taken for the range asked for.
+        let starts_at = out
+            .content_range()
+            .and_then(|r| r.strip_prefix("bytes "))
+            .and_then(|r| r.split('-').next())
+            .and_then(|start| start.parse::<u64>().ok())
+            .unwrap_or(0);
+        if starts_at != range.start {
+            return Err(StoreError::new(
+                ErrorKind::Other,
+                format!(
+                    "{} answered a ranged GET of {key:?} from byte {} with data from byte {starts_at};                      the server or a proxy in between does not support Range requests",
+                    self.endpoint, range.start
+                ),
+            ));
+        }
         let (endpoint, key) = (self.endpoint.clone(), key.to_string());
         let body = futures::stream::unfold(Some(out.body), move |body: Option<SdkByteStream>| {
             let (endpoint, key) = (endpoint.clone(), key.clone());
@@ -259,6 +283,9 @@ impl ObjectStore for S3Store {
             .set_delimiter(params.delimiter.clone())
             .set_continuation_token(params.continuation_token.clone())
             .max_keys(params.max_keys as i32)
+            // Keys may hold characters XML cannot carry (control characters); URL encoding
+            // makes every key listable.
+            .encoding_type(EncodingType::Url)
             .send()
             .await
             .map_err(|e| map_sdk_error(e, self.req("ListObjectsV2", &params.prefix)))?;
@@ -267,7 +294,7 @@ impl ObjectStore for S3Store {
                 .contents()
                 .iter()
                 .map(|o| ListedObject {
-                    key: o.key().unwrap_or_default().to_string(),
+                    key: url_decode(o.key().unwrap_or_default()),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: etag(o.e_tag()),
                     last_modified: system_time(o.last_modified()),
@@ -276,7 +303,7 @@ impl ObjectStore for S3Store {
             common_prefixes: out
                 .common_prefixes()
                 .iter()
-                .filter_map(|p| p.prefix().map(str::to_string))
+                .filter_map(|p| p.prefix().map(url_decode))
                 .collect(),
             next_continuation_token: if out.is_truncated().unwrap_or(false) {
                 out.next_continuation_token().map(str::to_string)
@@ -372,8 +399,28 @@ impl ObjectStore for S3Store {
             .upload_id(&upload_id.0)
             .multipart_upload(upload)
             .send()
-            .await
-            .map_err(|e| map_sdk_error(e, self.req("CompleteMultipartUpload", key)))?;
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                let err = map_sdk_error(e, self.req("CompleteMultipartUpload", key));
+                // A retried completion whose first attempt succeeded finds no upload any more:
+                // the object is there if HEAD shows a multipart ETag of this many parts.
+                if err.kind() == ErrorKind::NotFound {
+                    if let Ok(head) = self.head(key).await {
+                        if head
+                            .etag
+                            .as_str()
+                            .trim_matches('"')
+                            .ends_with(&format!("-{}", parts.len()))
+                        {
+                            return Ok(PutResult { etag: head.etag });
+                        }
+                    }
+                }
+                return Err(err);
+            }
+        };
         match out.e_tag() {
             Some(tag) if !tag.trim_matches('"').is_empty() => Ok(PutResult {
                 etag: etag(Some(tag)),
