@@ -3,7 +3,9 @@
 //!
 //! The window starts at `initial_window` on the first sequential read and doubles with each
 //! further one, up to `max_window` and never more than a quarter of the cache's memory budget
-//! (so prefetched chunks are not evicted before they are read). It is cut into requests of
+//! (so prefetched chunks are not evicted before they are read). The bound is per reader: many
+//! sequential readers at once can still evict each other's chunks (then a chunk is fetched
+//! again, never served wrong); a budget shared by all readers is future work. It is cut into requests of
 //! `request_size`, each its own GET, so a window of 64 MiB keeps 8 requests of 8 MiB in flight:
 //! one reader is then limited by the backend's bandwidth, not one request's latency. A read at
 //! another offset (a seek) drops the window to zero: random reads fetch only what they need.

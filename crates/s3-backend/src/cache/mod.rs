@@ -61,7 +61,8 @@ pub struct ObjectVersion {
 pub struct CacheConfig {
     /// Size of a chunk; reads and cache entries are aligned to it.
     pub chunk_size: u64,
-    /// Hard cap of chunk bytes held in memory.
+    /// Memory budget of the cache: the memory tier holds up to 3/4 of it (see
+    /// [`memory_tier_bytes`](Self::memory_tier_bytes)), read-ahead in flight the rest.
     pub memory_bytes: u64,
     /// Folder of the disk tier; `None` disables it.
     pub disk_dir: Option<PathBuf>,
@@ -81,6 +82,13 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
+    /// The part of the memory budget the memory tier may fill. The rest is kept for data on
+    /// its way in (read-ahead fetches in flight, up to a quarter of the budget per reader) and
+    /// the HTTP client's buffers, so the whole stays within the budget.
+    pub fn memory_tier_bytes(&self) -> u64 {
+        self.memory_bytes / 4 * 3
+    }
+
     pub fn chunk_size(mut self, bytes: u64) -> Self {
         self.chunk_size = bytes.max(4096);
         self
@@ -181,7 +189,7 @@ impl<S: ObjectStore> ChunkCache<S> {
             None => None,
         };
         let memory = moka::sync::Cache::builder()
-            .max_capacity(config.memory_bytes)
+            .max_capacity(config.memory_tier_bytes())
             .weigher(|_k: &ChunkKey, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
             // LRU, not TinyLFU: read-ahead inserts chunks just before they are read, and
             // TinyLFU's admission filter would refuse those one-time entries once full.

@@ -82,8 +82,9 @@ pub struct S3Config {
     pub credentials: CredentialsSource,
     /// Limit for establishing a TCP (and TLS) connection.
     pub connect_timeout: Duration,
-    /// Limit for one attempt of one request, up to the first byte of the answer; a body that
-    /// stalls for this long also fails.
+    /// Limit for one attempt of one request, until the answer's headers arrive (sending the
+    /// request body counts). A response body that stops flowing is cut separately by the
+    /// SDK's stalled-stream protection.
     pub request_timeout: Duration,
     /// Attempts per request, the first included; only retryable failures are retried.
     pub max_attempts: u32,
@@ -214,7 +215,8 @@ impl S3Config {
         let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
             .force_path_style(self.uses_path_style())
             // Ceph RGW and older MinIO do not understand the SDK's default flexible checksums
-            // (aws-chunked trailers); integrity of cached data is checked by the chunk cache.
+            // (aws-chunked trailers). Data on the wire is protected by TCP/TLS; data in the disk
+            // cache by the chunk cache's CRC32C.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if let Some(url) = &self.endpoint_url {
