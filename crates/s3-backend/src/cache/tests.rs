@@ -96,12 +96,12 @@ async fn memory_stays_within_the_budget() {
     for i in 0..200 {
         cache.read(&obj, i * CHUNK, CHUNK).await.unwrap();
         assert!(
-            cache.memory_used() <= budget / 4 * 3,
+            cache.memory_used() <= budget / 8 * 5,
             "{} > {budget}",
             cache.memory_used()
         );
     }
-    assert!(cache.memory_used() > budget / 2);
+    assert!(cache.memory_used() > budget / 2, "{}", cache.memory_used());
 }
 
 #[tokio::test]
