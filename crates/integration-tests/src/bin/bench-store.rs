@@ -164,11 +164,7 @@ async fn main() {
 
         // Warm from memory: a budget that holds the whole object; first pass fills it.
         let big = Arc::new(
-            ChunkCache::new(
-                store.clone(),
-                CacheConfig::default().memory_bytes(size * 3 / 2),
-            )
-            .unwrap(),
+            ChunkCache::new(store.clone(), CacheConfig::default().memory_bytes(size * 2)).unwrap(),
         );
         read_through(&mut new_reader(&big, &object), size).await;
         warm_mem.push(read_through(&mut new_reader(&big, &object), size).await);
