@@ -1,4 +1,16 @@
-//! The FUSE filesystem over an [`ObjectStore`](common::ObjectStore) and `s3vol mount`.
+//! s3vol's filesystem: a bucket (or a prefix of it) as a POSIX-ish tree in which each file is
+//! one plain object.
 //!
-//! Not built yet: issue #3 fills this crate in (filesystem core over the store, the fuser
-//! adapter, mount sessions). It depends only on `common`'s trait and the generic data path.
+//! - [`core`]: the filesystem over any [`ObjectStore`](common::ObjectStore), no FUSE types;
+//!   tested over the in-memory store.
+//! - [`fuse`]: the fuser adapter, answering each request from a tokio task.
+//! - [`session`]: mounting and unmounting.
+//!
+//! docs/SEMANTICS.md is the contract this crate keeps.
+
+pub mod core;
+pub mod fuse;
+pub mod session;
+
+pub use crate::core::{Fs, FsConfig, FsError};
+pub use session::{check_mountpoint, mount, MountHandle, MountOptions};

@@ -1,4 +1,4 @@
-//! The Docker volume plugin (`s3vol serve`): Docker's volume plugin protocol on a unix socket,
-//! volumes as FUSE mounts, the state catalogue.
-//!
-//! Not built yet: issue #5 fills this crate in.
+//! The `s3vol` binary's logic. Today: `s3vol mount` ([`mount`]). The Docker volume plugin
+//! (`s3vol serve`: the protocol, volume lifecycle and state) comes with issue #5.
+
+pub mod mount;

@@ -51,12 +51,18 @@ where
             } else {
                 ErrorKind::Network
             };
+            let cause = connection_cause(&details);
+            // A named cause says it all; otherwise the SDK's chain is the only clue.
+            let details = if cause == "connection failed" {
+                format!(": {details}")
+            } else {
+                String::new()
+            };
             StoreError::new(
                 kind,
                 format!(
-                    "cannot reach the S3 endpoint {endpoint} ({}); check the endpoint URL and that \
-                     the server is up. {op} of {} failed: {details}",
-                    connection_cause(&details),
+                    "cannot reach the S3 endpoint {endpoint} ({cause}); check the endpoint URL and that \
+                     the server is up ({op} of {}{details})",
                     req.target()
                 ),
             )
@@ -124,7 +130,7 @@ pub(crate) fn map_service_error(
         }
         (_, "NoSuchBucket") => (
             ErrorKind::NoSuchBucket,
-            format!("bucket {bucket:?} does not exist on {endpoint}; create it, or allow s3vol to create it (create_bucket=true)"),
+            format!("bucket {bucket:?} does not exist on {endpoint}; create it first (Docker volumes create it when create_bucket=true)"),
         ),
         (_, "NoSuchUpload") => (ErrorKind::NotFound, format!("{op} of {target}: the multipart upload does not exist (completed or aborted)")),
         // If-Match did not match: the object changed since its ETag was read.

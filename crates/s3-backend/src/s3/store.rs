@@ -63,7 +63,10 @@ impl S3Store {
         let head = self.client.head_bucket().bucket(&self.bucket).send().await;
         let err = match head {
             Ok(_) => return Ok(()),
-            Err(e) => map_sdk_error(e, self.req("HeadBucket", "")),
+            Err(e) => {
+                self.explain_head_error(map_sdk_error(e, self.req("HeadBucket", "")))
+                    .await
+            }
         };
         // HEAD has no body, so a 404 carries no code: for a bucket it means no such bucket.
         let missing = matches!(err.kind(), ErrorKind::NotFound | ErrorKind::NoSuchBucket);
@@ -74,7 +77,7 @@ impl S3Store {
             return Err(StoreError::new(
                 ErrorKind::NoSuchBucket,
                 format!(
-                    "bucket {:?} does not exist on {}; create it, or allow s3vol to create it (create_bucket=true)",
+                    "bucket {:?} does not exist on {}; create it first (Docker volumes create it when create_bucket=true)",
                     self.bucket, self.endpoint
                 ),
             ));

@@ -1,0 +1,227 @@
+//! Written files: every byte written goes to a staging file in the cache folder, and, while the
+//! writes come in order from offset 0, also into a streaming multipart upload. Committing
+//! (flush, fsync, release) then only finishes that upload; a file written out of order (random
+//! writes, appends to existing data, truncates) is uploaded from its staging file instead.
+//!
+//! The staging file is deleted only after the store acknowledged the object. When the upload
+//! fails, the error is returned (EIO at close/fsync) and the file stays, so nothing written is
+//! lost: a later fsync or close retries, and on release it is kept in the recovery folder.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::{ObjectStore, PutResult, UserMetadata};
+use s3_backend::upload::{StreamingUpload, UploadConfig};
+
+use super::error::{FsError, FsResult};
+
+/// The write state of one open file, shared by all its handles.
+#[derive(Debug)]
+pub struct FileState<S: ObjectStore> {
+    pub key: String,
+    staging_path: PathBuf,
+    staging: File,
+    /// Logical size of the file.
+    pub size: u64,
+    /// Written since the last commit.
+    pub dirty: bool,
+    /// Open while every write so far was sequential from 0 since the file became empty.
+    stream: Option<StreamingUpload<S>>,
+    stream_next: u64,
+    /// The file was unlinked while open: its bytes must not be uploaded any more.
+    pub detached: bool,
+}
+
+static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
+
+fn local(e: std::io::Error, what: &str, path: &Path) -> FsError {
+    FsError::Local(format!("{what} {}: {e}", path.display()))
+}
+
+impl<S: ObjectStore> FileState<S> {
+    /// A staging file in `dir` holding `initial` (the object's current bytes, or nothing).
+    /// With `stream`, writes from offset 0 are streamed to `key` as they come.
+    pub fn new(
+        dir: &Path,
+        key: &str,
+        initial: &[u8],
+        stream: Option<StreamingUpload<S>>,
+    ) -> FsResult<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| local(e, "cannot create the staging folder", dir))?;
+        let name = format!(
+            "{}-{}.staging",
+            std::process::id(),
+            NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
+        );
+        let staging_path = dir.join(name);
+        let staging = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&staging_path)
+            .map_err(|e| local(e, "cannot create staging file", &staging_path))?;
+        staging
+            .write_all_at(initial, 0)
+            .map_err(|e| local(e, "cannot write staging file", &staging_path))?;
+        Ok(Self {
+            key: key.to_string(),
+            staging_path,
+            staging,
+            size: initial.len() as u64,
+            dirty: false,
+            stream: if initial.is_empty() { stream } else { None },
+            stream_next: 0,
+            detached: false,
+        })
+    }
+
+    pub fn staging_path(&self) -> &Path {
+        &self.staging_path
+    }
+
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
+        self.staging
+            .write_all_at(data, offset)
+            .map_err(|e| local(e, "cannot write staging file", &self.staging_path))?;
+        self.size = self.size.max(offset + data.len() as u64);
+        self.dirty = true;
+        if let Some(stream) = &mut self.stream {
+            if offset == self.stream_next && stream.write(data).await.is_ok() {
+                self.stream_next += data.len() as u64;
+            } else {
+                // Out of order (or the stream failed): the staging file has everything.
+                if let Some(stream) = self.stream.take() {
+                    stream.abort().await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        let end = self.size.min(offset.saturating_add(len as u64));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.staging
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| local(e, "cannot read staging file", &self.staging_path))?;
+        Ok(buf)
+    }
+
+    pub async fn truncate(&mut self, size: u64) -> FsResult<()> {
+        self.staging
+            .set_len(size)
+            .map_err(|e| local(e, "cannot truncate staging file", &self.staging_path))?;
+        if size < self.stream_next || size > self.size {
+            if let Some(stream) = self.stream.take() {
+                stream.abort().await;
+            }
+        }
+        self.size = size;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Make the store hold exactly the staged bytes with `metadata`. On success the state is
+    /// clean; on failure it stays dirty and the staging file keeps every byte.
+    pub async fn commit(
+        &mut self,
+        store: &Arc<S>,
+        metadata: UserMetadata,
+        upload: &UploadConfig,
+    ) -> FsResult<Option<PutResult>> {
+        if !self.dirty || self.detached {
+            return Ok(None);
+        }
+        let streamed_all = self.stream.is_some() && self.stream_next == self.size;
+        let result = match self.stream.take() {
+            // The stream carries the metadata the file was created with; changes since then
+            // abandoned it (see abandon_stream).
+            Some(stream) if streamed_all => stream.finish().await,
+            other => {
+                if let Some(stream) = other {
+                    stream.abort().await;
+                }
+                self.upload_staged(store, metadata, upload).await
+            }
+        };
+        match result {
+            Ok(put) => {
+                self.dirty = false;
+                Ok(Some(put))
+            }
+            Err(e) => {
+                tracing::error!(key = %self.key, staging = %self.staging_path.display(), error = %e,
+                    "upload failed; the written data is kept in the staging file");
+                Err(FsError::Store(e))
+            }
+        }
+    }
+
+    async fn upload_staged(
+        &self,
+        store: &Arc<S>,
+        metadata: UserMetadata,
+        upload: &UploadConfig,
+    ) -> common::StoreResult<PutResult> {
+        let mut up =
+            StreamingUpload::new(store.clone(), self.key.clone(), metadata, upload.clone());
+        let mut offset = 0;
+        let piece = upload.part_size as u64;
+        let mut buf = vec![0u8; piece as usize];
+        while offset < self.size {
+            let len = (self.size - offset).min(piece) as usize;
+            self.staging
+                .read_exact_at(&mut buf[..len], offset)
+                .map_err(|e| {
+                    common::StoreError::new(
+                        common::ErrorKind::Other,
+                        format!(
+                            "cannot read staging file {}: {e}",
+                            self.staging_path.display()
+                        ),
+                    )
+                })?;
+            up.write(&buf[..len]).await?;
+            offset += len as u64;
+        }
+        up.finish().await
+    }
+
+    /// Stop streaming: the metadata changed (chmod, chown, utimens) after the upload began,
+    /// so the commit must upload the staged bytes with the new metadata.
+    pub async fn abandon_stream(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            stream.abort().await;
+        }
+    }
+
+    /// Drop the staging file (after a successful commit).
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.staging_path);
+    }
+
+    /// Keep the staged bytes for recovery: move the file to `dir`, named after the key.
+    pub fn keep_for_recovery(self, dir: &Path) -> PathBuf {
+        let _ = std::fs::create_dir_all(dir);
+        let name: String = self
+            .key
+            .chars()
+            .map(|c| if c == '/' { '%' } else { c })
+            .collect();
+        let target = dir.join(format!(
+            "{name}.{}",
+            NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::rename(&self.staging_path, &target) {
+            Ok(()) => target,
+            Err(_) => self.staging_path.clone(),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The inode table: numbers the kernel knows, mapped to paths in the volume.
+//!
+//! An inode is a path relative to the volume root ("" for the root, "a/b" below it) plus the
+//! attributes last seen and when. Numbers are never reused while the mount lives. A rename moves
+//! the inode (and, for a directory, every inode below it) to the new path.
+
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime};
+
+use common::ETag;
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// Attributes of an inode as the filesystem reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    /// Permission bits only (no type bits).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inode {
+    pub parent: u64,
+    pub name: String,
+    /// Path relative to the volume root, no leading or trailing slash.
+    pub path: String,
+    pub attr: Attr,
+    /// The object version the attributes describe (files and symlinks).
+    pub etag: Option<ETag>,
+    /// When the attributes were last confirmed by the store (or written by us).
+    pub fetched: Instant,
+    /// Whether mode/uid/gid came from the object's metadata (HEAD) rather than defaults
+    /// (a listing carries no metadata).
+    pub metadata_known: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct InodeTable {
+    next: u64,
+    inodes: HashMap<u64, Inode>,
+    by_path: HashMap<String, u64>,
+}
+
+impl InodeTable {
+    pub fn new(root: Attr) -> Self {
+        let mut table = Self {
+            next: ROOT_INO + 1,
+            ..Self::default()
+        };
+        table.inodes.insert(
+            ROOT_INO,
+            Inode {
+                parent: ROOT_INO,
+                name: String::new(),
+                path: String::new(),
+                attr: root,
+                etag: None,
+                fetched: Instant::now(),
+                metadata_known: true,
+            },
+        );
+        table.by_path.insert(String::new(), ROOT_INO);
+        table
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.inodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Inode> {
+        self.inodes.get_mut(&ino)
+    }
+
+    pub fn by_path(&self, path: &str) -> Option<&Inode> {
+        self.by_path.get(path).and_then(|ino| self.inodes.get(ino))
+    }
+
+    /// Insert or refresh the inode for `parent`/`name`, keeping its number if it had one.
+    /// A kind change (a file replaced by a directory of the same name) gets a new number.
+    pub fn upsert(
+        &mut self,
+        parent: u64,
+        name: &str,
+        path: String,
+        mut attr: Attr,
+        etag: Option<ETag>,
+        metadata_known: bool,
+    ) -> Attr {
+        if let Some(&ino) = self.by_path.get(&path) {
+            let inode = self.inodes.get_mut(&ino).expect("indexed inodes exist");
+            if inode.attr.kind == attr.kind {
+                if !metadata_known && inode.metadata_known {
+                    // A listing refreshes size and time but knows no mode/uid/gid.
+                    attr.perm = inode.attr.perm;
+                    attr.uid = inode.attr.uid;
+                    attr.gid = inode.attr.gid;
+                }
+                attr.ino = ino;
+                inode.attr = attr.clone();
+                inode.etag = etag;
+                inode.fetched = Instant::now();
+                inode.metadata_known |= metadata_known;
+                return attr;
+            }
+            self.remove_path(&path);
+        }
+        let ino = self.next;
+        self.next += 1;
+        attr.ino = ino;
+        self.inodes.insert(
+            ino,
+            Inode {
+                parent,
+                name: name.to_string(),
+                path: path.clone(),
+                attr: attr.clone(),
+                etag,
+                fetched: Instant::now(),
+                metadata_known,
+            },
+        );
+        self.by_path.insert(path, ino);
+        attr
+    }
+
+    /// Forget the path (the inode number stays valid for open handles until forgotten).
+    pub fn remove_path(&mut self, path: &str) {
+        self.by_path.remove(path);
+    }
+
+    /// Move `from` (and everything below it) to `to`, under `new_parent` named `new_name`.
+    pub fn rename(&mut self, from: &str, to: &str, new_parent: u64, new_name: &str) {
+        self.remove_path(to);
+        let below = format!("{from}/");
+        let moved: Vec<(String, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.as_str() == from || p.starts_with(&below))
+            .map(|(p, ino)| (p.clone(), *ino))
+            .collect();
+        for (old, ino) in moved {
+            self.by_path.remove(&old);
+            let new = format!("{to}{}", &old[from.len()..]);
+            let inode = self.inodes.get_mut(&ino).expect("indexed inodes exist");
+            if old == from {
+                inode.parent = new_parent;
+                inode.name = new_name.to_string();
+            }
+            inode.path = new.clone();
+            self.by_path.insert(new, ino);
+        }
+    }
+}

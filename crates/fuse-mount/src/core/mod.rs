@@ -1,0 +1,1097 @@
+//! The filesystem core: POSIX-ish operations over an [`ObjectStore`], with no FUSE types, so it
+//! is tested directly over the in-memory store. `fuse.rs` adapts it to fuser.
+//!
+//! Layout (docs/SEMANTICS.md has the whole contract): file `a/b` of a volume with prefix `p/` is
+//! object `p/a/b`; directories are key prefixes, plus an empty `a/` marker written by mkdir;
+//! mode, uid, gid and mtime are s3fs-style user metadata ([`metadata`]).
+//!
+//! Caching: attributes of an inode are trusted for `attr_ttl` after the store confirmed them; a
+//! name found missing is trusted missing for `negative_ttl`. Listings fill attributes (size,
+//! mtime) without HEAD requests; mode/uid/gid of an object are learnt by the lookup (HEAD) that
+//! follows once the listing's attributes expire, or right away for names never listed.
+
+pub mod error;
+pub mod files;
+pub mod inodes;
+pub mod metadata;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use common::{ErrorKind, ListParams, ObjectMeta, ObjectStore, UserMetadata};
+use s3_backend::cache::{CacheConfig, ChunkCache, ObjectVersion};
+use s3_backend::readahead::{ReadaheadConfig, SequentialReader};
+use s3_backend::upload::UploadConfig;
+
+pub use error::{FsError, FsResult};
+use files::FileState;
+use inodes::InodeTable;
+pub use inodes::{Attr, Kind, ROOT_INO};
+use metadata::{StoredAttrs, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+
+/// Settings of one mounted volume.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FsConfig {
+    /// Key prefix of the volume: empty (whole bucket) or ending in `/`.
+    pub prefix: String,
+    /// Owner and permissions of objects that carry no metadata.
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u32,
+    pub dir_mode: u32,
+    pub read_only: bool,
+    pub attr_ttl: Duration,
+    pub negative_ttl: Duration,
+    /// Where written files are staged until the store has them.
+    pub staging_dir: PathBuf,
+    /// Where staged data goes when its upload failed at the last close.
+    pub recovery_dir: PathBuf,
+    pub cache: CacheConfig,
+    pub readahead: ReadaheadConfig,
+    pub upload: UploadConfig,
+}
+
+impl FsConfig {
+    /// Defaults for a volume whose local files live under `local_dir`.
+    pub fn new(local_dir: impl Into<PathBuf>) -> Self {
+        let local_dir = local_dir.into();
+        Self {
+            prefix: String::new(),
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            read_only: false,
+            attr_ttl: Duration::from_secs(1),
+            negative_ttl: Duration::from_secs(1),
+            staging_dir: local_dir.join("staging"),
+            recovery_dir: local_dir.join("recovery"),
+            cache: CacheConfig::default(),
+            readahead: ReadaheadConfig::default(),
+            upload: UploadConfig::default(),
+        }
+    }
+
+    /// Mount `prefix` of the bucket; a missing trailing `/` is added.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        let trimmed = prefix.trim_matches('/');
+        self.prefix = if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("{trimmed}/")
+        };
+        self
+    }
+
+    pub fn owner(mut self, uid: u32, gid: u32) -> Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+
+    pub fn modes(mut self, file_mode: u32, dir_mode: u32) -> Self {
+        self.file_mode = file_mode & 0o7777;
+        self.dir_mode = dir_mode & 0o7777;
+        self
+    }
+
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    pub fn ttls(mut self, attr: Duration, negative: Duration) -> Self {
+        self.attr_ttl = attr;
+        self.negative_ttl = negative;
+        self
+    }
+
+    pub fn cache(mut self, cache: CacheConfig) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    pub fn upload(mut self, upload: UploadConfig) -> Self {
+        self.upload = upload;
+        self
+    }
+}
+
+/// Attribute changes of `setattr`; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+#[derive(Debug)]
+struct Handle<S: ObjectStore> {
+    ino: u64,
+    writable: bool,
+    reader: Option<Arc<tokio::sync::Mutex<SequentialReader<S>>>>,
+}
+
+type SharedFile<S> = Arc<tokio::sync::Mutex<FileState<S>>>;
+
+/// The filesystem over a store `S`.
+#[derive(Debug)]
+pub struct Fs<S: ObjectStore> {
+    store: Arc<S>,
+    cache: Arc<ChunkCache<S>>,
+    config: FsConfig,
+    inodes: Mutex<InodeTable>,
+    negative: Mutex<HashMap<String, Instant>>,
+    /// Write state of files with written data, by inode.
+    files: Mutex<HashMap<u64, SharedFile<S>>>,
+    /// Open handles per inode.
+    open_counts: Mutex<HashMap<u64, u32>>,
+    handles: Mutex<HashMap<u64, Handle<S>>>,
+    next_fh: AtomicU64,
+}
+
+/// A name in a directory: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
+fn check_name(name: &str) -> FsResult<()> {
+    if name.len() > 255 {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+impl<S: ObjectStore> Fs<S> {
+    pub fn new(store: Arc<S>, config: FsConfig) -> FsResult<Self> {
+        let cache = ChunkCache::new(store.clone(), config.cache.clone())
+            .map_err(|e| FsError::Local(format!("cannot open the cache folder: {e}")))?;
+        let root = Attr {
+            ino: ROOT_INO,
+            kind: Kind::Dir,
+            size: 0,
+            perm: config.dir_mode,
+            uid: config.uid,
+            gid: config.gid,
+            mtime: SystemTime::now(),
+        };
+        Ok(Self {
+            store,
+            cache: Arc::new(cache),
+            inodes: Mutex::new(InodeTable::new(root)),
+            negative: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            open_counts: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub fn cache(&self) -> &Arc<ChunkCache<S>> {
+        &self.cache
+    }
+
+    fn key(&self, path: &str) -> String {
+        format!("{}{path}", self.config.prefix)
+    }
+
+    /// The key prefix of a directory's children.
+    fn dir_prefix(&self, path: &str) -> String {
+        if path.is_empty() {
+            self.config.prefix.clone()
+        } else {
+            format!("{}{path}/", self.config.prefix)
+        }
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.config.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn inode_path(&self, ino: u64) -> FsResult<(String, Attr)> {
+        let inodes = self.inodes.lock().unwrap();
+        let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+        Ok((inode.path.clone(), inode.attr.clone()))
+    }
+
+    fn dir_path(&self, ino: u64) -> FsResult<String> {
+        let (path, attr) = self.inode_path(ino)?;
+        if attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(path)
+    }
+
+    fn file_state(&self, ino: u64) -> Option<SharedFile<S>> {
+        self.files.lock().unwrap().get(&ino).cloned()
+    }
+
+    fn attr_from_meta(&self, meta: &ObjectMeta) -> Attr {
+        let stored = StoredAttrs::decode(&meta.user_metadata);
+        let mode = stored.mode.unwrap_or(S_IFREG | self.config.file_mode);
+        let kind = match mode & S_IFMT {
+            S_IFLNK => Kind::Symlink,
+            S_IFDIR => Kind::Dir,
+            _ => Kind::File,
+        };
+        Attr {
+            ino: 0,
+            kind,
+            size: meta.size,
+            perm: mode & 0o7777,
+            uid: stored.uid.unwrap_or(self.config.uid),
+            gid: stored.gid.unwrap_or(self.config.gid),
+            mtime: stored.mtime.unwrap_or(meta.last_modified),
+        }
+    }
+
+    fn dir_attr(&self, mtime: SystemTime) -> Attr {
+        Attr {
+            ino: 0,
+            kind: Kind::Dir,
+            size: 0,
+            perm: self.config.dir_mode,
+            uid: self.config.uid,
+            gid: self.config.gid,
+            mtime,
+        }
+    }
+
+    fn is_fresh(&self, fetched: Instant) -> bool {
+        fetched.elapsed() < self.config.attr_ttl
+    }
+
+    fn negative_hit(&self, path: &str) -> bool {
+        let mut negative = self.negative.lock().unwrap();
+        match negative.get(path) {
+            Some(t) if t.elapsed() < self.config.negative_ttl => true,
+            Some(_) => {
+                negative.remove(path);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn set_negative(&self, path: &str, missing: bool) {
+        let mut negative = self.negative.lock().unwrap();
+        if missing {
+            negative.insert(path.to_string(), Instant::now());
+        } else {
+            negative.remove(path);
+        }
+    }
+
+    /// Attributes with the size of written-but-uncommitted data.
+    async fn current_attr(&self, mut attr: Attr) -> Attr {
+        if let Some(state) = self.file_state(attr.ino) {
+            attr.size = state.lock().await.size;
+        }
+        attr
+    }
+
+    /// Find `name` in directory `parent`.
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        check_name(name)?;
+        let path = join(&self.dir_path(parent)?, name);
+        let cached = {
+            let inodes = self.inodes.lock().unwrap();
+            inodes.by_path(&path).and_then(|inode| {
+                let trusted = self.is_fresh(inode.fetched)
+                    && (inode.metadata_known || inode.attr.kind == Kind::Dir);
+                let written = self.files.lock().unwrap().contains_key(&inode.attr.ino);
+                (trusted || written).then(|| inode.attr.clone())
+            })
+        };
+        if let Some(attr) = cached {
+            return Ok(self.current_attr(attr).await);
+        }
+        if self.negative_hit(&path) {
+            return Err(FsError::NotFound);
+        }
+        let key = self.key(&path);
+        let dir_prefix = format!("{key}/");
+        let list_params = ListParams::new(dir_prefix.clone())
+            .delimiter("/")
+            .max_keys(1);
+        let (head, listing) = tokio::join!(self.store.head(&key), self.store.list(&list_params));
+        let listing = listing?;
+        // A directory shadows an object of the same name (see SEMANTICS.md).
+        if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
+            let attr = self.dir_attr(SystemTime::now());
+            self.set_negative(&path, false);
+            return Ok(self
+                .inodes
+                .lock()
+                .unwrap()
+                .upsert(parent, name, path, attr, None, true));
+        }
+        match head {
+            Ok(meta) => {
+                let attr = self.attr_from_meta(&meta);
+                self.set_negative(&path, false);
+                Ok(self.inodes.lock().unwrap().upsert(
+                    parent,
+                    name,
+                    path,
+                    attr,
+                    Some(meta.etag),
+                    true,
+                ))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.set_negative(&path, true);
+                Err(FsError::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let (path, attr, fetched, known) = {
+            let inodes = self.inodes.lock().unwrap();
+            let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+            (
+                inode.path.clone(),
+                inode.attr.clone(),
+                inode.fetched,
+                inode.metadata_known,
+            )
+        };
+        let written = self.file_state(ino).is_some();
+        if ino == ROOT_INO || attr.kind == Kind::Dir || written || (self.is_fresh(fetched) && known)
+        {
+            return Ok(self.current_attr(attr).await);
+        }
+        match self.store.head(&self.key(&path)).await {
+            Ok(meta) => {
+                let fresh = self.attr_from_meta(&meta);
+                let mut inodes = self.inodes.lock().unwrap();
+                let inode = inodes.get_mut(ino).ok_or(FsError::NotFound)?;
+                inode.attr = Attr { ino, ..fresh };
+                inode.etag = Some(meta.etag);
+                inode.fetched = Instant::now();
+                inode.metadata_known = true;
+                Ok(inode.attr.clone())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.inodes.lock().unwrap().remove_path(&path);
+                Err(FsError::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every entry of directory `ino` (without `.` and `..`), from a full listing.
+    pub async fn readdir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let path = self.dir_path(ino)?;
+        let prefix = self.dir_prefix(&path);
+        let mut files: Vec<(String, Attr, common::ETag)> = Vec::new();
+        let mut dirs: Vec<String> = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .store
+                .list(
+                    &ListParams::new(prefix.clone())
+                        .delimiter("/")
+                        .continuation_token(token),
+                )
+                .await?;
+            for object in page.objects {
+                let name = &object.key[prefix.len()..];
+                if check_name(name).is_err() {
+                    continue; // the directory's own marker, or a name no file can have
+                }
+                let attr = Attr {
+                    ino: 0,
+                    kind: Kind::File,
+                    size: object.size,
+                    perm: self.config.file_mode,
+                    uid: self.config.uid,
+                    gid: self.config.gid,
+                    mtime: object.last_modified,
+                };
+                files.push((name.to_string(), attr, object.etag));
+            }
+            for common_prefix in page.common_prefixes {
+                let name = common_prefix[prefix.len()..].trim_end_matches('/');
+                if check_name(name).is_ok() {
+                    dirs.push(name.to_string());
+                }
+            }
+            token = page.next_continuation_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        let mut entries = Vec::with_capacity(files.len() + dirs.len());
+        {
+            let mut inodes = self.inodes.lock().unwrap();
+            for name in &dirs {
+                let attr = inodes.upsert(
+                    ino,
+                    name,
+                    join(&path, name),
+                    self.dir_attr(SystemTime::now()),
+                    None,
+                    true,
+                );
+                entries.push(DirEntry {
+                    name: name.clone(),
+                    attr,
+                });
+            }
+            for (name, attr, etag) in files {
+                if dirs.binary_search(&name).is_ok() {
+                    continue; // a directory shadows an object of the same name
+                }
+                let child = join(&path, &name);
+                // Keep what a HEAD learnt (kind, mode, owner) over the listing's defaults.
+                let attr = match inodes.by_path(&child) {
+                    Some(known) if known.metadata_known && known.etag.as_ref() == Some(&etag) => {
+                        known.attr.clone()
+                    }
+                    _ => inodes.upsert(ino, &name, child, attr, Some(etag), false),
+                };
+                entries.push(DirEntry { name, attr });
+            }
+        }
+        // Files being written but not yet in the store belong to the listing too.
+        let pending: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
+        for file_ino in pending {
+            let known = self.inodes.lock().unwrap().get(file_ino).cloned();
+            if let Some(inode) = known {
+                if inode.parent == ino && !entries.iter().any(|e| e.name == inode.name) {
+                    let attr = self.current_attr(inode.attr.clone()).await;
+                    entries.push(DirEntry {
+                        name: inode.name.clone(),
+                        attr,
+                    });
+                }
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    fn new_handle(&self, ino: u64, writable: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(
+            fh,
+            Handle {
+                ino,
+                writable,
+                reader: None,
+            },
+        );
+        *self.open_counts.lock().unwrap().entry(ino).or_default() += 1;
+        fh
+    }
+
+    /// Open file `ino`; with `truncate` it becomes empty at once.
+    pub async fn open(&self, ino: u64, writable: bool, truncate: bool) -> FsResult<u64> {
+        if writable || truncate {
+            self.check_writable()?;
+        }
+        let (_, attr) = self.inode_path(ino)?;
+        if attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if truncate {
+            let state = self.ensure_file_state(ino, true).await?;
+            state.lock().await.truncate(0).await?;
+        }
+        Ok(self.new_handle(ino, writable))
+    }
+
+    /// The write state of `ino`, made on first need. An existing object's bytes are copied into
+    /// the staging file, unless `empty` (the file is about to be truncated to nothing).
+    async fn ensure_file_state(&self, ino: u64, empty: bool) -> FsResult<SharedFile<S>> {
+        if let Some(state) = self.file_state(ino) {
+            return Ok(state);
+        }
+        let (path, attr) = self.inode_path(ino)?;
+        let key = self.key(&path);
+        let initial = if empty || attr.size == 0 {
+            Bytes::new()
+        } else {
+            let etag = self
+                .inodes
+                .lock()
+                .unwrap()
+                .get(ino)
+                .and_then(|i| i.etag.clone());
+            self.store
+                .get_range(&key, 0..attr.size, etag.as_ref())
+                .await?
+        };
+        let stream = initial.is_empty().then(|| {
+            s3_backend::upload::StreamingUpload::new(
+                self.store.clone(),
+                key.clone(),
+                self.metadata_of(&attr),
+                self.config.upload.clone(),
+            )
+        });
+        let state = FileState::new(&self.config.staging_dir, &key, &initial, stream)?;
+        let mut files = self.files.lock().unwrap();
+        // Another task may have made it meanwhile; keep the first.
+        Ok(files
+            .entry(ino)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(state)))
+            .clone())
+    }
+
+    fn metadata_of(&self, attr: &Attr) -> UserMetadata {
+        let kind = match attr.kind {
+            Kind::File => S_IFREG,
+            Kind::Dir => S_IFDIR,
+            Kind::Symlink => S_IFLNK,
+        };
+        StoredAttrs::encode(kind | attr.perm, attr.uid, attr.gid, attr.mtime)
+    }
+
+    fn handle_ino(&self, fh: u64) -> FsResult<(u64, bool)> {
+        let handles = self.handles.lock().unwrap();
+        let handle = handles.get(&fh).ok_or(FsError::BadHandle)?;
+        Ok((handle.ino, handle.writable))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let (ino, _) = self.handle_ino(fh)?;
+        if let Some(state) = self.file_state(ino) {
+            return Ok(state.lock().await.read(offset, size)?.into());
+        }
+        let reader = self.reader(fh, ino).await?;
+        let mut reader = reader.lock().await;
+        Ok(reader.read(offset, size as u64).await?)
+    }
+
+    async fn reader(
+        &self,
+        fh: u64,
+        ino: u64,
+    ) -> FsResult<Arc<tokio::sync::Mutex<SequentialReader<S>>>> {
+        if let Some(reader) = self
+            .handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .and_then(|h| h.reader.clone())
+        {
+            return Ok(reader);
+        }
+        let (path, attr) = self.inode_path(ino)?;
+        let key = self.key(&path);
+        let known = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .and_then(|i| i.etag.clone());
+        let (etag, size) = match known {
+            Some(etag) => (etag, attr.size),
+            None => {
+                let meta = self.store.head(&key).await?;
+                (meta.etag, meta.size)
+            }
+        };
+        let object = ObjectVersion { key, etag, size };
+        let reader = Arc::new(tokio::sync::Mutex::new(SequentialReader::new(
+            self.cache.clone(),
+            object,
+            self.config.readahead.clone(),
+        )));
+        if let Some(handle) = self.handles.lock().unwrap().get_mut(&fh) {
+            handle.reader = Some(reader.clone());
+        }
+        Ok(reader)
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (ino, writable) = self.handle_ino(fh)?;
+        if !writable {
+            return Err(FsError::BadHandle);
+        }
+        let state = self.ensure_file_state(ino, false).await?;
+        let mut state = state.lock().await;
+        state.write(offset, data).await?;
+        let size = state.size;
+        drop(state);
+        if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+            inode.attr.size = size;
+            inode.attr.mtime = SystemTime::now();
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Upload written data of `ino`; returns only once the store has it.
+    async fn commit(&self, ino: u64) -> FsResult<()> {
+        let Some(state) = self.file_state(ino) else {
+            return Ok(());
+        };
+        let mut state = state.lock().await;
+        let attr = self.inode_path(ino)?.1;
+        if let Some(put) = state
+            .commit(&self.store, self.metadata_of(&attr), &self.config.upload)
+            .await?
+        {
+            let mut inodes = self.inodes.lock().unwrap();
+            if let Some(inode) = inodes.get_mut(ino) {
+                inode.etag = Some(put.etag);
+                inode.attr.size = state.size;
+                inode.fetched = Instant::now();
+                inode.metadata_known = true;
+                let path = inode.path.clone();
+                drop(inodes);
+                self.set_negative(&path, false);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let (ino, _) = self.handle_ino(fh)?;
+        self.commit(ino).await
+    }
+
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh).await
+    }
+
+    /// Close handle `fh`. The last close of a written file commits it; if that fails, the staged
+    /// bytes move to the recovery folder and the error is logged (close has no one to tell).
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = self
+            .handles
+            .lock()
+            .unwrap()
+            .remove(&fh)
+            .ok_or(FsError::BadHandle)?;
+        let last = {
+            let mut counts = self.open_counts.lock().unwrap();
+            let count = counts.entry(handle.ino).or_default();
+            *count = count.saturating_sub(1);
+            let last = *count == 0;
+            if last {
+                counts.remove(&handle.ino);
+            }
+            last
+        };
+        if !last {
+            return Ok(());
+        }
+        let result = self.commit(handle.ino).await;
+        if let Some(state) = self.files.lock().unwrap().remove(&handle.ino) {
+            let state = Arc::try_unwrap(state).map(|m| m.into_inner());
+            if let Ok(state) = state {
+                if state.dirty && !state.detached {
+                    let kept = state.keep_for_recovery(&self.config.recovery_dir);
+                    tracing::error!(key = %kept.display(), "upload failed at the last close; the data is kept in the recovery folder");
+                } else {
+                    state.discard();
+                }
+            }
+        }
+        result
+    }
+
+    pub async fn setattr(&self, ino: u64, changes: SetAttr) -> FsResult<Attr> {
+        self.check_writable()?;
+        let (path, mut attr) = self.inode_path(ino)?;
+        if let Some(size) = changes.size {
+            if attr.kind != Kind::File {
+                return Err(FsError::IsDir);
+            }
+            let state = self.ensure_file_state(ino, size == 0).await?;
+            state.lock().await.truncate(size).await?;
+            attr.size = size;
+            attr.mtime = SystemTime::now();
+        }
+        let metadata_changed = changes.mode.is_some()
+            || changes.uid.is_some()
+            || changes.gid.is_some()
+            || changes.mtime.is_some();
+        if let Some(mode) = changes.mode {
+            attr.perm = mode & 0o7777;
+        }
+        attr.uid = changes.uid.unwrap_or(attr.uid);
+        attr.gid = changes.gid.unwrap_or(attr.gid);
+        attr.mtime = changes.mtime.unwrap_or(attr.mtime);
+        if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+            inode.attr = attr.clone();
+        }
+        let open = self.open_counts.lock().unwrap().contains_key(&ino);
+        if let Some(state) = self.file_state(ino) {
+            if metadata_changed {
+                let mut state = state.lock().await;
+                state.abandon_stream().await;
+                state.dirty = true;
+            }
+            if !open {
+                // truncate(2) or chmod by path: nothing will close it, so commit now.
+                self.commit(ino).await?;
+                if let Some(state) = self.files.lock().unwrap().remove(&ino) {
+                    if let Ok(state) = Arc::try_unwrap(state) {
+                        state.into_inner().discard();
+                    }
+                }
+            }
+        } else if metadata_changed && ino != ROOT_INO {
+            let metadata = self.metadata_of(&attr);
+            let etag = match attr.kind {
+                Kind::Dir => {
+                    self.store
+                        .put(&format!("{}/", self.key(&path)), Bytes::new(), &metadata)
+                        .await?
+                        .etag
+                }
+                Kind::File | Kind::Symlink => {
+                    self.store
+                        .copy(&self.key(&path), &self.key(&path), Some(&metadata))
+                        .await?
+                        .etag
+                }
+            };
+            if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+                if attr.kind != Kind::Dir {
+                    inode.etag = Some(etag);
+                }
+                inode.fetched = Instant::now();
+            }
+        }
+        Ok(self.current_attr(attr).await)
+    }
+
+    /// Create and open file `name` in `parent`. It reaches the store at its first commit.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    ) -> FsResult<(Attr, u64)> {
+        self.check_writable()?;
+        match self.lookup(parent, name).await {
+            Ok(attr) if exclusive || attr.kind == Kind::Dir => return Err(FsError::Exists),
+            Ok(_) | Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let path = join(&self.dir_path(parent)?, name);
+        let attr = Attr {
+            ino: 0,
+            kind: Kind::File,
+            size: 0,
+            perm: mode & 0o7777,
+            uid,
+            gid,
+            mtime: SystemTime::now(),
+        };
+        let attr = self
+            .inodes
+            .lock()
+            .unwrap()
+            .upsert(parent, name, path.clone(), attr, None, true);
+        self.set_negative(&path, false);
+        let state = self.ensure_file_state(attr.ino, true).await?;
+        {
+            let mut state = state.lock().await;
+            state.truncate(0).await?;
+        }
+        Ok((attr.clone(), self.new_handle(attr.ino, true)))
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        match self.lookup(parent, name).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let path = join(&self.dir_path(parent)?, name);
+        let attr = Attr {
+            ino: 0,
+            kind: Kind::Dir,
+            size: 0,
+            perm: mode & 0o7777,
+            uid,
+            gid,
+            mtime: SystemTime::now(),
+        };
+        self.store
+            .put(
+                &format!("{}/", self.key(&path)),
+                Bytes::new(),
+                &self.metadata_of(&attr),
+            )
+            .await?;
+        self.set_negative(&path, false);
+        Ok(self
+            .inodes
+            .lock()
+            .unwrap()
+            .upsert(parent, name, path, attr, None, true))
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let attr = self.lookup(parent, name).await?;
+        if attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let path = join(&self.dir_path(parent)?, name);
+        if let Some(state) = self.file_state(attr.ino) {
+            state.lock().await.detached = true;
+        }
+        self.store.delete(&self.key(&path)).await?;
+        self.inodes.lock().unwrap().remove_path(&path);
+        self.set_negative(&path, true);
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let attr = self.lookup(parent, name).await?;
+        if attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let path = join(&self.dir_path(parent)?, name);
+        let marker = format!("{}/", self.key(&path));
+        let page = self
+            .store
+            .list(&ListParams::new(marker.clone()).max_keys(2))
+            .await?;
+        let has_pending = {
+            let inodes = self.inodes.lock().unwrap();
+            self.files
+                .lock()
+                .unwrap()
+                .keys()
+                .any(|ino| inodes.get(*ino).is_some_and(|i| i.parent == attr.ino))
+        };
+        if has_pending
+            || page.objects.iter().any(|o| o.key != marker)
+            || !page.common_prefixes.is_empty()
+        {
+            return Err(FsError::NotEmpty);
+        }
+        self.store.delete(&marker).await?;
+        self.inodes.lock().unwrap().remove_path(&path);
+        self.set_negative(&path, true);
+        Ok(())
+    }
+
+    /// Rename by copy and delete: one object for a file, every object below it for a directory
+    /// (not atomic; see SEMANTICS.md).
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        check_name(new_name)?;
+        let src = self.lookup(parent, name).await?;
+        let from = join(&self.dir_path(parent)?, name);
+        let to = join(&self.dir_path(new_parent)?, new_name);
+        if from == to {
+            return Ok(());
+        }
+        match self.lookup(new_parent, new_name).await {
+            Ok(dst) if dst.kind == Kind::Dir && src.kind != Kind::Dir => {
+                return Err(FsError::IsDir)
+            }
+            Ok(dst) if dst.kind != Kind::Dir && src.kind == Kind::Dir => {
+                return Err(FsError::NotDir)
+            }
+            Ok(dst) if dst.kind == Kind::Dir => self.rmdir(new_parent, new_name).await?,
+            Ok(_) | Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        if src.kind == Kind::Dir {
+            if to.starts_with(&format!("{from}/")) {
+                return Err(FsError::Invalid("cannot move a directory into itself"));
+            }
+            self.commit_all_below(&from).await?;
+            let (src_prefix, dst_prefix) = (
+                format!("{}/", self.key(&from)),
+                format!("{}/", self.key(&to)),
+            );
+            let mut keys = Vec::new();
+            let mut token = None;
+            loop {
+                let page = self
+                    .store
+                    .list(&ListParams::new(src_prefix.clone()).continuation_token(token))
+                    .await?;
+                keys.extend(page.objects.into_iter().map(|o| o.key));
+                token = page.next_continuation_token;
+                if token.is_none() {
+                    break;
+                }
+            }
+            for key in &keys {
+                self.store
+                    .copy(
+                        key,
+                        &format!("{dst_prefix}{}", &key[src_prefix.len()..]),
+                        None,
+                    )
+                    .await?;
+            }
+            for key in &keys {
+                self.store.delete(key).await?;
+            }
+        } else {
+            self.commit(src.ino).await?;
+            let (src_key, dst_key) = (self.key(&from), self.key(&to));
+            if self.file_state(src.ino).is_some() && self.store.head(&src_key).await.is_err() {
+                // Created but never committed: nothing to move in the store yet.
+            } else {
+                self.store.copy(&src_key, &dst_key, None).await?;
+                self.store.delete(&src_key).await?;
+            }
+            if let Some(state) = self.file_state(src.ino) {
+                let mut state = state.lock().await;
+                state.key = dst_key;
+                state.abandon_stream().await;
+            }
+        }
+        self.inodes
+            .lock()
+            .unwrap()
+            .rename(&from, &to, new_parent, new_name);
+        self.set_negative(&from, true);
+        self.set_negative(&to, false);
+        Ok(())
+    }
+
+    async fn commit_all_below(&self, dir: &str) -> FsResult<()> {
+        let below = format!("{dir}/");
+        let inos: Vec<u64> = {
+            let inodes = self.inodes.lock().unwrap();
+            self.files
+                .lock()
+                .unwrap()
+                .keys()
+                .copied()
+                .filter(|ino| inodes.get(*ino).is_some_and(|i| i.path.starts_with(&below)))
+                .collect()
+        };
+        for ino in inos {
+            self.commit(ino).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        match self.lookup(parent, name).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let path = join(&self.dir_path(parent)?, name);
+        let attr = Attr {
+            ino: 0,
+            kind: Kind::Symlink,
+            size: target.len() as u64,
+            perm: 0o777,
+            uid,
+            gid,
+            mtime: SystemTime::now(),
+        };
+        let put = self
+            .store
+            .put(
+                &self.key(&path),
+                Bytes::copy_from_slice(target.as_bytes()),
+                &self.metadata_of(&attr),
+            )
+            .await?;
+        self.set_negative(&path, false);
+        Ok(self
+            .inodes
+            .lock()
+            .unwrap()
+            .upsert(parent, name, path, attr, Some(put.etag), true))
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<String> {
+        let (path, attr) = self.inode_path(ino)?;
+        if attr.kind != Kind::Symlink {
+            return Err(FsError::Invalid("not a symbolic link"));
+        }
+        let key = self.key(&path);
+        let size = self.store.head(&key).await?.size;
+        let body = self.store.get_range(&key, 0..size, None).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Upload everything written and not yet committed (unmount, SIGTERM).
+    pub async fn flush_all(&self) -> FsResult<()> {
+        let inos: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
+        let mut first_error = None;
+        for ino in inos {
+            if let Err(e) = self.commit(ino).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests;

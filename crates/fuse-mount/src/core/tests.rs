@@ -1,0 +1,451 @@
+//! The filesystem core over the in-memory store, no mount.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::failure::{FailureStore, Op};
+use common::memory::InMemoryStore;
+use common::{ErrorKind, ObjectStore, UserMetadata};
+
+use super::*;
+
+struct Fixture<S: ObjectStore> {
+    fs: Fs<S>,
+    _dir: tempfile::TempDir,
+}
+
+fn config(dir: &tempfile::TempDir) -> FsConfig {
+    FsConfig::new(dir.path())
+        .prefix("vol")
+        .owner(1000, 1000)
+        .ttls(Duration::from_millis(200), Duration::from_millis(200))
+        .upload(UploadConfig::default().unchecked_part_size(1024))
+}
+
+fn fixture() -> (Fixture<InMemoryStore>, Arc<InMemoryStore>) {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::new(store.clone(), config(&dir)).unwrap();
+    (Fixture { fs, _dir: dir }, store)
+}
+
+async fn write_file<S: ObjectStore>(fs: &Fs<S>, parent: u64, name: &str, data: &[u8]) -> Attr {
+    let (attr, fh) = fs
+        .create(parent, name, 0o640, 1000, 1000, false)
+        .await
+        .unwrap();
+    fs.write(fh, 0, data).await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    attr
+}
+
+async fn read_all<S: ObjectStore>(fs: &Fs<S>, ino: u64) -> Vec<u8> {
+    let fh = fs.open(ino, false, false).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let got = fs.read(fh, out.len() as u64, 4096).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&got);
+    }
+    fs.release(fh).await.unwrap();
+    out
+}
+
+async fn body(store: &InMemoryStore, key: &str) -> Vec<u8> {
+    let size = store.head(key).await.unwrap().size;
+    store.get_range(key, 0..size, None).await.unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn a_written_file_is_one_object_with_s3fs_metadata() {
+    let (f, store) = fixture();
+    write_file(&f.fs, ROOT_INO, "a.txt", b"hello").await;
+    assert_eq!(body(&store, "vol/a.txt").await, b"hello");
+    let meta = store.head("vol/a.txt").await.unwrap().user_metadata;
+    assert_eq!(meta["mode"], (S_IFREG | 0o640).to_string());
+    assert_eq!(
+        (meta["uid"].as_str(), meta["gid"].as_str()),
+        ("1000", "1000")
+    );
+    assert!(meta["mtime"].parse::<u64>().unwrap() > 1_700_000_000);
+}
+
+#[tokio::test]
+async fn sequential_writes_stream_as_multipart_and_random_writes_go_through_staging() {
+    let (f, store) = fixture();
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let attr = write_file(&f.fs, ROOT_INO, "big", &data).await;
+    assert!(
+        store.request_count(Op::UploadPart) >= 9,
+        "streamed in parts"
+    );
+    assert_eq!(body(&store, "vol/big").await, data);
+    // Edit in place: the staged copy is uploaded whole.
+    let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+    f.fs.write(fh, 5000, b"XYZ").await.unwrap();
+    assert_eq!(
+        &f.fs.read(fh, 4999, 5).await.unwrap()[..],
+        &[data[4999], b'X', b'Y', b'Z', data[5003]]
+    );
+    f.fs.fsync(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    let mut want = data.clone();
+    want[5000..5003].copy_from_slice(b"XYZ");
+    assert_eq!(body(&store, "vol/big").await, want);
+    assert_eq!(read_all(&f.fs, attr.ino).await, want);
+    assert_eq!(store.pending_upload_count(), 0);
+}
+
+#[tokio::test]
+async fn append_and_truncate_keep_the_existing_bytes() {
+    let (f, store) = fixture();
+    let attr = write_file(&f.fs, ROOT_INO, "log", b"one\n").await;
+    let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+    f.fs.write(fh, 4, b"two\n").await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/log").await, b"one\ntwo\n");
+    // truncate(2) by path: no handle, committed at once.
+    f.fs.setattr(
+        attr.ino,
+        SetAttr {
+            size: Some(3),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(body(&store, "vol/log").await, b"one");
+    f.fs.setattr(
+        attr.ino,
+        SetAttr {
+            size: Some(6),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(body(&store, "vol/log").await, b"one\0\0\0");
+    // O_TRUNC empties the file.
+    let fh = f.fs.open(attr.ino, true, true).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(store.head("vol/log").await.unwrap().size, 0);
+}
+
+#[tokio::test]
+async fn listing_shows_files_and_directories_and_skips_impossible_names() {
+    let (f, store) = fixture();
+    let none = UserMetadata::new();
+    for key in [
+        "vol/b.txt",
+        "vol/sub/x",
+        "vol/empty/",
+        "vol/dup",
+        "vol/dup/inner",
+        "vol/a//c",
+        &format!("vol/{}", "n".repeat(256)),
+    ] {
+        store
+            .put(key, bytes::Bytes::from_static(b"12345"), &none)
+            .await
+            .unwrap();
+    }
+    store
+        .put("other/not-in-volume", bytes::Bytes::new(), &none)
+        .await
+        .unwrap();
+    let entries = f.fs.readdir(ROOT_INO).await.unwrap();
+    let names: Vec<_> = entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.attr.kind))
+        .collect();
+    // "dup" is both an object and a prefix: the directory wins. "a//c" has an empty segment
+    // and the 256-byte name is too long for Linux: both are skipped.
+    assert_eq!(
+        names,
+        [
+            ("a", Kind::Dir),
+            ("b.txt", Kind::File),
+            ("dup", Kind::Dir),
+            ("empty", Kind::Dir),
+            ("sub", Kind::Dir)
+        ]
+    );
+    let b = entries.iter().find(|e| e.name == "b.txt").unwrap();
+    assert_eq!((b.attr.size, b.attr.perm, b.attr.uid), (5, 0o644, 1000));
+    let a = f.fs.lookup(ROOT_INO, "a").await.unwrap();
+    assert!(f.fs.readdir(a.ino).await.unwrap().is_empty());
+    let empty = f.fs.lookup(ROOT_INO, "empty").await.unwrap();
+    assert!(f.fs.readdir(empty.ino).await.unwrap().is_empty());
+    assert_eq!(
+        store.request_count(Op::Head),
+        0,
+        "listing needs no HEAD per entry"
+    );
+}
+
+#[tokio::test]
+async fn a_listing_costs_one_request_per_thousand_entries() {
+    let (f, store) = fixture();
+    for i in 0..2500 {
+        store
+            .put(
+                &format!("vol/many/f{i:05}"),
+                bytes::Bytes::new(),
+                &UserMetadata::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let many = f.fs.lookup(ROOT_INO, "many").await.unwrap();
+    let lists = store.request_count(Op::List);
+    assert_eq!(f.fs.readdir(many.ino).await.unwrap().len(), 2500);
+    assert_eq!(store.request_count(Op::List) - lists, 3);
+    assert_eq!(store.request_count(Op::Head), 1);
+}
+
+#[tokio::test]
+async fn remote_changes_show_up_after_the_ttl() {
+    let (f, store) = fixture();
+    assert!(matches!(
+        f.fs.lookup(ROOT_INO, "late").await,
+        Err(FsError::NotFound)
+    ));
+    store
+        .put(
+            "vol/late",
+            bytes::Bytes::from_static(b"x"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    // Negative cache: still missing within the TTL ...
+    assert!(matches!(
+        f.fs.lookup(ROOT_INO, "late").await,
+        Err(FsError::NotFound)
+    ));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // ... found after it.
+    let attr = f.fs.lookup(ROOT_INO, "late").await.unwrap();
+    store
+        .put(
+            "vol/late",
+            bytes::Bytes::from_static(b"longer"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(f.fs.getattr(attr.ino).await.unwrap().size, 6);
+    assert_eq!(read_all(&f.fs, attr.ino).await, b"longer");
+    store.delete("vol/late").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(matches!(
+        f.fs.lookup(ROOT_INO, "late").await,
+        Err(FsError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn directories_unlink_rmdir_and_errors() {
+    let (f, store) = fixture();
+    let d = f.fs.mkdir(ROOT_INO, "d", 0o750, 1, 2).await.unwrap();
+    assert!(store.head("vol/d/").await.is_ok(), "mkdir writes a marker");
+    assert!(matches!(
+        f.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await,
+        Err(FsError::Exists)
+    ));
+    write_file(&f.fs, d.ino, "f", b"1").await;
+    assert_eq!(
+        f.fs.rmdir(ROOT_INO, "d").await.unwrap_err().errno(),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        f.fs.unlink(ROOT_INO, "d").await.unwrap_err().errno(),
+        libc::EISDIR
+    );
+    assert_eq!(
+        f.fs.rmdir(d.ino, "f").await.unwrap_err().errno(),
+        libc::ENOTDIR
+    );
+    f.fs.unlink(d.ino, "f").await.unwrap();
+    f.fs.rmdir(ROOT_INO, "d").await.unwrap();
+    assert!(store.keys().is_empty(), "{:?}", store.keys());
+    assert_eq!(
+        f.fs.lookup(ROOT_INO, &"x".repeat(256))
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        f.fs.lookup(ROOT_INO, "nope").await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+}
+
+#[tokio::test]
+async fn rename_moves_files_and_whole_directories() {
+    let (f, store) = fixture();
+    let d = f.fs.mkdir(ROOT_INO, "src", 0o755, 0, 0).await.unwrap();
+    write_file(&f.fs, d.ino, "one", b"1").await;
+    let sub = f.fs.mkdir(d.ino, "sub", 0o755, 0, 0).await.unwrap();
+    write_file(&f.fs, sub.ino, "two", b"22").await;
+    f.fs.rename(d.ino, "one", ROOT_INO, "moved").await.unwrap();
+    assert_eq!(body(&store, "vol/moved").await, b"1");
+    f.fs.rename(ROOT_INO, "src", ROOT_INO, "dst").await.unwrap();
+    let mut keys = store.keys();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["vol/dst/", "vol/dst/sub/", "vol/dst/sub/two", "vol/moved"]
+    );
+    let dst = f.fs.lookup(ROOT_INO, "dst").await.unwrap();
+    let sub = f.fs.lookup(dst.ino, "sub").await.unwrap();
+    let two = f.fs.lookup(sub.ino, "two").await.unwrap();
+    assert_eq!(read_all(&f.fs, two.ino).await, b"22");
+    // Over an existing file: replaced.
+    write_file(&f.fs, ROOT_INO, "other", b"other").await;
+    f.fs.rename(ROOT_INO, "moved", ROOT_INO, "other")
+        .await
+        .unwrap();
+    assert_eq!(body(&store, "vol/other").await, b"1");
+    assert_eq!(
+        f.fs.rename(ROOT_INO, "other", ROOT_INO, "dst")
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EISDIR
+    );
+}
+
+#[tokio::test]
+async fn symlinks_and_chmod_are_stored_like_s3fs() {
+    let (f, store) = fixture();
+    let link =
+        f.fs.symlink(ROOT_INO, "ln", "target/file", 5, 6)
+            .await
+            .unwrap();
+    assert_eq!(link.kind, Kind::Symlink);
+    assert_eq!(body(&store, "vol/ln").await, b"target/file");
+    assert_eq!(
+        store.head("vol/ln").await.unwrap().user_metadata["mode"],
+        (S_IFLNK | 0o777).to_string()
+    );
+    assert_eq!(f.fs.readlink(link.ino).await.unwrap(), "target/file");
+
+    let file = write_file(&f.fs, ROOT_INO, "f", b"data").await;
+    f.fs.setattr(
+        file.ino,
+        SetAttr {
+            mode: Some(0o600),
+            uid: Some(42),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    let meta = store.head("vol/f").await.unwrap().user_metadata;
+    assert_eq!(meta["mode"], (S_IFREG | 0o600).to_string());
+    assert_eq!(meta["uid"], "42");
+    assert_eq!(body(&store, "vol/f").await, b"data");
+}
+
+#[tokio::test]
+async fn objects_written_by_s3fs_get_their_mode_owner_and_time() {
+    let (f, store) = fixture();
+    let meta: UserMetadata = [
+        ("mode", "33261"),
+        ("uid", "33"),
+        ("gid", "44"),
+        ("mtime", "1600000000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    store
+        .put(
+            "vol/tool.sh",
+            bytes::Bytes::from_static(b"#!/bin/sh\n"),
+            &meta,
+        )
+        .await
+        .unwrap();
+    let link_meta: UserMetadata = [("mode".to_string(), "41471".to_string())].into();
+    store
+        .put("vol/ln", bytes::Bytes::from_static(b"tool.sh"), &link_meta)
+        .await
+        .unwrap();
+    let attr = f.fs.lookup(ROOT_INO, "tool.sh").await.unwrap();
+    assert_eq!((attr.perm, attr.uid, attr.gid), (0o755, 33, 44));
+    assert_eq!(
+        attr.mtime,
+        std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000)
+    );
+    assert_eq!(
+        f.fs.lookup(ROOT_INO, "ln").await.unwrap().kind,
+        Kind::Symlink
+    );
+}
+
+#[tokio::test]
+async fn a_failed_upload_is_eio_and_the_data_is_kept() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::new(store.clone(), config(&dir)).unwrap();
+    store.fail_always(Op::Put, ErrorKind::AccessDenied);
+    let (_, fh) = fs
+        .create(ROOT_INO, "precious", 0o644, 0, 0, false)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"do not lose me").await.unwrap();
+    let err = fs.flush(fh).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES);
+    // Still readable through the mount, still on disk.
+    assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"do not lose me");
+    assert!(fs.release(fh).await.is_err());
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join("recovery"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), b"do not lose me");
+    assert!(store.inner().keys().is_empty());
+}
+
+#[tokio::test]
+async fn a_read_only_volume_refuses_writes_with_erofs() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    store
+        .put(
+            "vol/f",
+            bytes::Bytes::from_static(b"x"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::new(store, config(&dir).read_only(true)).unwrap();
+    let f = fs.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!(
+        fs.open(f.ino, true, false).await.unwrap_err().errno(),
+        libc::EROFS
+    );
+    assert_eq!(
+        fs.create(ROOT_INO, "g", 0o644, 0, 0, false)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+    assert_eq!(
+        fs.mkdir(ROOT_INO, "d", 0o755, 0, 0)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+    assert_eq!(read_all(&fs, f.ino).await, b"x");
+}

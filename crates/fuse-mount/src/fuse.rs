@@ -1,0 +1,440 @@
+//! The fuser adapter: each callback moves its reply into a task on the tokio runtime, runs the
+//! core operation there and answers, so a slow request never holds up the others.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::ObjectStore;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::core::{Attr, DirEntry, Fs, FsError, Kind, SetAttr};
+
+/// Serves an [`Fs`] to the kernel.
+#[derive(Debug)]
+pub struct FuseAdapter<S: ObjectStore> {
+    fs: Arc<Fs<S>>,
+    runtime: Handle,
+    ttl: Duration,
+    /// Listings of open directory handles, served by offset.
+    dirs: Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>,
+    next_dir: AtomicU64,
+}
+
+impl<S: ObjectStore> FuseAdapter<S> {
+    pub fn new(fs: Arc<Fs<S>>, runtime: Handle) -> Self {
+        let ttl = fs.config().attr_ttl;
+        Self {
+            fs,
+            runtime,
+            ttl,
+            dirs: Arc::default(),
+            next_dir: AtomicU64::new(1),
+        }
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+/// Log at a level that fits: a missing name is routine, a storage failure is not.
+fn log_error(op: &str, e: &FsError) {
+    match e {
+        FsError::NotFound | FsError::Exists | FsError::NotEmpty => tracing::debug!(op, error = %e),
+        FsError::Store(_) | FsError::Local(_) => tracing::warn!(op, error = %e, "operation failed"),
+        _ => tracing::debug!(op, error = %e),
+    }
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    let kind = match attr.kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    };
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: attr.mtime,
+        mtime: attr.mtime,
+        ctime: attr.mtime,
+        crtime: attr.mtime,
+        kind,
+        perm: attr.perm as u16,
+        nlink: if attr.kind == Kind::Dir { 2 } else { 1 },
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
+fn name_str(name: &OsStr) -> Result<String, Errno> {
+    name.to_str()
+        .map(str::to_string)
+        .ok_or(Errno::from_i32(libc::EINVAL))
+}
+
+/// Run `$body` (an async block yielding `Result<T, FsError>`) on the runtime, then `$ok` with
+/// the value or `reply.error` with the errno.
+macro_rules! spawn_reply {
+    ($self:ident, $op:literal, $reply:ident, $fs:ident => $body:expr, |$v:ident| $ok:expr) => {{
+        let $fs = $self.fs.clone();
+        $self.runtime.spawn(async move {
+            match $body {
+                Ok($v) => $ok,
+                Err(e) => {
+                    log_error($op, &e);
+                    $reply.error(errno(&e));
+                }
+            }
+        });
+    }};
+}
+
+impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Larger requests mean fewer round trips through the kernel for big sequential IO.
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let fs = self.fs.clone();
+        if let Err(e) = self.runtime.block_on(fs.flush_all()) {
+            tracing::error!(error = %e, "unmount: some written files could not be uploaded; see the staging folder");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ttl = self.ttl;
+        spawn_reply!(self, "lookup", reply, fs => fs.lookup(parent.0, &name).await, |attr| reply.entry(&ttl, &file_attr(&attr), Generation(0)));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ttl = self.ttl;
+        spawn_reply!(self, "getattr", reply, fs => fs.getattr(ino.0).await, |attr| reply.attr(&ttl, &file_attr(&attr)));
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mtime = mtime.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        });
+        let changes = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime,
+        };
+        let ttl = self.ttl;
+        spawn_reply!(self, "setattr", reply, fs => fs.setattr(ino.0, changes).await, |attr| reply.attr(&ttl, &file_attr(&attr)));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        spawn_reply!(self, "readlink", reply, fs => fs.readlink(ino.0).await, |target| reply.data(target.as_bytes()));
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (uid, gid, ttl) = (req.uid(), req.gid(), self.ttl);
+        spawn_reply!(self, "mkdir", reply, fs => fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await, |attr| reply.entry(&ttl, &file_attr(&attr), Generation(0)));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        spawn_reply!(self, "unlink", reply, fs => fs.unlink(parent.0, &name).await, |_done| reply.ok());
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        spawn_reply!(self, "rmdir", reply, fs => fs.rmdir(parent.0, &name).await, |_done| reply.ok());
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (name, target) = match (name_str(link_name), target.to_str()) {
+            (Ok(n), Some(t)) => (n, t.to_string()),
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        let (uid, gid, ttl) = (req.uid(), req.gid(), self.ttl);
+        spawn_reply!(self, "symlink", reply, fs => fs.symlink(parent.0, &name, &target, uid, gid).await, |attr| reply.entry(&ttl, &file_attr(&attr), Generation(0)));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.bits() != 0 {
+            // RENAME_EXCHANGE / RENAME_NOREPLACE cannot be done atomically on S3.
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let (name, newname) = match (name_str(name), name_str(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        spawn_reply!(self, "rename", reply, fs => fs.rename(parent.0, &name, newparent.0, &newname).await, |_done| reply.ok());
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        spawn_reply!(self, "open", reply, fs => fs.open(ino.0, writable, truncate).await, |fh| reply.opened(FileHandle(fh), FopenFlags::empty()));
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        spawn_reply!(self, "read", reply, fs => fs.read(fh.0, offset, size).await, |data| reply.data(&data));
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        spawn_reply!(self, "write", reply, fs => fs.write(fh.0, offset, &data).await, |n| reply.written(n));
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        spawn_reply!(self, "flush", reply, fs => fs.flush(fh.0).await, |_done| reply.ok());
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        spawn_reply!(self, "release", reply, fs => fs.release(fh.0).await, |_done| reply.ok());
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        spawn_reply!(self, "fsync", reply, fs => fs.fsync(fh.0).await, |_done| reply.ok());
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let dirs = self.dirs.clone();
+        let handle = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        spawn_reply!(self, "opendir", reply, fs => fs.readdir(ino.0).await, |entries| {
+            dirs.lock().unwrap().insert(handle, Arc::new(entries));
+            reply.opened(FileHandle(handle), FopenFlags::empty())
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
+            return reply.error(Errno::from_i32(libc::EBADF));
+        };
+        let dots = [
+            (ino.0, FileType::Directory, ".".to_string()),
+            (ino.0, FileType::Directory, "..".to_string()),
+        ];
+        let all = dots.into_iter().chain(
+            entries
+                .iter()
+                .map(|e| (e.attr.ino, file_attr(&e.attr).kind, e.name.clone())),
+        );
+        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
+            return reply.error(Errno::from_i32(libc::EBADF));
+        };
+        let Ok(own) = self.runtime.block_on(self.fs.getattr(ino.0)) else {
+            return reply.error(Errno::from_i32(libc::ENOENT));
+        };
+        let dots = [(".".to_string(), own.clone()), ("..".to_string(), own)];
+        let all = dots
+            .into_iter()
+            .chain(entries.iter().map(|e| (e.name.clone(), e.attr.clone())));
+        for (i, (name, attr)) in all.enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(attr.ino),
+                (i + 1) as u64,
+                &name,
+                &self.ttl,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    // No extended attributes: ENOSYS makes the kernel stop asking (and fuser stop warning).
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Object stores have no fixed capacity: report a large, constant amount of free space
+        // so programs that check before writing go ahead.
+        const BLOCKS: u64 = 1 << 40;
+        reply.statfs(BLOCKS, BLOCKS, BLOCKS, 1 << 30, 1 << 30, 4096, 255, 4096);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (uid, gid, ttl) = (req.uid(), req.gid(), self.ttl);
+        let exclusive = flags & libc::O_EXCL != 0;
+        spawn_reply!(self, "create", reply, fs => fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive).await, |created| {
+            let (attr, fh) = created;
+            reply.created(&ttl, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty())
+        });
+    }
+}

@@ -1,0 +1,128 @@
+//! Mounting: serve an [`Fs`] at a mountpoint until the returned [`MountHandle`] is dropped or
+//! unmounted, flushing written files first.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::ObjectStore;
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::core::Fs;
+use crate::fuse::FuseAdapter;
+
+/// How to mount.
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    /// Name shown as the mount's source (`s3vol:<bucket>/<prefix>`).
+    pub fs_name: String,
+    pub allow_other: bool,
+    pub read_only: bool,
+    /// FUSE worker threads reading requests (each request then runs as a tokio task).
+    pub threads: usize,
+}
+
+/// A live mount. Dropping it unmounts (after uploading what was written). Unmounting blocks
+/// until the session thread has flushed on the tokio runtime: do it from a thread that is not
+/// one of that runtime's workers (or on a multi-thread runtime with spare workers).
+#[derive(Debug)]
+pub struct MountHandle {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl MountHandle {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// True once the session ended (for example after `fusermount3 -u` from outside).
+    pub fn is_finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    /// Unmount and wait until the session has ended (written files are uploaded first).
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        match self.session.take() {
+            Some(session) => session.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            if let Err(e) = session.umount_and_join() {
+                tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
+            }
+        }
+    }
+}
+
+/// Check that `mountpoint` can take a mount: an existing, empty directory that is not already
+/// a mount. The error says what is wrong.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(mountpoint).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("mountpoint {} does not exist; create it first", mountpoint.display()),
+        std::io::ErrorKind::NotConnected => format!(
+            "mountpoint {} is a dead FUSE mount (transport endpoint is not connected); clear it with `umount -l {}`",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        _ => format!("cannot use mountpoint {}: {e}", mountpoint.display()),
+    })?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "mountpoint {} is not a directory",
+            mountpoint.display()
+        ));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    if mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == canonical.to_str())
+    {
+        return Err(format!(
+            "mountpoint {} is busy: something is already mounted there",
+            mountpoint.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Mount `fs` at `mountpoint`, serving requests on the current tokio runtime.
+pub fn mount<S: ObjectStore>(
+    fs: Arc<Fs<S>>,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> std::io::Result<MountHandle> {
+    let mut mount_options = vec![
+        MountOption::FSName(if options.fs_name.is_empty() {
+            "s3vol".into()
+        } else {
+            options.fs_name.clone()
+        }),
+        MountOption::Subtype("s3vol".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+    ];
+    if options.read_only {
+        mount_options.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::default()
+    };
+    config.n_threads = Some(options.threads.max(1));
+    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
+    let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
+    Ok(MountHandle {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}

@@ -1,0 +1,235 @@
+//! `s3vol mount`: one bucket (or prefix) at one mountpoint, without Docker.
+//!
+//! Everything that can fail for a reason the user can fix (bad bucket name, busy or missing
+//! mountpoint, unreachable endpoint, bad credentials, missing bucket) is checked before the
+//! mount is reported ready, and reported as one line. Without `--foreground` the command starts
+//! itself again in the foreground in the background and returns when that child reports ready
+//! (or failed) on a pipe.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::BucketName;
+use fuse_mount::{check_mountpoint, Fs, FsConfig, MountOptions};
+use s3_backend::cache::CacheConfig;
+use s3_backend::{CredentialsSource, PathStyle, S3Config, S3Store};
+
+/// Environment variable telling a foreground child to report readiness on stdout.
+const READY_PIPE_ENV: &str = "S3VOL_REPORT_READY";
+
+/// Everything `s3vol mount` needs, parsed and validated.
+#[derive(Debug, Clone)]
+pub struct MountParams {
+    pub bucket: BucketName,
+    pub prefix: String,
+    pub mountpoint: PathBuf,
+    pub s3: S3Config,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u32,
+    pub dir_mode: u32,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub cache_dir: PathBuf,
+    pub max_cache_size: u64,
+    pub memory_limit: u64,
+}
+
+/// Split `bucket[/prefix]`.
+pub fn parse_target(target: &str) -> Result<(BucketName, String), String> {
+    let (bucket, prefix) = target.split_once('/').unwrap_or((target, ""));
+    let bucket = bucket.parse::<BucketName>().map_err(|e| e.to_string())?;
+    if prefix.split('/').any(|segment| segment == "..") || prefix.contains('\0') {
+        return Err(format!(
+            "invalid prefix {prefix:?}: no '..' segments or NUL bytes"
+        ));
+    }
+    Ok((bucket, prefix.to_string()))
+}
+
+/// Credentials for `--profile` (looked up in `$S3VOL_CONFIG_DIR/credentials` when that file
+/// exists, else in the standard AWS files) or the standard chain.
+pub fn credentials(profile: Option<String>, config_dir: Option<PathBuf>) -> CredentialsSource {
+    match profile {
+        None => CredentialsSource::DefaultChain,
+        Some(name) => {
+            let file = config_dir
+                .map(|d| d.join("credentials"))
+                .filter(|f| f.exists());
+            CredentialsSource::Profile { name, file }
+        }
+    }
+}
+
+pub fn path_style(force: bool) -> PathStyle {
+    if force {
+        PathStyle::Always
+    } else {
+        PathStyle::Auto
+    }
+}
+
+/// Whether this process was started by [`run_background`] (its parent reports errors).
+pub fn reports_to_parent() -> bool {
+    std::env::var_os(READY_PIPE_ENV).is_some()
+}
+
+/// Start `args` (this command with `--foreground`) in the background and wait for its report.
+/// The background process logs to `log_file`, so it holds none of the caller's terminal or pipes.
+pub fn run_background(mut args: Vec<String>, log_file: &std::path::Path) -> Result<(), String> {
+    args.push("--foreground".into());
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the s3vol binary: {e}"))?;
+    if let Some(dir) = log_file.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)
+        .map_err(|e| format!("cannot open the log file {}: {e}", log_file.display()))?;
+    let mut child = Command::new(exe)
+        .args(&args)
+        .env(READY_PIPE_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start the mount process: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).ok();
+    match line.trim_end() {
+        "ready" => Ok(()),
+        "" => {
+            let status = child.wait().map_err(|e| e.to_string())?;
+            Err(format!(
+                "the mount process exited before the mount was ready ({status}); see {}",
+                log_file.display()
+            ))
+        }
+        error => Err(error.strip_prefix("error: ").unwrap_or(error).to_string()),
+    }
+}
+
+/// Tell a waiting parent how the start went (no-op when not started by [`run_background`]).
+fn report(result: &Result<(), String>) {
+    if std::env::var_os(READY_PIPE_ENV).is_none() {
+        return;
+    }
+    let mut out = std::io::stdout();
+    let _ = match result {
+        Ok(()) => writeln!(out, "ready"),
+        Err(e) => writeln!(out, "error: {e}"),
+    };
+    let _ = out.flush();
+}
+
+/// Mount and serve until SIGTERM/SIGINT or an external unmount; upload written files before
+/// the mount goes away.
+pub fn run_foreground(params: MountParams) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("s3vol-worker")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let started = runtime.block_on(start(&params));
+    let handle = match started {
+        Ok(handle) => {
+            report(&Ok(()));
+            handle
+        }
+        Err(e) => {
+            report(&Err(e.clone()));
+            return Err(e);
+        }
+    };
+    tracing::info!(mountpoint = %params.mountpoint.display(), bucket = %params.bucket, prefix = %params.prefix, "mounted");
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if handle.is_finished() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    tracing::info!("unmounting: uploading written files first");
+    // Unmount off the runtime's workers: the session's last flush runs on them.
+    let result = std::thread::spawn(move || handle.unmount()).join();
+    drop(runtime);
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("unmount failed: {e}")),
+        Err(_) => Err("unmount panicked".into()),
+    }
+}
+
+async fn start(params: &MountParams) -> Result<fuse_mount::MountHandle, String> {
+    check_mountpoint(&params.mountpoint)?;
+    let store = S3Store::new(&params.s3, &params.bucket)
+        .await
+        .map_err(|e| e.to_string())?;
+    store
+        .ensure_bucket(false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let volume_dir =
+        params
+            .cache_dir
+            .join(format!("{}-{}", params.bucket, sanitize(&params.prefix)));
+    let cache = CacheConfig::default()
+        .memory_bytes(params.memory_limit)
+        .disk(Some(volume_dir.join("chunks")), params.max_cache_size);
+    let config = FsConfig::new(&volume_dir)
+        .prefix(&params.prefix)
+        .owner(params.uid, params.gid)
+        .modes(params.file_mode, params.dir_mode)
+        .read_only(params.read_only)
+        .cache(cache);
+    let fs = Fs::new(Arc::new(store), config).map_err(|e| e.to_string())?;
+    let options = MountOptions {
+        fs_name: format!("s3vol:{}/{}", params.bucket, params.prefix),
+        allow_other: params.allow_other,
+        read_only: params.read_only,
+        threads: 4,
+    };
+    fuse_mount::mount(Arc::new(fs), &params.mountpoint, &options)
+        .map_err(|e| format!("cannot mount at {}: {e}", params.mountpoint.display()))
+}
+
+fn sanitize(prefix: &str) -> String {
+    prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_split_into_bucket_and_prefix() {
+        let (bucket, prefix) = parse_target("data/team/a").unwrap();
+        assert_eq!((bucket.as_str(), prefix.as_str()), ("data", "team/a"));
+        assert_eq!(parse_target("data").unwrap().1, "");
+        assert!(parse_target("Data").unwrap_err().contains("lowercase"));
+        assert!(parse_target("data/../x").unwrap_err().contains(".."));
+    }
+}
