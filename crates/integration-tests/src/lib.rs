@@ -104,3 +104,105 @@ macro_rules! require_s3 {
         }
     };
 }
+
+/// A real FUSE mount of a fresh bucket on the test S3 server, served by its own runtime, for
+/// tests that use the mount with plain `std::fs` calls from the test thread. Unmounted (after
+/// uploading what was written) when dropped.
+#[derive(Debug)]
+pub struct TestMount {
+    pub store: std::sync::Arc<S3Store>,
+    pub runtime: tokio::runtime::Runtime,
+    handle: Option<fuse_mount::MountHandle>,
+    mountpoint: tempfile::TempDir,
+    pub local: tempfile::TempDir,
+}
+
+impl TestMount {
+    /// Mount a new bucket (named after `tag`) with `prefix`; `configure` adjusts the settings.
+    pub fn new(
+        env: &S3Env,
+        tag: &str,
+        prefix: &str,
+        configure: impl FnOnce(fuse_mount::FsConfig) -> fuse_mount::FsConfig,
+    ) -> TestMount {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = std::sync::Arc::new(runtime.block_on(env.new_bucket(tag)));
+        let mountpoint = tempfile::tempdir().unwrap();
+        let local = tempfile::tempdir().unwrap();
+        let config = configure(
+            fuse_mount::FsConfig::new(local.path())
+                .prefix(prefix)
+                .ttls(Duration::from_millis(300), Duration::from_millis(300)),
+        );
+        let fs = std::sync::Arc::new(fuse_mount::Fs::new(store.clone(), config).unwrap());
+        let options = fuse_mount::MountOptions {
+            fs_name: format!("s3vol-test:{tag}"),
+            threads: 2,
+            ..Default::default()
+        };
+        let handle = {
+            let _guard = runtime.enter();
+            fuse_mount::mount(fs, mountpoint.path(), &options).expect("mount")
+        };
+        TestMount {
+            store,
+            runtime,
+            handle: Some(handle),
+            mountpoint,
+            local,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.mountpoint.path().join(rel)
+    }
+
+    /// The object's bytes as a plain S3 client sees them.
+    pub fn object(&self, key: &str) -> Vec<u8> {
+        use common::ObjectStore;
+        self.runtime.block_on(async {
+            let size = self.store.head(key).await.expect("object exists").size;
+            self.store
+                .get_range(key, 0..size, None)
+                .await
+                .unwrap()
+                .to_vec()
+        })
+    }
+
+    pub fn metadata(&self, key: &str) -> common::UserMetadata {
+        use common::ObjectStore;
+        self.runtime
+            .block_on(self.store.head(key))
+            .expect("object exists")
+            .user_metadata
+    }
+
+    pub fn put(&self, key: &str, body: &[u8], metadata: &common::UserMetadata) {
+        use common::ObjectStore;
+        self.runtime
+            .block_on(
+                self.store
+                    .put(key, bytes::Bytes::copy_from_slice(body), metadata),
+            )
+            .unwrap();
+    }
+
+    /// Unmount now (uploading pending writes), returning any error.
+    pub fn unmount(&mut self) -> std::io::Result<()> {
+        match self.handle.take() {
+            Some(h) => h.unmount(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        let _ = self.unmount();
+    }
+}
