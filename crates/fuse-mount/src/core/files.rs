@@ -84,6 +84,10 @@ impl<S: ObjectStore> FileState<S> {
     }
 
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
+        if data.is_empty() {
+            // POSIX: a zero-length write changes nothing, not even the size.
+            return Ok(());
+        }
         self.staging
             .write_all_at(data, offset)
             .map_err(|e| local(e, "cannot write staging file", &self.staging_path))?;

@@ -1094,4 +1094,6 @@ impl<S: ObjectStore> Fs<S> {
 }
 
 #[cfg(test)]
+mod reftest;
+#[cfg(test)]
 mod tests;

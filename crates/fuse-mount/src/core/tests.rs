@@ -449,3 +449,19 @@ async fn a_read_only_volume_refuses_writes_with_erofs() {
     );
     assert_eq!(read_all(&fs, f.ino).await, b"x");
 }
+
+/// Found by the reftest: a zero-length write past the end grew the size without the bytes.
+#[tokio::test]
+async fn regression_zero_length_write_past_the_end_changes_nothing() {
+    let (f, store) = fixture();
+    store
+        .put("vol/e", bytes::Bytes::new(), &UserMetadata::new())
+        .await
+        .unwrap();
+    let attr = f.fs.lookup(ROOT_INO, "e").await.unwrap();
+    let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+    assert_eq!(f.fs.write(fh, 1, b"").await.unwrap(), 0);
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(f.fs.getattr(attr.ino).await.unwrap().size, 0);
+    assert_eq!(store.head("vol/e").await.unwrap().size, 0);
+}
