@@ -179,7 +179,7 @@ fn semantics_directories_rename_symlinks_and_modes() {
 fn semantics_ls_of_a_large_directory_lists_every_entry() {
     let Some(m) = mount("listing") else { return };
     m.runtime.block_on(async {
-        let puts = (0..1500).map(|i| {
+        let puts = (0..1100).map(|i| {
             let store = m.store.clone();
             async move {
                 common::ObjectStore::put(
@@ -192,10 +192,15 @@ fn semantics_ls_of_a_large_directory_lists_every_entry() {
                 .unwrap()
             }
         });
-        futures::future::join_all(puts).await;
+        // 16 at a time: a burst of 1100 makes the test RGW answer SlowDown.
+        use futures::StreamExt;
+        futures::stream::iter(puts)
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
     });
     let out = run(Command::new("ls").arg("-l").arg(m.path("many")));
-    assert_eq!(out.lines().filter(|l| l.starts_with('-')).count(), 1500);
+    assert_eq!(out.lines().filter(|l| l.starts_with('-')).count(), 1100);
 }
 
 #[test]
