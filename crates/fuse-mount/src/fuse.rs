@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use common::ObjectStore;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     Request, TimeOrNow, WriteFlags,
@@ -109,6 +109,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         // Larger requests mean fewer round trips through the kernel for big sequential IO.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // readdirplus: listings carry attributes, so `ls -l` needs no lookup per entry.
+        // Parallel dirops: lookups in one directory need not wait for each other.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS);
         Ok(())
     }
 

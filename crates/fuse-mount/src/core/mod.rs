@@ -331,8 +331,9 @@ impl<S: ObjectStore> Fs<S> {
         let cached = {
             let inodes = self.inodes.lock().unwrap();
             inodes.by_path(&path).and_then(|inode| {
-                let trusted = self.is_fresh(inode.fetched)
-                    && (inode.metadata_known || inode.attr.kind == Kind::Dir);
+                // Within the TTL a listing's attributes are trusted too: a HEAD per entry
+                // would make `ls -l` of a big directory a request storm (SEMANTICS.md).
+                let trusted = self.is_fresh(inode.fetched);
                 let written = self.files.lock().unwrap().contains_key(&inode.attr.ino);
                 (trusted || written).then(|| inode.attr.clone())
             })
@@ -382,19 +383,13 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let (path, attr, fetched, known) = {
+        let (path, attr, fetched) = {
             let inodes = self.inodes.lock().unwrap();
             let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
-            (
-                inode.path.clone(),
-                inode.attr.clone(),
-                inode.fetched,
-                inode.metadata_known,
-            )
+            (inode.path.clone(), inode.attr.clone(), inode.fetched)
         };
         let written = self.file_state(ino).is_some();
-        if ino == ROOT_INO || attr.kind == Kind::Dir || written || (self.is_fresh(fetched) && known)
-        {
+        if ino == ROOT_INO || attr.kind == Kind::Dir || written || self.is_fresh(fetched) {
             return Ok(self.current_attr(attr).await);
         }
         match self.store.head(&self.key(&path)).await {
