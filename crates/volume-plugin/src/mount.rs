@@ -163,12 +163,16 @@ pub fn run_foreground(params: MountParams) -> Result<(), String> {
             }
         }
     });
-    tracing::info!("unmounting: uploading written files first");
+    // Unmounted from outside (`umount`): the kernel mount is gone already, so the unmount
+    // below can only report that.
+    let external = handle.is_finished();
+    tracing::info!(external, "unmounting: uploading written files first");
     // Unmount off the runtime's workers: the session's last flush runs on them.
     let result = std::thread::spawn(move || handle.unmount()).join();
     drop(runtime);
     match result {
         Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) if external => Ok(()),
         Ok(Err(e)) => Err(format!("unmount failed: {e}")),
         Err(_) => Err("unmount panicked".into()),
     }

@@ -7,6 +7,7 @@
 //! fails, the error is returned (EIO at close/fsync) and the file stays, so nothing written is
 //! lost: a later fsync or close retries, and on release it is kept in the recovery folder.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,11 @@ pub struct FileState<S: ObjectStore> {
     pub dirty: bool,
     /// Open while every write so far was sequential from 0 since the file became empty.
     stream: Option<StreamingUpload<S>>,
+    /// Bytes before this offset have been handed to the stream.
     stream_next: u64,
+    /// Written ranges (start → end) past `stream_next`, waiting for the gap before them to
+    /// fill: the kernel may deliver the writes of one sequential writer slightly out of order.
+    ahead: BTreeMap<u64, u64>,
     /// The file was unlinked while open: its bytes must not be uploaded any more.
     pub detached: bool,
 }
@@ -75,6 +80,7 @@ impl<S: ObjectStore> FileState<S> {
             dirty: false,
             stream: if initial.is_empty() { stream } else { None },
             stream_next: 0,
+            ahead: BTreeMap::new(),
             detached: false,
         })
     }
@@ -93,15 +99,59 @@ impl<S: ObjectStore> FileState<S> {
             .map_err(|e| local(e, "cannot write staging file", &self.staging_path))?;
         self.size = self.size.max(offset + data.len() as u64);
         self.dirty = true;
-        if let Some(stream) = &mut self.stream {
-            if offset == self.stream_next && stream.write(data).await.is_ok() {
-                self.stream_next += data.len() as u64;
-            } else {
-                // Out of order (or the stream failed): the staging file has everything.
-                if let Some(stream) = self.stream.take() {
-                    stream.abort().await;
-                }
+        if self.stream.is_some() {
+            if let Err(reason) = self.feed_stream(offset, data).await {
+                // The staging file has everything: commit will upload it instead.
+                tracing::debug!(key = %self.key, reason, "not streaming this file any more");
+                self.abandon_stream().await;
             }
+        }
+        Ok(())
+    }
+
+    /// Hand `data` (written at `offset`) to the stream, in order: directly when it continues
+    /// the stream, else later from the staging file once the gap before it is written.
+    async fn feed_stream(&mut self, offset: u64, data: &[u8]) -> Result<(), &'static str> {
+        /// Out-of-order bytes tolerated before giving up on streaming (random writes).
+        const MAX_AHEAD: u64 = 64 << 20;
+        let end = offset + data.len() as u64;
+        if offset < self.stream_next {
+            return Err("rewrite of bytes already streamed");
+        }
+        let stream = self.stream.as_mut().expect("checked by the caller");
+        if offset == self.stream_next {
+            stream
+                .write(data)
+                .await
+                .map_err(|_| "stream upload failed")?;
+            self.stream_next = end;
+        } else {
+            let slot = self.ahead.entry(offset).or_insert(end);
+            *slot = (*slot).max(end);
+        }
+        // Catch up with ranges that now continue the stream.
+        while let Some((&start, &stop)) = self.ahead.first_key_value() {
+            if start > self.stream_next {
+                break;
+            }
+            self.ahead.pop_first();
+            if stop <= self.stream_next {
+                continue;
+            }
+            let mut buf = vec![0u8; (stop - self.stream_next) as usize];
+            self.staging
+                .read_exact_at(&mut buf, self.stream_next)
+                .map_err(|_| "staging read failed")?;
+            let stream = self.stream.as_mut().expect("checked by the caller");
+            stream
+                .write(&buf)
+                .await
+                .map_err(|_| "stream upload failed")?;
+            self.stream_next = stop;
+        }
+        let waiting: u64 = self.ahead.iter().map(|(s, e)| e - s).sum();
+        if waiting > MAX_AHEAD {
+            return Err("too much written out of order");
         }
         Ok(())
     }
@@ -122,10 +172,8 @@ impl<S: ObjectStore> FileState<S> {
         self.staging
             .set_len(size)
             .map_err(|e| local(e, "cannot truncate staging file", &self.staging_path))?;
-        if size < self.stream_next || size > self.size {
-            if let Some(stream) = self.stream.take() {
-                stream.abort().await;
-            }
+        if size != self.size {
+            self.abandon_stream().await;
         }
         self.size = size;
         self.dirty = true;
@@ -143,7 +191,8 @@ impl<S: ObjectStore> FileState<S> {
         if !self.dirty || self.detached {
             return Ok(None);
         }
-        let streamed_all = self.stream.is_some() && self.stream_next == self.size;
+        let streamed_all =
+            self.stream.is_some() && self.stream_next == self.size && self.ahead.is_empty();
         let result = match self.stream.take() {
             // The stream carries the metadata the file was created with; changes since then
             // abandoned it (see abandon_stream).
@@ -201,6 +250,7 @@ impl<S: ObjectStore> FileState<S> {
     /// Stop streaming: the metadata changed (chmod, chown, utimens) after the upload began,
     /// so the commit must upload the staged bytes with the new metadata.
     pub async fn abandon_stream(&mut self) {
+        self.ahead.clear();
         if let Some(stream) = self.stream.take() {
             stream.abort().await;
         }

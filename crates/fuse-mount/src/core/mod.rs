@@ -148,6 +148,14 @@ struct Handle<S: ObjectStore> {
 
 type SharedFile<S> = Arc<tokio::sync::Mutex<FileState<S>>>;
 
+/// The names a directory had when it was listed.
+#[derive(Debug)]
+struct Listing {
+    at: Instant,
+    /// `None` when the directory has more entries than one page: not worth keeping.
+    names: Option<std::collections::HashSet<String>>,
+}
+
 /// The filesystem over a store `S`.
 #[derive(Debug)]
 pub struct Fs<S: ObjectStore> {
@@ -156,6 +164,8 @@ pub struct Fs<S: ObjectStore> {
     config: FsConfig,
     inodes: Mutex<InodeTable>,
     negative: Mutex<HashMap<String, Instant>>,
+    /// Names in recently listed directories (`None`: too big to keep), by directory inode.
+    listings: Mutex<HashMap<u64, Listing>>,
     /// Write state of files with written data, by inode.
     files: Mutex<HashMap<u64, SharedFile<S>>>,
     /// Open handles per inode.
@@ -201,6 +211,7 @@ impl<S: ObjectStore> Fs<S> {
             cache: Arc::new(cache),
             inodes: Mutex::new(InodeTable::new(root)),
             negative: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             open_counts: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -316,6 +327,32 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
+    /// Whether a fresh listing of `parent` has `name`; `None` without a usable listing.
+    fn listing_says(&self, parent: u64, name: &str) -> Option<bool> {
+        let listings = self.listings.lock().unwrap();
+        let listing = listings.get(&parent).filter(|l| self.is_fresh(l.at))?;
+        Some(
+            listing
+                .names
+                .as_ref()
+                .is_none_or(|names| names.contains(name)),
+        )
+    }
+
+    /// Keep a listing of `parent` up to date with a change made through this mount.
+    fn note_name(&self, parent: u64, name: &str, exists: bool) {
+        if let Some(Listing {
+            names: Some(names), ..
+        }) = self.listings.lock().unwrap().get_mut(&parent)
+        {
+            if exists {
+                names.insert(name.to_string());
+            } else {
+                names.remove(name);
+            }
+        }
+    }
+
     /// Attributes with the size of written-but-uncommitted data.
     async fn current_attr(&self, mut attr: Attr) -> Attr {
         if let Some(state) = self.file_state(attr.ino) {
@@ -342,6 +379,24 @@ impl<S: ObjectStore> Fs<S> {
             return Ok(self.current_attr(attr).await);
         }
         if self.negative_hit(&path) {
+            return Err(FsError::NotFound);
+        }
+        // A recent listing of the parent answers "missing" without a request. Without one, a
+        // listing of a small parent (one page) answers this and every following miss in it:
+        // creating many files, or untarring, then costs no request per new name.
+        let listed = match self.listing_says(parent, name) {
+            Some(listed) => listed,
+            None => match self.list_dir(parent, 1, false).await? {
+                Some(entries) => match entries.into_iter().find(|e| e.name == name) {
+                    Some(entry) if entry.attr.kind == Kind::Dir => return Ok(entry.attr),
+                    Some(_) => true,
+                    None => false,
+                },
+                None => true, // too big to list for one name
+            },
+        };
+        if !listed {
+            self.set_negative(&path, true);
             return Err(FsError::NotFound);
         }
         let key = self.key(&path);
@@ -413,12 +468,55 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Every entry of directory `ino` (without `.` and `..`), from a full listing.
     pub async fn readdir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let mut entries = self
+            .list_dir(ino, usize::MAX, true)
+            .await?
+            .expect("no page limit");
+        // Files being written but not yet in the store belong to the listing too.
+        let pending: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
+        for file_ino in pending {
+            let known = self.inodes.lock().unwrap().get(file_ino).cloned();
+            if let Some(inode) = known {
+                if inode.parent == ino && !entries.iter().any(|e| e.name == inode.name) {
+                    let attr = self.current_attr(inode.attr.clone()).await;
+                    entries.push(DirEntry {
+                        name: inode.name.clone(),
+                        attr,
+                    });
+                }
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    /// The entries of directory `ino` from the store, if they fit in `max_pages` pages. With
+    /// `trust_files`, files get inodes with the listing's attributes (readdir hands those to
+    /// the kernel anyway); without, only directories do, and a lookup of a file still HEADs it
+    /// for its mode, owner and type.
+    async fn list_dir(
+        &self,
+        ino: u64,
+        max_pages: usize,
+        trust_files: bool,
+    ) -> FsResult<Option<Vec<DirEntry>>> {
         let path = self.dir_path(ino)?;
         let prefix = self.dir_prefix(&path);
+        let started = Instant::now();
         let mut files: Vec<(String, Attr, common::ETag)> = Vec::new();
         let mut dirs: Vec<String> = Vec::new();
         let mut token = None;
-        loop {
+        for page_number in 1.. {
+            if page_number > max_pages {
+                self.listings.lock().unwrap().insert(
+                    ino,
+                    Listing {
+                        at: started,
+                        names: None,
+                    },
+                );
+                return Ok(None);
+            }
             let page = self
                 .store
                 .list(
@@ -455,53 +553,53 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         let mut entries = Vec::with_capacity(files.len() + dirs.len());
-        {
-            let mut inodes = self.inodes.lock().unwrap();
-            for name in &dirs {
-                let attr = inodes.upsert(
-                    ino,
-                    name,
-                    join(&path, name),
-                    self.dir_attr(SystemTime::now()),
-                    None,
-                    true,
-                );
-                entries.push(DirEntry {
-                    name: name.clone(),
-                    attr,
-                });
-            }
-            for (name, attr, etag) in files {
-                if dirs.binary_search(&name).is_ok() {
-                    continue; // a directory shadows an object of the same name
-                }
-                let child = join(&path, &name);
-                // Keep what a HEAD learnt (kind, mode, owner) over the listing's defaults.
-                let attr = match inodes.by_path(&child) {
-                    Some(known) if known.metadata_known && known.etag.as_ref() == Some(&etag) => {
-                        known.attr.clone()
-                    }
-                    _ => inodes.upsert(ino, &name, child, attr, Some(etag), false),
-                };
-                entries.push(DirEntry { name, attr });
-            }
+        let mut inodes = self.inodes.lock().unwrap();
+        for name in &dirs {
+            let attr = inodes.upsert(
+                ino,
+                name,
+                join(&path, name),
+                self.dir_attr(SystemTime::now()),
+                None,
+                true,
+            );
+            entries.push(DirEntry {
+                name: name.clone(),
+                attr,
+            });
         }
-        // Files being written but not yet in the store belong to the listing too.
-        let pending: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
-        for file_ino in pending {
-            let known = self.inodes.lock().unwrap().get(file_ino).cloned();
-            if let Some(inode) = known {
-                if inode.parent == ino && !entries.iter().any(|e| e.name == inode.name) {
-                    let attr = self.current_attr(inode.attr.clone()).await;
-                    entries.push(DirEntry {
-                        name: inode.name.clone(),
-                        attr,
-                    });
-                }
+        for (name, attr, etag) in files {
+            if dirs.binary_search(&name).is_ok() {
+                continue; // a directory shadows an object of the same name
             }
+            let child = join(&path, &name);
+            let attr = match inodes.by_path(&child).map(|known| {
+                (
+                    known.attr.ino,
+                    known.metadata_known && known.etag.as_ref() == Some(&etag),
+                )
+            }) {
+                // Unchanged since a HEAD: keep what it learnt (kind, mode, owner).
+                Some((known, true)) => {
+                    let inode = inodes.get_mut(known).expect("indexed inodes exist");
+                    inode.fetched = Instant::now();
+                    inode.attr.clone()
+                }
+                _ if trust_files => inodes.upsert(ino, &name, child, attr, Some(etag), false),
+                _ => attr,
+            };
+            entries.push(DirEntry { name, attr });
         }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
+        drop(inodes);
+        let names = entries.iter().map(|e| e.name.clone()).collect();
+        self.listings.lock().unwrap().insert(
+            ino,
+            Listing {
+                at: started,
+                names: Some(names),
+            },
+        );
+        Ok(Some(entries))
     }
 
     fn new_handle(&self, ino: u64, writable: bool) -> u64 {
@@ -825,6 +923,7 @@ impl<S: ObjectStore> Fs<S> {
             .unwrap()
             .upsert(parent, name, path.clone(), attr, None, true);
         self.set_negative(&path, false);
+        self.note_name(parent, name, true);
         let state = self.ensure_file_state(attr.ino, true).await?;
         {
             let mut state = state.lock().await;
@@ -865,6 +964,7 @@ impl<S: ObjectStore> Fs<S> {
             )
             .await?;
         self.set_negative(&path, false);
+        self.note_name(parent, name, true);
         Ok(self
             .inodes
             .lock()
@@ -885,6 +985,7 @@ impl<S: ObjectStore> Fs<S> {
         self.store.delete(&self.key(&path)).await?;
         self.inodes.lock().unwrap().remove_path(&path);
         self.set_negative(&path, true);
+        self.note_name(parent, name, false);
         Ok(())
     }
 
@@ -917,6 +1018,7 @@ impl<S: ObjectStore> Fs<S> {
         self.store.delete(&marker).await?;
         self.inodes.lock().unwrap().remove_path(&path);
         self.set_negative(&path, true);
+        self.note_name(parent, name, false);
         Ok(())
     }
 
@@ -1003,6 +1105,8 @@ impl<S: ObjectStore> Fs<S> {
             .rename(&from, &to, new_parent, new_name);
         self.set_negative(&from, true);
         self.set_negative(&to, false);
+        self.note_name(parent, name, false);
+        self.note_name(new_parent, new_name, true);
         Ok(())
     }
 
@@ -1057,6 +1161,7 @@ impl<S: ObjectStore> Fs<S> {
             )
             .await?;
         self.set_negative(&path, false);
+        self.note_name(parent, name, true);
         Ok(self
             .inodes
             .lock()

@@ -203,7 +203,11 @@ async fn a_listing_costs_one_request_per_thousand_entries() {
     let lists = store.request_count(Op::List);
     assert_eq!(f.fs.readdir(many.ino).await.unwrap().len(), 2500);
     assert_eq!(store.request_count(Op::List) - lists, 3);
-    assert_eq!(store.request_count(Op::Head), 1);
+    assert_eq!(
+        store.request_count(Op::Head),
+        0,
+        "the root listing told \"many\" is a directory"
+    );
 }
 
 #[tokio::test]
@@ -464,4 +468,54 @@ async fn regression_zero_length_write_past_the_end_changes_nothing() {
     f.fs.release(fh).await.unwrap();
     assert_eq!(f.fs.getattr(attr.ino).await.unwrap().size, 0);
     assert_eq!(store.head("vol/e").await.unwrap().size, 0);
+}
+
+#[tokio::test]
+async fn writes_slightly_out_of_order_still_stream() {
+    let (f, store) = fixture();
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8).collect();
+    let (attr, fh) =
+        f.fs.create(ROOT_INO, "ooo", 0o644, 0, 0, false)
+            .await
+            .unwrap();
+    // Pieces of 512 bytes, each pair swapped, as parallel FUSE writes may arrive.
+    for pair in (0..data.len()).step_by(1024) {
+        f.fs.write(fh, (pair + 512) as u64, &data[pair + 512..pair + 1024])
+            .await
+            .unwrap();
+        f.fs.write(fh, pair as u64, &data[pair..pair + 512])
+            .await
+            .unwrap();
+    }
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/ooo").await, data);
+    // Streamed: 8 parts of 1024 bytes and no upload of the whole file afterwards.
+    assert_eq!(store.request_count(Op::UploadPart), 8);
+    assert_eq!(store.request_count(Op::Put), 0);
+    assert_eq!(read_all(&f.fs, attr.ino).await, data);
+}
+
+#[tokio::test]
+async fn creating_many_files_costs_no_lookup_request_per_name() {
+    let (f, store) = fixture();
+    let d = f.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.unwrap();
+    let before = (store.request_count(Op::Head), store.request_count(Op::List));
+    for i in 0..50 {
+        let name = format!("f{i}");
+        // What the kernel does for `echo hi > f$i`: look the name up, then create it.
+        assert!(matches!(
+            f.fs.lookup(d.ino, &name).await,
+            Err(FsError::NotFound)
+        ));
+        write_file(&f.fs, d.ino, &name, b"hi").await;
+    }
+    let heads = store.request_count(Op::Head) - before.0;
+    let lists = store.request_count(Op::List) - before.1;
+    assert_eq!(heads, 0, "misses are answered by the directory's listing");
+    assert!(lists <= 2, "{lists} listings for 50 new names");
+    assert_eq!(
+        store.request_count(Op::Put),
+        51,
+        "one PUT per file (plus the marker)"
+    );
 }
