@@ -108,7 +108,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Larger requests mean fewer round trips through the kernel for big sequential IO.
         let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        // A large read-ahead lets the kernel keep several reads in flight for one reader.
+        let _ = config.set_max_readahead(8 << 20);
         // readdirplus: listings carry attributes, so `ls -l` needs no lookup per entry.
         // Parallel dirops: lookups in one directory need not wait for each other.
         let _ = config
@@ -247,7 +248,11 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        spawn_reply!(self, "open", reply, fs => fs.open(ino.0, writable, truncate).await, |fh| reply.opened(FileHandle(fh), FopenFlags::empty()));
+        spawn_reply!(self, "open", reply, fs => fs.open_with_cache_hint(ino.0, writable, truncate).await, |opened| {
+            let (fh, keep_cache) = opened;
+            let flags = if keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+            reply.opened(FileHandle(fh), flags)
+        });
     }
 
     fn read(

@@ -293,3 +293,16 @@ print(db.execute("pragma integrity_check").fetchone()[0])
     let object = m.object("vol/app.db");
     assert_eq!(&object[..16], b"SQLite format 3\0");
 }
+
+#[test]
+fn semantics_a_changed_object_is_read_anew_after_the_ttl() {
+    let Some(m) = mount("reread") else { return };
+    m.put("vol/f.txt", b"version one", &UserMetadata::new());
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(fs::read(m.path("f.txt")).unwrap(), b"version one");
+    assert_eq!(fs::read(m.path("f.txt")).unwrap(), b"version one");
+    m.put("vol/f.txt", b"VERSION TWO", &UserMetadata::new());
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    // Same size, new bytes: not from the page cache of version one, and not a mix of both.
+    assert_eq!(fs::read(m.path("f.txt")).unwrap(), b"VERSION TWO");
+}

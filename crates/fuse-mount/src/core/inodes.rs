@@ -42,6 +42,8 @@ pub struct Inode {
     pub etag: Option<ETag>,
     /// When the attributes were last confirmed by the store (or written by us).
     pub fetched: Instant,
+    /// The version whose bytes the kernel may hold in its page cache from an earlier open.
+    pub kernel_cached: Option<ETag>,
     /// Whether mode/uid/gid came from the object's metadata (HEAD) rather than defaults
     /// (a listing carries no metadata).
     pub metadata_known: bool,
@@ -69,6 +71,7 @@ impl InodeTable {
                 attr: root,
                 etag: None,
                 fetched: Instant::now(),
+                kernel_cached: None,
                 metadata_known: true,
             },
         );
@@ -129,6 +132,7 @@ impl InodeTable {
                 attr: attr.clone(),
                 etag,
                 fetched: Instant::now(),
+                kernel_cached: None,
                 metadata_known,
             },
         );

@@ -618,10 +618,23 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Open file `ino`; with `truncate` it becomes empty at once.
     pub async fn open(&self, ino: u64, writable: bool, truncate: bool) -> FsResult<u64> {
+        Ok(self.open_with_cache_hint(ino, writable, truncate).await?.0)
+    }
+
+    /// Like [`open`](Self::open), also saying whether the kernel may keep the pages it cached
+    /// from an earlier open: only when the object is the same version (same ETag) as then, so
+    /// re-reads of unchanged files come from the page cache and changed ones never do.
+    pub async fn open_with_cache_hint(
+        &self,
+        ino: u64,
+        writable: bool,
+        truncate: bool,
+    ) -> FsResult<(u64, bool)> {
         if writable || truncate {
             self.check_writable()?;
         }
-        let (_, attr) = self.inode_path(ino)?;
+        // Refreshes the ETag once the attribute TTL has passed.
+        let attr = self.getattr(ino).await?;
         if attr.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
@@ -629,7 +642,20 @@ impl<S: ObjectStore> Fs<S> {
             let state = self.ensure_file_state(ino, true).await?;
             state.lock().await.truncate(0).await?;
         }
-        Ok(self.new_handle(ino, writable))
+        let written = self.file_state(ino).is_some();
+        let keep_cache = {
+            let mut inodes = self.inodes.lock().unwrap();
+            let inode = inodes.get_mut(ino).ok_or(FsError::NotFound)?;
+            let same = inode.etag.is_some() && inode.etag == inode.kernel_cached;
+            // What the kernel caches through a writable handle is not a stored version.
+            inode.kernel_cached = if writable || written {
+                None
+            } else {
+                inode.etag.clone()
+            };
+            same && !writable && !written
+        };
+        Ok((self.new_handle(ino, writable), keep_cache))
     }
 
     /// The write state of `ino`, made on first need. An existing object's bytes are copied into

@@ -519,3 +519,42 @@ async fn creating_many_files_costs_no_lookup_request_per_name() {
         "one PUT per file (plus the marker)"
     );
 }
+
+#[tokio::test]
+async fn the_kernel_keeps_cached_pages_only_of_an_unchanged_version() {
+    let (f, store) = fixture();
+    store
+        .put(
+            "vol/f",
+            bytes::Bytes::from_static(b"v1"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    let attr = f.fs.lookup(ROOT_INO, "f").await.unwrap();
+    let open = |w| f.fs.open_with_cache_hint(attr.ino, w, false);
+    let (fh, keep) = open(false).await.unwrap();
+    assert!(!keep, "first open: nothing cached yet");
+    f.fs.release(fh).await.unwrap();
+    let (fh, keep) = open(false).await.unwrap();
+    assert!(keep, "same version: keep the page cache");
+    f.fs.release(fh).await.unwrap();
+    store
+        .put(
+            "vol/f",
+            bytes::Bytes::from_static(b"v2"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (fh, keep) = open(false).await.unwrap();
+    assert!(!keep, "changed remotely: drop the page cache");
+    f.fs.release(fh).await.unwrap();
+    let (fh, keep) = open(true).await.unwrap();
+    assert!(!keep, "writable handles never keep it");
+    f.fs.release(fh).await.unwrap();
+    let (fh, keep) = open(false).await.unwrap();
+    assert!(!keep, "nor the open after a writable one");
+    f.fs.release(fh).await.unwrap();
+}
