@@ -91,20 +91,45 @@ impl<S: ObjectStore> SequentialReader<S> {
 
     /// Read `len` bytes at `offset` (fewer at the end of the object).
     pub async fn read(&mut self, offset: u64, len: u64) -> StoreResult<Bytes> {
+        self.advise(offset, len);
+        self.cache.read(&self.object, offset, len).await
+    }
+
+    /// Note a read of `len` bytes at `offset` and start the read-ahead it calls for, without
+    /// reading. Callers that serve several reads of one handle at once (FUSE sends them in
+    /// parallel) advise under a lock and read through [`cache`](Self::cache) outside it.
+    ///
+    /// Access counts as sequential when a read starts near where the last one ended: up to
+    /// 16 MiB ahead (reads skipped or still in flight) or up to the window behind (parallel
+    /// reads arriving out of order).
+    pub fn advise(&mut self, offset: u64, len: u64) {
+        const MAX_FORWARD: u64 = 16 << 20;
         let end = offset.saturating_add(len).min(self.object.size);
-        if offset == self.next_offset {
-            let cap = self.window_cap();
-            self.window = (self.window * 2).clamp(self.config.initial_window.min(cap), cap);
+        let behind = self.window.max(self.cache.config().chunk_size);
+        let sequential = (offset >= self.next_offset && offset - self.next_offset <= MAX_FORWARD)
+            || (offset < self.next_offset && self.next_offset - offset <= behind);
+        if sequential {
+            if offset >= self.next_offset {
+                let cap = self.window_cap();
+                self.window = (self.window * 2).clamp(self.config.initial_window.min(cap), cap);
+            }
         } else {
             self.window = 0;
             self.prefetched_to =
                 end / self.cache.config().chunk_size * self.cache.config().chunk_size;
         }
-        self.next_offset = end;
-        if self.window > 0 {
-            self.prefetch_ahead(end);
+        self.next_offset = self.next_offset.max(end);
+        if !sequential {
+            self.next_offset = end;
         }
-        self.cache.read(&self.object, offset, len).await
+        if self.window > 0 {
+            self.prefetch_ahead(self.next_offset);
+        }
+    }
+
+    /// The chunk cache this reader reads through.
+    pub fn cache(&self) -> &Arc<ChunkCache<S>> {
+        &self.cache
     }
 
     /// Request whole `request_size` pieces of the window that are not requested yet. Waiting
@@ -191,6 +216,26 @@ mod tests {
         // 256 chunks in requests of up to 4 chunks each, plus the small first ones.
         let gets = store.request_count(Op::Get);
         assert!((64..=80).contains(&gets), "{gets} GETs");
+    }
+
+    #[tokio::test]
+    async fn reads_arriving_slightly_out_of_order_keep_the_window() {
+        let size = 256 * CHUNK as usize;
+        let (store, mut r) = reader(size, 1 << 30).await;
+        let body = pattern(size, 1);
+        let piece = 32 * 1024u64;
+        let mut offset = 0;
+        while offset + 2 * piece <= size as u64 {
+            // The second of each pair first, as parallel FUSE reads may arrive.
+            for at in [offset + piece, offset] {
+                let got = r.read(at, piece).await.unwrap();
+                assert_eq!(got, body.slice(at as usize..(at + piece) as usize));
+            }
+            offset += 2 * piece;
+        }
+        assert_eq!(r.window(), 32 * CHUNK, "still sequential");
+        let gets = store.request_count(Op::Get);
+        assert!(gets <= 80, "{gets} GETs");
     }
 
     #[tokio::test]

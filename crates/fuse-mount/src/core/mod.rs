@@ -712,13 +712,20 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        tracing::trace!(fh, offset, size, "read");
         let (ino, _) = self.handle_ino(fh)?;
         if let Some(state) = self.file_state(ino) {
             return Ok(state.lock().await.read(offset, size)?.into());
         }
         let reader = self.reader(fh, ino).await?;
-        let mut reader = reader.lock().await;
-        Ok(reader.read(offset, size as u64).await?)
+        // Advise under the lock, read outside it: the kernel sends reads of one handle in
+        // parallel, and they must not wait for each other.
+        let (cache, object) = {
+            let mut reader = reader.lock().await;
+            reader.advise(offset, size as u64);
+            (reader.cache().clone(), reader.object().clone())
+        };
+        Ok(cache.read(&object, offset, size as u64).await?)
     }
 
     async fn reader(

@@ -137,10 +137,13 @@ impl DiskCache {
     /// the cache is an optimisation and the data is still in the object store.
     pub fn put(&self, key: &ChunkKey, data: &[u8]) {
         let path = self.path_of(key);
-        let file = encode(key, data);
-        match write_atomically(&path, &file) {
+        // Header and data written one after the other: no copy of the chunk into a new buffer.
+        let prefix = file_prefix(key, data);
+        match write_atomically(&path, &[&prefix, data]) {
             Ok(()) => {
-                self.inner.index.insert(path, file.len() as u32);
+                self.inner
+                    .index
+                    .insert(path, (prefix.len() + data.len()) as u32);
                 // Enforce the cap now, not at some later maintenance run.
                 self.inner.index.run_pending_tasks();
             }
@@ -168,7 +171,7 @@ impl DiskCache {
     }
 }
 
-fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+fn write_atomically(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let dir = path.parent().expect("chunk paths have a shard folder");
     fs::create_dir_all(dir)?;
     // Unique per write: chunks of one object share a stem, and writers run in parallel.
@@ -181,7 +184,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     ));
     let tmp = PathBuf::from(tmp);
     let result = fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(data))
+        .and_then(|mut f| parts.iter().try_for_each(|part| f.write_all(part)))
         .and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -203,16 +206,16 @@ fn header(key: &ChunkKey) -> Vec<u8> {
     h
 }
 
-fn encode(key: &ChunkKey, data: &[u8]) -> Vec<u8> {
+/// Everything in a chunk file before the data: magic, header, data length, CRC32C of the data.
+fn file_prefix(key: &ChunkKey, data: &[u8]) -> Vec<u8> {
     let header = header(key);
-    let mut file = Vec::with_capacity(MAGIC.len() + 4 + header.len() + 12 + data.len());
-    file.extend_from_slice(MAGIC);
-    file.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    file.extend_from_slice(&header);
-    file.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    file.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-    file.extend_from_slice(data);
-    file
+    let mut prefix = Vec::with_capacity(MAGIC.len() + 4 + header.len() + 12);
+    prefix.extend_from_slice(MAGIC);
+    prefix.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    prefix.extend_from_slice(&header);
+    prefix.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    prefix.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    prefix
 }
 
 /// The data of `file` if it is a complete, intact chunk file for `key`.
@@ -277,7 +280,7 @@ mod tests {
             match damage {
                 "flip" => *file.last_mut().unwrap() ^= 1,
                 "truncate" => file.truncate(file.len() - 100),
-                _ => file = encode(&key(99), &data),
+                _ => file = [file_prefix(&key(99), &data), data.clone()].concat(),
             }
             fs::write(&path, file).unwrap();
             assert!(cache.get(&k).is_none(), "{damage} was served");
