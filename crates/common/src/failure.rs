@@ -23,6 +23,9 @@ struct Injected {
 pub struct FailureStore<S> {
     inner: S,
     failures: Mutex<HashMap<Op, Injected>>,
+    /// GETs of this key wait until [`resume_gets`](FailureStore::resume_gets).
+    stalled_key: Mutex<Option<String>>,
+    resumed: tokio::sync::Notify,
 }
 
 impl<S: ObjectStore> FailureStore<S> {
@@ -30,6 +33,28 @@ impl<S: ObjectStore> FailureStore<S> {
         Self {
             inner,
             failures: Mutex::new(HashMap::new()),
+            stalled_key: Mutex::new(None),
+            resumed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Make GETs of `key` hang until [`resume_gets`](Self::resume_gets): a stalled backend.
+    pub fn stall_gets(&self, key: &str) {
+        *self.stalled_key.lock().unwrap() = Some(key.to_string());
+    }
+
+    pub fn resume_gets(&self) {
+        *self.stalled_key.lock().unwrap() = None;
+        self.resumed.notify_waiters();
+    }
+
+    async fn wait_if_stalled(&self, key: &str) {
+        loop {
+            let resumed = self.resumed.notified();
+            if self.stalled_key.lock().unwrap().as_deref() != Some(key) {
+                return;
+            }
+            resumed.await;
         }
     }
 
@@ -103,6 +128,7 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
         if_match: Option<&ETag>,
     ) -> StoreResult<ByteStream> {
         self.check(Op::Get)?;
+        self.wait_if_stalled(key).await;
         self.inner.get_stream(key, range, if_match).await
     }
 

@@ -558,3 +558,39 @@ async fn the_kernel_keeps_cached_pages_only_of_an_unchanged_version() {
     assert!(!keep, "nor the open after a writable one");
     f.fs.release(fh).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_read_does_not_hold_up_reads_of_other_files() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    for name in ["slow", "fast"] {
+        store
+            .put(
+                &format!("vol/{name}"),
+                bytes::Bytes::from(name.repeat(100)),
+                &UserMetadata::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let slow = fs.lookup(ROOT_INO, "slow").await.unwrap();
+    let fast = fs.lookup(ROOT_INO, "fast").await.unwrap();
+    store.stall_gets("vol/slow");
+    let slow_fh = fs.open(slow.ino, false, false).await.unwrap();
+    let stalled = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.read(slow_fh, 0, 100).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !stalled.is_finished(),
+        "the slow read waits for the backend"
+    );
+    // Other files are read meanwhile: nothing is serialized behind the stalled request.
+    let fast_fh = fs.open(fast.ino, false, false).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), fs.read(fast_fh, 0, 8)).await;
+    assert_eq!(&got.expect("not blocked").unwrap()[..], b"fastfast");
+    store.resume_gets();
+    assert_eq!(&stalled.await.unwrap().unwrap()[..4], b"slow");
+}
