@@ -59,6 +59,16 @@ impl Drop for MountHandle {
     }
 }
 
+/// Whether something is mounted at `path` (in this mount namespace).
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // Field 5 of each line is the mount point.
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == canonical.to_str())
+}
+
 /// Check that `mountpoint` can take a mount: an existing, empty directory that is not already
 /// a mount. The error says what is wrong.
 pub fn check_mountpoint(mountpoint: &Path) -> Result<(), String> {
@@ -77,12 +87,7 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<(), String> {
             mountpoint.display()
         ));
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    if mounts
-        .lines()
-        .any(|l| l.split(' ').nth(4) == canonical.to_str())
-    {
+    if is_mounted(mountpoint) {
         return Err(format!(
             "mountpoint {} is busy: something is already mounted there",
             mountpoint.display()

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fuse_mount::is_mounted;
 use integration_tests::{S3Env, TestMount};
 
 /// An s3fs mount of `bucket`, unmounted when dropped (s3fs daemonizes; unmounting ends it).
@@ -62,14 +63,6 @@ impl Drop for S3fs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.mountpoint.path()).status();
     }
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let path = std::fs::canonicalize(path).unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == path.to_str())
 }
 
 fn set_mtime(path: &Path, seconds: u64) {

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use fuse_mount::is_mounted;
 use integration_tests::S3Env;
 
 const S3VOL: &str = env!("CARGO_BIN_EXE_s3vol");
@@ -26,14 +27,6 @@ fn s3vol_at(endpoint: &str, env: &S3Env, args: &[&str], cache: &Path) -> Command
         .env("AWS_SECRET_ACCESS_KEY", &env.secret_key)
         .env_remove("AWS_PROFILE");
     cmd
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let path = std::fs::canonicalize(path).unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == path.to_str())
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
