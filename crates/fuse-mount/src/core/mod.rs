@@ -965,6 +965,17 @@ impl<S: ObjectStore> Fs<S> {
         Ok((attr.clone(), self.new_handle(attr.ino, true)))
     }
 
+    /// The path for a new entry `name` in `parent`, after checking that the volume is writable
+    /// and the name is free.
+    async fn path_for_new_entry(&self, parent: u64, name: &str) -> FsResult<String> {
+        self.check_writable()?;
+        match self.lookup(parent, name).await {
+            Ok(_) => Err(FsError::Exists),
+            Err(FsError::NotFound) => Ok(join(&self.dir_path(parent)?, name)),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn mkdir(
         &self,
         parent: u64,
@@ -973,13 +984,7 @@ impl<S: ObjectStore> Fs<S> {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
-        self.check_writable()?;
-        match self.lookup(parent, name).await {
-            Ok(_) => return Err(FsError::Exists),
-            Err(FsError::NotFound) => {}
-            Err(e) => return Err(e),
-        }
-        let path = join(&self.dir_path(parent)?, name);
+        let path = self.path_for_new_entry(parent, name).await?;
         let attr = Attr {
             ino: 0,
             kind: Kind::Dir,
@@ -1169,13 +1174,7 @@ impl<S: ObjectStore> Fs<S> {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
-        self.check_writable()?;
-        match self.lookup(parent, name).await {
-            Ok(_) => return Err(FsError::Exists),
-            Err(FsError::NotFound) => {}
-            Err(e) => return Err(e),
-        }
-        let path = join(&self.dir_path(parent)?, name);
+        let path = self.path_for_new_entry(parent, name).await?;
         let attr = Attr {
             ino: 0,
             kind: Kind::Symlink,
