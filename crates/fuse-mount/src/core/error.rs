@@ -22,8 +22,6 @@ pub enum FsError {
     Invalid(&'static str),
     #[error("bad file handle")]
     BadHandle,
-    #[error("operation not supported: {0}")]
-    Unsupported(&'static str),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("local staging file: {0}")]
@@ -45,7 +43,6 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::BadHandle => libc::EBADF,
-            FsError::Unsupported(_) => libc::ENOTSUP,
             FsError::Local(_) => libc::EIO,
             FsError::Store(e) => match e.kind() {
                 ErrorKind::NotFound => libc::ENOENT,

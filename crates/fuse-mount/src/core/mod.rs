@@ -224,14 +224,6 @@ impl<S: ObjectStore> Fs<S> {
         &self.config
     }
 
-    pub fn store(&self) -> &Arc<S> {
-        &self.store
-    }
-
-    pub fn cache(&self) -> &Arc<ChunkCache<S>> {
-        &self.cache
-    }
-
     fn key(&self, path: &str) -> String {
         format!("{}{path}", self.config.prefix)
     }

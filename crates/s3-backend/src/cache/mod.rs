@@ -207,10 +207,6 @@ impl<S: ObjectStore> ChunkCache<S> {
         })
     }
 
-    pub fn store(&self) -> &Arc<S> {
-        &self.store
-    }
-
     pub fn config(&self) -> &CacheConfig {
         &self.config
     }
