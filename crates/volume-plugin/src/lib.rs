@@ -1,4 +1,12 @@
-//! The `s3vol` binary's logic. Today: `s3vol mount` ([`mount`]). The Docker volume plugin
-//! (`s3vol serve`: the protocol, volume lifecycle and state) comes with issue #5.
+//! The `s3vol` binary's logic: `s3vol mount` ([`mount`]) and `s3vol serve`, the Docker volume
+//! plugin ([`serve`]: the protocol in [`api`], volume lifecycle in [`manager`], state in
+//! [`catalogue`], options in [`options`], mounts in [`mounter`]).
 
+pub mod api;
+pub mod catalogue;
+pub mod manager;
 pub mod mount;
+pub mod mounter;
+pub mod options;
+pub mod serve;
+pub mod settings;

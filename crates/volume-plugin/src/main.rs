@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use common::bytesize::ByteSize;
+use s3_backend::PathStyle;
 use s3_backend::S3Config;
 use volume_plugin::mount::{self, MountParams};
+use volume_plugin::settings::PluginSettings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,8 +24,60 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the Docker volume plugin: the volume API on a unix socket, one FUSE mount per
+    /// volume in use.
+    Serve(ServeArgs),
     /// Mount a bucket (or a prefix of it) at a directory, without Docker.
     Mount(MountArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Unix socket of the volume API (Docker looks for `<plugin socket dir>/s3vol.sock`).
+    #[arg(
+        long,
+        env = "S3VOL_SOCKET",
+        default_value = "/run/docker/plugins/s3vol.sock"
+    )]
+    socket: PathBuf,
+    /// Folder under which volumes are mounted, at `<root>/<volume name>` (in the managed
+    /// plugin: its propagated mount).
+    #[arg(long, env = "S3VOL_MOUNT_ROOT", default_value = "/var/lib/s3vol/mnt")]
+    mount_root: PathBuf,
+    /// Folder of the volume catalogue (keep it outside the plugin's rootfs).
+    #[arg(long, env = "S3VOL_STATE_DIR", default_value = "/var/lib/s3vol/state")]
+    state_dir: PathBuf,
+    /// Folder of the chunk cache and of each volume's staged writes.
+    #[arg(long, env = "S3VOL_CACHE_DIR", default_value = "/var/cache/s3vol")]
+    cache_dir: PathBuf,
+    /// Folder holding the AWS-format `credentials` file that `-o profile=NAME` picks from.
+    #[arg(long, env = "S3VOL_CONFIG_DIR", default_value = "/etc/s3vol")]
+    config_dir: PathBuf,
+    /// S3 endpoint of volumes without `-o endpoint` (MinIO, Ceph RGW, ...); unset means AWS S3.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// Region of volumes without `-o region`.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    region: String,
+    /// Path-style URLs: auto (when an endpoint is set), true or false.
+    #[arg(long, env = "S3VOL_PATH_STYLE", default_value = "auto")]
+    path_style: PathStyle,
+    /// PEM file of extra CA certificates for self-signed endpoints.
+    #[arg(long, env = "AWS_CA_BUNDLE")]
+    ca_bundle: Option<PathBuf>,
+    /// Bucket of volumes created without `-o bucket`; each such volume is the prefix
+    /// `<volume name>/` of it.
+    #[arg(long, env = "S3VOL_DEFAULT_BUCKET")]
+    default_bucket: Option<String>,
+    /// Hard cap of the disk chunk cache, all volumes together (e.g. 10GiB).
+    #[arg(long, env = "S3VOL_CACHE_SIZE", default_value = "10GiB")]
+    cache_size: ByteSize,
+    /// Memory budget of cached chunks and read-ahead, all volumes together (e.g. 512MiB).
+    #[arg(long, env = "S3VOL_MEMORY_LIMIT", default_value = "512MiB")]
+    memory_limit: ByteSize,
+    /// Log debug details (same as S3VOL_LOG=debug).
+    #[arg(long)]
+    debug: bool,
 }
 
 #[derive(Debug, Args)]
@@ -155,11 +209,74 @@ fn mount_command(args: MountArgs) -> Result<(), String> {
     })
 }
 
+fn serve_command(args: ServeArgs) -> Result<(), String> {
+    let default_bucket = match args.default_bucket {
+        Some(name) => Some(
+            name.parse()
+                .map_err(|e| format!("invalid S3VOL_DEFAULT_BUCKET: {e}"))?,
+        ),
+        None => None,
+    };
+    let settings = PluginSettings {
+        socket: args.socket,
+        mount_root: args.mount_root,
+        state_dir: args.state_dir,
+        cache_dir: args.cache_dir,
+        config_dir: args.config_dir,
+        endpoint_url: args.endpoint_url,
+        region: args.region,
+        path_style: args.path_style,
+        ca_bundle: args.ca_bundle,
+        default_bucket,
+        cache_size: args.cache_size.0,
+        memory_limit: args.memory_limit.0,
+    };
+    // Volumes without a profile use the standard AWS chain; let it find the config folder's
+    // credentials file (its [default] profile), as it would find ~/.aws/credentials.
+    if std::env::var_os("AWS_SHARED_CREDENTIALS_FILE").is_none() {
+        if let Some(file) = settings.credentials_file() {
+            std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", file);
+        }
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("s3vol-worker")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(volume_plugin::serve::serve(settings))
+}
+
+/// A managed plugin exports every declared setting, set or not: an empty value means unset
+/// (an empty AWS_ACCESS_KEY_ID would otherwise stop the AWS credential chain).
+fn drop_empty_settings() {
+    let empty: Vec<_> = std::env::vars_os()
+        .filter(|(name, value)| {
+            value.is_empty()
+                && name
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("AWS_") || n.starts_with("S3VOL_"))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    for name in empty {
+        std::env::remove_var(name);
+    }
+}
+
 fn main() -> ExitCode {
+    drop_empty_settings();
     let cli = Cli::parse();
-    let Command::Mount(args) = cli.command;
-    init_logging(args.debug);
-    match mount_command(args) {
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_logging(args.debug);
+            serve_command(args)
+        }
+        Command::Mount(args) => {
+            init_logging(args.debug);
+            mount_command(args)
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A background child's parent prints the error; the log gets it too.

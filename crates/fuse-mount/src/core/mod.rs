@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use common::{ErrorKind, ListParams, ObjectMeta, ObjectStore, UserMetadata};
-use s3_backend::cache::{CacheConfig, ChunkCache, ObjectVersion};
+use s3_backend::cache::{CacheConfig, CacheTiers, ChunkCache, ObjectVersion};
 use s3_backend::readahead::{ReadaheadConfig, SequentialReader};
 use s3_backend::upload::UploadConfig;
 
@@ -52,6 +52,8 @@ pub struct FsConfig {
     /// Where staged data goes when its upload failed at the last close.
     pub recovery_dir: PathBuf,
     pub cache: CacheConfig,
+    /// Tiers shared with other volumes; `None`: tiers of its own, sized by `cache`.
+    pub shared_tiers: Option<Arc<CacheTiers>>,
     pub readahead: ReadaheadConfig,
     pub upload: UploadConfig,
 }
@@ -72,6 +74,7 @@ impl FsConfig {
             staging_dir: local_dir.join("staging"),
             recovery_dir: local_dir.join("recovery"),
             cache: CacheConfig::default(),
+            shared_tiers: None,
             readahead: ReadaheadConfig::default(),
             upload: UploadConfig::default(),
         }
@@ -113,6 +116,12 @@ impl FsConfig {
 
     pub fn cache(mut self, cache: CacheConfig) -> Self {
         self.cache = cache;
+        self
+    }
+
+    /// Keep cached chunks in `tiers`, shared with other volumes (one budget for all).
+    pub fn shared_tiers(mut self, tiers: Arc<CacheTiers>) -> Self {
+        self.shared_tiers = Some(tiers);
         self
     }
 
@@ -195,8 +204,13 @@ fn join(parent: &str, name: &str) -> String {
 
 impl<S: ObjectStore> Fs<S> {
     pub fn new(store: Arc<S>, config: FsConfig) -> FsResult<Self> {
-        let cache = ChunkCache::new(store.clone(), config.cache.clone())
-            .map_err(|e| FsError::Local(format!("cannot open the cache folder: {e}")))?;
+        let cache = match &config.shared_tiers {
+            Some(tiers) => {
+                ChunkCache::with_tiers(store.clone(), config.cache.clone(), tiers.clone())
+            }
+            None => ChunkCache::new(store.clone(), config.cache.clone())
+                .map_err(|e| FsError::Local(format!("cannot open the cache folder: {e}")))?,
+        };
         let root = Attr {
             ino: ROOT_INO,
             kind: Kind::Dir,
@@ -222,6 +236,11 @@ impl<S: ObjectStore> Fs<S> {
 
     pub fn config(&self) -> &FsConfig {
         &self.config
+    }
+
+    /// The chunk cache's counters (hits, fetches), for status and metrics.
+    pub fn cache_stats(&self) -> &s3_backend::cache::CacheStats {
+        self.cache.stats()
     }
 
     fn key(&self, path: &str) -> String {

@@ -163,28 +163,29 @@ impl Drop for Ticket {
     }
 }
 
-/// The chunk cache over a store `S`. Share it with `Arc`.
-pub struct ChunkCache<S> {
-    store: Arc<S>,
-    config: CacheConfig,
+/// Where cached chunks are kept: the memory tier and the disk tier. One `CacheTiers` can back
+/// the chunk caches of several volumes (the plugin's), so that all of them together stay within
+/// one memory budget and one disk cap. Chunk keys name the bucket, key and ETag, so volumes
+/// sharing tiers never read each other's chunks by mistake.
+pub struct CacheTiers {
     memory: moka::sync::Cache<ChunkKey, Bytes>,
-    inflight: InflightMap,
     disk: Option<DiskCache>,
     disk_writes: Arc<tokio::sync::Semaphore>,
-    stats: CacheStats,
 }
 
-impl<S> fmt::Debug for ChunkCache<S> {
+impl fmt::Debug for CacheTiers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChunkCache")
-            .field("config", &self.config)
+        f.debug_struct("CacheTiers")
             .field("memory_bytes_used", &self.memory.weighted_size())
+            .field("disk", &self.disk)
             .finish_non_exhaustive()
     }
 }
 
-impl<S: ObjectStore> ChunkCache<S> {
-    pub fn new(store: Arc<S>, config: CacheConfig) -> std::io::Result<Self> {
+impl CacheTiers {
+    /// Tiers sized by `config`'s memory budget and disk folder and cap (its chunk size is
+    /// per cache, not per tier).
+    pub fn new(config: &CacheConfig) -> std::io::Result<Self> {
         let disk = match &config.disk_dir {
             Some(dir) => Some(DiskCache::open(dir, config.disk_bytes)?),
             None => None,
@@ -197,14 +198,57 @@ impl<S: ObjectStore> ChunkCache<S> {
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
         Ok(Self {
-            store,
-            config,
             memory,
-            inflight: Arc::new(Mutex::new(HashMap::new())),
             disk,
             disk_writes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DISK_WRITES)),
-            stats: CacheStats::default(),
         })
+    }
+
+    /// Bytes of chunks held in memory now.
+    pub fn memory_used(&self) -> u64 {
+        self.memory.run_pending_tasks();
+        self.memory.weighted_size()
+    }
+
+    pub fn disk(&self) -> Option<&DiskCache> {
+        self.disk.as_ref()
+    }
+}
+
+/// The chunk cache over a store `S`. Share it with `Arc`.
+pub struct ChunkCache<S> {
+    store: Arc<S>,
+    config: CacheConfig,
+    tiers: Arc<CacheTiers>,
+    inflight: InflightMap,
+    stats: CacheStats,
+}
+
+impl<S> fmt::Debug for ChunkCache<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkCache")
+            .field("config", &self.config)
+            .field("tiers", &self.tiers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: ObjectStore> ChunkCache<S> {
+    /// A cache with tiers of its own, sized by `config`.
+    pub fn new(store: Arc<S>, config: CacheConfig) -> std::io::Result<Self> {
+        let tiers = Arc::new(CacheTiers::new(&config)?);
+        Ok(Self::with_tiers(store, config, tiers))
+    }
+
+    /// A cache keeping its chunks in `tiers`, which other caches may share.
+    pub fn with_tiers(store: Arc<S>, config: CacheConfig, tiers: Arc<CacheTiers>) -> Self {
+        Self {
+            store,
+            config,
+            tiers,
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            stats: CacheStats::default(),
+        }
     }
 
     pub fn config(&self) -> &CacheConfig {
@@ -216,13 +260,12 @@ impl<S: ObjectStore> ChunkCache<S> {
     }
 
     pub fn disk(&self) -> Option<&DiskCache> {
-        self.disk.as_ref()
+        self.tiers.disk()
     }
 
-    /// Bytes of chunks held in memory now.
+    /// Bytes of chunks held in memory now (by every cache sharing these tiers).
     pub fn memory_used(&self) -> u64 {
-        self.memory.run_pending_tasks();
-        self.memory.weighted_size()
+        self.tiers.memory_used()
     }
 
     /// Number of chunks of an object of `size` bytes.
@@ -291,7 +334,7 @@ impl<S: ObjectStore> ChunkCache<S> {
             ));
         }
         let key = self.key_of(object, index);
-        if let Some(data) = self.memory.get(&key) {
+        if let Some(data) = self.tiers.memory.get(&key) {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(data);
         }
@@ -306,7 +349,7 @@ impl<S: ObjectStore> ChunkCache<S> {
             Some(pending) => pending.await,
             // Finished between the two looks: it is in memory now (or was evicted at once
             // under a tiny budget, in which case fetch it directly).
-            None => match self.memory.get(&key) {
+            None => match self.tiers.memory.get(&key) {
                 Some(data) => Ok(data),
                 None => self.fetch_direct(object, index).await,
             },
@@ -334,7 +377,7 @@ impl<S: ObjectStore> ChunkCache<S> {
             let mut inflight = self.inflight.lock().unwrap();
             for index in indices {
                 let key = self.key_of(object, index);
-                if inflight.contains_key(&key) || self.memory.contains_key(&key) {
+                if inflight.contains_key(&key) || self.tiers.memory.contains_key(&key) {
                     if !run.is_empty() {
                         runs.push(std::mem::take(&mut run));
                     }
@@ -375,7 +418,7 @@ impl<S: ObjectStore> ChunkCache<S> {
     async fn fetch_run(self: Arc<Self>, object: &ObjectVersion, run: Vec<Ticket>) {
         let mut missing = Vec::new();
         for ticket in run {
-            let on_disk = match &self.disk {
+            let on_disk = match &self.tiers.disk {
                 Some(disk) => {
                     let (disk, key) = (disk.clone(), ticket.key.clone());
                     tokio::task::spawn_blocking(move || disk.get(&key))
@@ -467,10 +510,10 @@ impl<S: ObjectStore> ChunkCache<S> {
     /// Hand a fetched chunk (or the error) to its waiters and the caches.
     fn deliver(&self, ticket: Ticket, result: StoreResult<Bytes>, to_disk: bool) {
         if let Ok(data) = &result {
-            self.memory.insert(ticket.key.clone(), data.clone());
-            if let (true, Some(disk)) = (to_disk, &self.disk) {
+            self.tiers.memory.insert(ticket.key.clone(), data.clone());
+            if let (true, Some(disk)) = (to_disk, &self.tiers.disk) {
                 // Skip the disk when writes queue up (a slow disk must not hold memory).
-                if let Ok(permit) = self.disk_writes.clone().try_acquire_owned() {
+                if let Ok(permit) = self.tiers.disk_writes.clone().try_acquire_owned() {
                     let (disk, key, data) = (disk.clone(), ticket.key.clone(), data.clone());
                     tokio::task::spawn_blocking(move || {
                         disk.put(&key, &data);

@@ -1,0 +1,413 @@
+//! The volume manager: the lifecycle behind the plugin API.
+//!
+//! - One mount per volume, shared by every Docker mount of it: each Docker mount has an ID,
+//!   the volume keeps the *set* of IDs, and the filesystem is unmounted (after uploading what
+//!   was written) only when the set becomes empty. Unknown and repeated IDs are harmless,
+//!   because Docker sends both.
+//! - Calls on one volume take turns (a per-volume async lock); calls on different volumes,
+//!   and the catalogue reads behind Get and List, never wait for a slow mount.
+//! - Every change is in the catalogue on disk before the call answers, so a restarted plugin
+//!   knows its volumes and which of them Docker still has mounted, and mounts those again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::catalogue::{Catalogue, VolumeRecord};
+use crate::mounter::{MountedVolume, Mounter};
+use crate::options::{check_volume_name, VolumeSpec};
+use crate::settings::PluginSettings;
+
+/// A volume as the API reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// Set while the volume is mounted.
+    pub mountpoint: Option<PathBuf>,
+    pub created_at: String,
+    pub status: Map<String, Value>,
+}
+
+/// The mount of one volume, if any; its lock makes calls on the volume take turns.
+type Slot<M> = Arc<tokio::sync::Mutex<Option<<M as Mounter>::Mounted>>>;
+
+/// Longest a call waits for its turn on a volume before answering with an error: Docker gives
+/// a managed plugin's call 30 s in all.
+const TURN_TIMEOUT: Duration = Duration::from_secs(25);
+
+#[derive(Debug)]
+pub struct VolumeManager<M: Mounter> {
+    mounter: M,
+    settings: Arc<PluginSettings>,
+    catalogue: Mutex<Catalogue>,
+    slots: Mutex<HashMap<String, Slot<M>>>,
+}
+
+fn no_such_volume(name: &str) -> String {
+    format!("no such volume: {name}")
+}
+
+impl<M: Mounter> VolumeManager<M> {
+    pub fn new(mounter: M, settings: Arc<PluginSettings>, catalogue: Catalogue) -> Self {
+        Self {
+            mounter,
+            settings,
+            catalogue: Mutex::new(catalogue),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &PluginSettings {
+        &self.settings
+    }
+
+    fn record(&self, name: &str) -> Option<VolumeRecord> {
+        self.catalogue.lock().unwrap().get(name).cloned()
+    }
+
+    fn slot(&self, name: &str) -> Slot<M> {
+        self.slots
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Wait for this volume's turn.
+    async fn turn(
+        &self,
+        name: &str,
+        call: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Option<M::Mounted>>, String> {
+        tokio::time::timeout(TURN_TIMEOUT, self.slot(name).lock_owned())
+            .await
+            .map_err(|_| {
+                format!(
+                    "{call} of volume {name} gave up after {} s waiting for another call on it (a slow mount or unmount)",
+                    TURN_TIMEOUT.as_secs()
+                )
+            })
+    }
+
+    fn spec_of(record: &VolumeRecord) -> Result<VolumeSpec, String> {
+        VolumeSpec::parse(&record.name, &record.options, None).map_err(|e| {
+            format!(
+                "volume {} has options this s3vol cannot use: {e}",
+                record.name
+            )
+        })
+    }
+
+    /// Create a volume: validate its options, check that its bucket is reachable (creating
+    /// it when allowed), and record it. An existing name is not an error (Docker may repeat
+    /// Create), and its options are left as they were.
+    pub async fn create(
+        &self,
+        name: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        check_volume_name(name)?;
+        if self.record(name).is_some() {
+            return Ok(());
+        }
+        let spec = VolumeSpec::parse(name, options, self.settings.default_bucket.as_ref())?;
+        self.mounter
+            .probe(&spec)
+            .await
+            .map_err(|e| format!("cannot create volume {name}: {e}"))?;
+        let record = VolumeRecord {
+            name: name.to_string(),
+            options: spec.to_options(),
+            created_at: now_rfc3339(),
+            mount_ids: Default::default(),
+        };
+        self.catalogue.lock().unwrap().update(|volumes| {
+            volumes.entry(name.to_string()).or_insert(record);
+        })
+    }
+
+    /// Forget a volume. Refused while Docker has it mounted; the objects in the bucket are
+    /// never touched. Removing an unknown volume succeeds (Docker then forgets it too).
+    pub async fn remove(&self, name: &str) -> Result<(), String> {
+        check_volume_name(name)?;
+        let mut mounted = self.turn(name, "Remove").await?;
+        let Some(record) = self.record(name) else {
+            return Ok(());
+        };
+        if !record.mount_ids.is_empty() {
+            return Err(format!(
+                "volume {name} is in use by {} mount(s); stop the containers using it first",
+                record.mount_ids.len()
+            ));
+        }
+        if let Some(mount) = mounted.take() {
+            mount.unmount().await?;
+        }
+        self.catalogue.lock().unwrap().update(|volumes| {
+            volumes.remove(name);
+        })?;
+        // The mountpoint folder only; the staging folder may hold recovered data.
+        let _ = std::fs::remove_dir(self.settings.mountpoint(name));
+        self.slots.lock().unwrap().remove(name);
+        tracing::info!(volume = name, "removed (its objects stay in the bucket)");
+        Ok(())
+    }
+
+    /// Mount for Docker mount `id`: the first ID mounts the filesystem, later ones share it.
+    pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf, String> {
+        check_volume_name(name)?;
+        check_mount_id(id)?;
+        let mut mounted = self.turn(name, "Mount").await?;
+        let record = self.record(name).ok_or_else(|| no_such_volume(name))?;
+        let mountpoint = self.ensure_mounted(&record, &mut mounted).await?;
+        self.catalogue.lock().unwrap().update(|volumes| {
+            if let Some(v) = volumes.get_mut(name) {
+                v.mount_ids.insert(id.to_string());
+            }
+        })?;
+        Ok(mountpoint)
+    }
+
+    /// Drop Docker mount `id`; the last one unmounts (after uploading what was written).
+    pub async fn unmount(&self, name: &str, id: &str) -> Result<(), String> {
+        check_volume_name(name)?;
+        let mut mounted = self.turn(name, "Unmount").await?;
+        if self.record(name).is_none() {
+            return Ok(());
+        }
+        let remaining = self.catalogue.lock().unwrap().update(|volumes| {
+            volumes.get_mut(name).map_or(0, |v| {
+                v.mount_ids.remove(id);
+                v.mount_ids.len()
+            })
+        })?;
+        if remaining == 0 {
+            if let Some(mount) = mounted.take() {
+                mount.unmount().await?;
+                tracing::info!(volume = name, "unmounted (no mounts left)");
+            }
+        }
+        Ok(())
+    }
+
+    /// The mountpoint while mounted.
+    pub fn path(&self, name: &str) -> Result<Option<PathBuf>, String> {
+        check_volume_name(name)?;
+        self.record(name).ok_or_else(|| no_such_volume(name))?;
+        Ok(self.current_mountpoint(name))
+    }
+
+    fn current_mountpoint(&self, name: &str) -> Option<PathBuf> {
+        let slot = self.slots.lock().unwrap().get(name).cloned()?;
+        // A volume busy mounting has no mountpoint to report yet.
+        let mounted = slot.try_lock().ok()?;
+        mounted
+            .as_ref()
+            .filter(|m| m.is_alive())
+            .map(|_| self.settings.mountpoint(name))
+    }
+
+    /// A volume with its status. Answers from memory at once, never from the backend: Docker
+    /// calls Get for every volume when it starts, and forgets those whose Get fails.
+    pub fn get(&self, name: &str) -> Result<VolumeInfo, String> {
+        check_volume_name(name)?;
+        let record = self.record(name).ok_or_else(|| no_such_volume(name))?;
+        Ok(self.info(&record, true))
+    }
+
+    pub fn list(&self) -> Vec<VolumeInfo> {
+        let records: Vec<VolumeRecord> =
+            self.catalogue.lock().unwrap().volumes().cloned().collect();
+        records.iter().map(|r| self.info(r, false)).collect()
+    }
+
+    fn info(&self, record: &VolumeRecord, with_status: bool) -> VolumeInfo {
+        let mountpoint = self.current_mountpoint(&record.name);
+        let mut status = Map::new();
+        if with_status {
+            status = self.status(record, mountpoint.is_some());
+        }
+        VolumeInfo {
+            name: record.name.clone(),
+            mountpoint,
+            created_at: record.created_at.clone(),
+            status,
+        }
+    }
+
+    /// What `docker volume inspect` shows: where the data is and how the mount is doing.
+    /// Never a credential (only the profile's name).
+    fn status(&self, record: &VolumeRecord, mounted: bool) -> Map<String, Value> {
+        let mut status = Map::new();
+        match Self::spec_of(record) {
+            Ok(spec) => {
+                let s3 = self.settings.s3_config(&spec);
+                status.insert("Bucket".into(), json!(spec.bucket.as_str()));
+                status.insert("Prefix".into(), json!(spec.prefix));
+                status.insert("Endpoint".into(), json!(s3.endpoint_display()));
+                status.insert("Region".into(), json!(s3.region));
+                status.insert(
+                    "Profile".into(),
+                    json!(spec
+                        .profile
+                        .as_deref()
+                        .unwrap_or("(plugin default credentials)")),
+                );
+                status.insert("ReadOnly".into(), json!(spec.read_only));
+                status.insert("Cache".into(), json!(if spec.cache { "on" } else { "off" }));
+            }
+            Err(e) => {
+                status.insert("Error".into(), json!(e));
+            }
+        }
+        status.insert("Mounts".into(), json!(record.mount_ids.len()));
+        status.insert("Mounted".into(), json!(mounted));
+        let slot = self.slots.lock().unwrap().get(&record.name).cloned();
+        if let Some(mounted) = slot.as_ref().and_then(|s| s.try_lock().ok()) {
+            if let Some(mount) = mounted.as_ref() {
+                status.extend(mount.status());
+            }
+        }
+        status.extend(self.mounter.shared_status());
+        status
+    }
+
+    /// Make sure the volume is mounted at its mountpoint: reuse a live mount, clear a dead one
+    /// left by a crash (ENOTCONN) or a mount that ended, then mount.
+    async fn ensure_mounted(
+        &self,
+        record: &VolumeRecord,
+        mounted: &mut Option<M::Mounted>,
+    ) -> Result<PathBuf, String> {
+        let mountpoint = self.settings.mountpoint(&record.name);
+        if mounted.as_ref().is_some_and(|m| m.is_alive()) {
+            return Ok(mountpoint);
+        }
+        if let Some(dead) = mounted.take() {
+            let _ = dead.unmount().await;
+        }
+        let spec = Self::spec_of(record)?;
+        prepare_mountpoint(&mountpoint)?;
+        let mount = self
+            .mounter
+            .mount(&record.name, &spec, &mountpoint)
+            .await
+            .map_err(|e| format!("cannot mount volume {}: {e}", record.name))?;
+        tracing::info!(volume = %record.name, mountpoint = %mountpoint.display(), bucket = %spec.bucket, prefix = %spec.prefix, "mounted");
+        *mounted = Some(mount);
+        Ok(mountpoint)
+    }
+
+    /// After a start: mount again every volume that Docker still has mounted (IDs in the
+    /// catalogue), so the next container start, `docker cp` or Path finds a working mount.
+    /// Runs after the socket listens; volumes are restored in parallel.
+    pub async fn restore_mounts(self: &Arc<Self>) {
+        let names: Vec<String> = self
+            .catalogue
+            .lock()
+            .unwrap()
+            .volumes()
+            .filter(|v| !v.mount_ids.is_empty())
+            .map(|v| v.name.clone())
+            .collect();
+        let tasks = names.into_iter().map(|name| {
+            let manager = Arc::clone(self);
+            async move {
+                let Ok(mut mounted) = manager.turn(&name, "Restore").await else {
+                    return;
+                };
+                let Some(record) = manager.record(&name) else {
+                    return;
+                };
+                if record.mount_ids.is_empty() {
+                    return;
+                }
+                match manager.ensure_mounted(&record, &mut mounted).await {
+                    Ok(_) => tracing::info!(volume = %name, mounts = record.mount_ids.len(), "restored the mount"),
+                    // The IDs stay: the next Mount or Path call tries again.
+                    Err(e) => tracing::error!(volume = %name, "cannot restore the mount: {e}"),
+                }
+            }
+        });
+        futures::future::join_all(tasks).await;
+    }
+
+    /// Before the plugin exits: upload what was written and unmount every volume. The mount
+    /// IDs stay in the catalogue, so the next start mounts them again.
+    pub async fn shutdown(&self) {
+        let slots: Vec<(String, Slot<M>)> = self
+            .slots
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (name, slot) in slots {
+            let mount = slot.lock().await.take();
+            if let Some(mount) = mount {
+                match mount.unmount().await {
+                    Ok(()) => tracing::info!(volume = %name, "unmounted for shutdown"),
+                    Err(e) => tracing::error!(volume = %name, "unmount at shutdown failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Docker's mount IDs are 64 hex characters; accept any short token, refuse junk.
+fn check_mount_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err("invalid mount ID: Docker sends 64 hex characters".into());
+    }
+    Ok(())
+}
+
+/// Make `mountpoint` an empty folder ready for a mount, lazily unmounting whatever is left
+/// there: a dead FUSE mount from a crashed plugin ("transport endpoint is not connected"),
+/// or a stale one whose server is gone.
+fn prepare_mountpoint(mountpoint: &Path) -> Result<(), String> {
+    let stale = match std::fs::metadata(mountpoint) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => true,
+        _ => fuse_mount::is_mounted(mountpoint),
+    };
+    if stale {
+        tracing::warn!(mountpoint = %mountpoint.display(), "clearing a mount left behind");
+        lazy_unmount(mountpoint)?;
+    }
+    std::fs::create_dir_all(mountpoint)
+        .map_err(|e| format!("cannot create the mountpoint {}: {e}", mountpoint.display()))
+}
+
+fn lazy_unmount(mountpoint: &Path) -> Result<(), String> {
+    // `fusermount3 -uz` is in the plugin's rootfs; `umount -l` where it is not.
+    let attempts: [(&str, &[&str]); 2] = [("fusermount3", &["-u", "-z"]), ("umount", &["-l"])];
+    let mut last_error = String::new();
+    for (program, args) in attempts {
+        match std::process::Command::new(program)
+            .args(args)
+            .arg(mountpoint)
+            .output()
+        {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => last_error = String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            Err(e) => last_error = format!("{program}: {e}"),
+        }
+    }
+    Err(format!(
+        "cannot clear the old mount at {}: {last_error}",
+        mountpoint.display()
+    ))
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,225 @@
+//! Turning a volume into a mount. The [`Mounter`] trait is what the volume manager needs; the
+//! [`FuseMounter`] does it for real (S3 store + chunk cache + FUSE), tests use a fake.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fuse_mount::{Fs, FsConfig, MountHandle, MountOptions};
+use s3_backend::cache::{CacheConfig, CacheTiers};
+use s3_backend::S3Store;
+use serde_json::{json, Map, Value};
+
+use crate::options::VolumeSpec;
+use crate::settings::PluginSettings;
+
+/// Makes and checks mounts of volumes.
+#[async_trait]
+pub trait Mounter: Send + Sync + std::fmt::Debug + 'static {
+    type Mounted: MountedVolume;
+
+    /// Check that the volume's endpoint answers and its credentials reach its bucket (creating
+    /// the bucket when the spec allows). The error says exactly what failed.
+    async fn probe(&self, spec: &VolumeSpec) -> Result<(), String>;
+
+    /// Mount volume `name` at `mountpoint`, an existing empty folder.
+    async fn mount(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        mountpoint: &Path,
+    ) -> Result<Self::Mounted, String>;
+
+    /// Figures shared by all volumes (the cache tiers), for `Status`.
+    fn shared_status(&self) -> Map<String, Value> {
+        Map::new()
+    }
+}
+
+/// A live mount of one volume.
+#[async_trait]
+pub trait MountedVolume: Send + Sync + std::fmt::Debug + 'static {
+    /// False once the mount went away (unmounted from outside, session ended).
+    fn is_alive(&self) -> bool;
+
+    /// Figures of this mount for `Status` (cache hits, ...).
+    fn status(&self) -> Map<String, Value>;
+
+    /// Upload what was written, then unmount.
+    async fn unmount(self) -> Result<(), String>;
+}
+
+/// Memory of a volume with `cache=off`: no shared tiers, only what read-ahead needs.
+const UNCACHED_MEMORY: u64 = 32 << 20;
+
+/// Mounts volumes with FUSE over S3, all sharing one set of cache tiers.
+#[derive(Debug)]
+pub struct FuseMounter {
+    settings: Arc<PluginSettings>,
+    tiers: Arc<CacheTiers>,
+}
+
+impl FuseMounter {
+    pub fn new(settings: Arc<PluginSettings>) -> Result<Self, String> {
+        let tiers = CacheTiers::new(&Self::shared_cache_config(&settings)).map_err(|e| {
+            format!(
+                "cannot open the chunk cache folder {}: {e}",
+                settings.chunk_dir().display()
+            )
+        })?;
+        Ok(Self {
+            settings,
+            tiers: Arc::new(tiers),
+        })
+    }
+
+    fn shared_cache_config(settings: &PluginSettings) -> CacheConfig {
+        CacheConfig::default()
+            .memory_bytes(settings.memory_limit)
+            .disk(Some(settings.chunk_dir()), settings.cache_size)
+    }
+
+    async fn store(&self, spec: &VolumeSpec) -> Result<S3Store, String> {
+        let config = self.settings.s3_config(spec);
+        S3Store::new(&config, &spec.bucket)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Longest a probe of the backend may take: Docker gives each call 30 s in all.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn within_probe_time<T>(
+    what: &str,
+    spec: &VolumeSpec,
+    endpoint: &str,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(PROBE_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "{what}: no answer from {endpoint} about bucket {} within {} s; is the endpoint up and reachable from the plugin?",
+                spec.bucket,
+                PROBE_TIMEOUT.as_secs()
+            ))
+        })
+}
+
+#[async_trait]
+impl Mounter for FuseMounter {
+    type Mounted = FuseMount;
+
+    async fn probe(&self, spec: &VolumeSpec) -> Result<(), String> {
+        let endpoint = self.settings.s3_config(spec).endpoint_display();
+        within_probe_time("checking the bucket", spec, &endpoint, async {
+            let store = self.store(spec).await?;
+            store
+                .ensure_bucket(spec.create_bucket)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn mount(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        mountpoint: &Path,
+    ) -> Result<FuseMount, String> {
+        let endpoint = self.settings.s3_config(spec).endpoint_display();
+        let store = within_probe_time("mounting", spec, &endpoint, async {
+            let store = self.store(spec).await?;
+            // The bucket may have gone, or the keys changed, since the volume was created.
+            store
+                .ensure_bucket(false)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(store)
+        })
+        .await?;
+        let mut config = FsConfig::new(self.settings.volume_dir(name))
+            .prefix(&spec.prefix)
+            .owner(spec.uid.unwrap_or(0), spec.gid.unwrap_or(0))
+            .modes(spec.file_mode, spec.dir_mode)
+            .read_only(spec.read_only);
+        config = if spec.cache {
+            config
+                .cache(Self::shared_cache_config(&self.settings))
+                .shared_tiers(self.tiers.clone())
+        } else {
+            config.cache(CacheConfig::default().memory_bytes(UNCACHED_MEMORY))
+        };
+        let fs = Arc::new(Fs::new(Arc::new(store), config).map_err(|e| e.to_string())?);
+        let options = MountOptions {
+            fs_name: format!("s3vol:{}/{}", spec.bucket, spec.prefix),
+            // Containers run as any user; permissions are checked by the kernel against the
+            // files' modes (default_permissions).
+            allow_other: true,
+            read_only: spec.read_only,
+            threads: 4,
+        };
+        let handle = fuse_mount::mount(fs.clone(), mountpoint, &options)
+            .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
+        Ok(FuseMount {
+            handle: Some(handle),
+            fs,
+        })
+    }
+
+    fn shared_status(&self) -> Map<String, Value> {
+        let mut status = Map::new();
+        status.insert("CacheMemoryBytes".into(), json!(self.tiers.memory_used()));
+        if let Some(disk) = self.tiers.disk() {
+            status.insert("CacheDiskBytes".into(), json!(disk.used_bytes()));
+        }
+        status
+    }
+}
+
+/// A volume mounted with FUSE.
+#[derive(Debug)]
+pub struct FuseMount {
+    handle: Option<MountHandle>,
+    fs: Arc<Fs<S3Store>>,
+}
+
+#[async_trait]
+impl MountedVolume for FuseMount {
+    fn is_alive(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    fn status(&self) -> Map<String, Value> {
+        let stats = self.fs.cache_stats();
+        let mut status = Map::new();
+        let hits =
+            stats.memory_hits.load(Ordering::Relaxed) + stats.disk_hits.load(Ordering::Relaxed);
+        status.insert("CacheHits".into(), json!(hits));
+        status.insert(
+            "CacheMisses".into(),
+            json!(stats.fetched_chunks.load(Ordering::Relaxed)),
+        );
+        status.insert(
+            "FetchedBytes".into(),
+            json!(stats.fetched_bytes.load(Ordering::Relaxed)),
+        );
+        status
+    }
+
+    async fn unmount(mut self) -> Result<(), String> {
+        let Some(handle) = self.handle.take() else {
+            return Ok(());
+        };
+        let mountpoint = handle.mountpoint().to_path_buf();
+        // Unmounting waits for the session's last uploads, which run on the runtime's workers.
+        tokio::task::spawn_blocking(move || handle.unmount())
+            .await
+            .map_err(|e| format!("unmount of {} panicked: {e}", mountpoint.display()))?
+            .map_err(|e| format!("cannot unmount {}: {e}", mountpoint.display()))
+    }
+}

@@ -1,0 +1,81 @@
+//! `s3vol serve`: the Docker volume plugin. Loads the catalogue, listens on the unix socket at
+//! once (Docker gives a plugin about 9 s to listen, and calls Get for every volume when it
+//! starts), then mounts again the volumes Docker still has mounted. SIGTERM/SIGINT upload what
+//! was written, unmount, and keep the mount IDs for the next start.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+
+use crate::api;
+use crate::catalogue::Catalogue;
+use crate::manager::VolumeManager;
+use crate::mounter::FuseMounter;
+use crate::settings::PluginSettings;
+
+fn create_dir(what: &str, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the {what} folder {}: {e}", dir.display()))
+}
+
+/// Bind the socket, replacing a stale socket file left by a previous run.
+fn bind(socket: &Path) -> Result<UnixListener, String> {
+    if let Some(dir) = socket.parent() {
+        create_dir("socket", dir)?;
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(format!(
+            "another plugin is already serving {}; stop it first",
+            socket.display()
+        ));
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot remove the old socket {}: {e}",
+                socket.display()
+            ))
+        }
+    }
+    UnixListener::bind(socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping: uploading written files and unmounting");
+}
+
+/// Serve until SIGTERM/SIGINT.
+pub async fn serve(settings: PluginSettings) -> Result<(), String> {
+    create_dir("mount root", &settings.mount_root)?;
+    create_dir("cache", &settings.cache_dir)?;
+    let catalogue = Catalogue::load(&settings.state_dir)?;
+    let settings = Arc::new(settings);
+    let mounter = FuseMounter::new(settings.clone())?;
+    let manager = Arc::new(VolumeManager::new(mounter, settings.clone(), catalogue));
+    let listener = bind(&settings.socket)?;
+    tracing::info!(
+        socket = %settings.socket.display(),
+        volumes = manager.list().len(),
+        endpoint = settings.endpoint_url.as_deref().unwrap_or("AWS S3"),
+        "listening"
+    );
+    tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.restore_mounts().await }
+    });
+    let served = axum::serve(listener, api::router(manager.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    manager.shutdown().await;
+    let _ = std::fs::remove_file(&settings.socket);
+    served.map_err(|e| format!("the API server failed: {e}"))
+}
