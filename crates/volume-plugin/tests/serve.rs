@@ -1,0 +1,353 @@
+//! `s3vol serve` as Docker drives it: HTTP over its real unix socket, real FUSE mounts on the
+//! real Ceph RGW, and a SIGKILL followed by a restart that keeps the catalogue and brings the
+//! mounts back.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ObjectStore;
+use fuse_mount::is_mounted;
+use integration_tests::{unique_bucket, S3Env};
+use serde_json::{json, Value};
+
+const S3VOL: &str = env!("CARGO_BIN_EXE_s3vol");
+
+/// A running `s3vol serve` on folders of its own.
+struct Server {
+    child: Option<Child>,
+    dir: PathBuf,
+    /// Time from spawn until the socket accepted a connection.
+    listening_after: Duration,
+}
+
+impl Server {
+    fn start(env: &S3Env, dir: &Path, default_bucket: &str) -> Self {
+        let socket = dir.join("run/s3vol.sock");
+        let started = Instant::now();
+        let child = Command::new(S3VOL)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--mount-root")
+            .arg(dir.join("mnt"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .arg("--config-dir")
+            .arg(dir.join("config"))
+            .arg("--endpoint-url")
+            .arg(&env.endpoint)
+            .arg("--default-bucket")
+            .arg(default_bucket)
+            .env("AWS_ACCESS_KEY_ID", &env.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &env.secret_key)
+            .env_remove("AWS_PROFILE")
+            .env("S3VOL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = started + Duration::from_secs(10);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "no socket after 10 s; log:\n{}",
+                log(dir)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            listening_after: started.elapsed(),
+        }
+    }
+
+    /// One call as Docker makes it: POST with a JSON body and no Content-Type.
+    fn call(&self, endpoint: &str, body: Value) -> (u16, Value) {
+        let mut stream = UnixStream::connect(self.dir.join("run/s3vol.sock")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let body = body.to_string();
+        write!(
+            stream,
+            "POST /VolumeDriver.{endpoint} HTTP/1.1\r\nHost: plugin\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{endpoint}: not JSON ({e}): {body:?}"));
+        (status, value)
+    }
+
+    fn ok(&self, endpoint: &str, body: Value) -> Value {
+        let (status, reply) = self.call(endpoint, body.clone());
+        assert_eq!(
+            status,
+            200,
+            "{endpoint} {body}: {reply}\nlog:\n{}",
+            log(&self.dir)
+        );
+        reply
+    }
+
+    fn err(&self, endpoint: &str, body: Value) -> String {
+        let (status, reply) = self.call(endpoint, body.clone());
+        assert_ne!(status, 200, "{endpoint} {body} succeeded: {reply}");
+        reply["Err"].as_str().expect("an Err").to_string()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Crash: SIGKILL, no chance to unmount or save anything.
+    fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Stop as Docker does (SIGTERM) and return whether it exited cleanly.
+    fn stop(mut self) -> bool {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+}
+
+fn id(n: u32) -> String {
+    format!("{n:064x}")
+}
+
+fn store(env: &S3Env, rt: &tokio::runtime::Runtime, bucket: &str) -> s3_backend::S3Store {
+    rt.block_on(s3_backend::S3Store::new(
+        &env.config(),
+        &bucket.parse().unwrap(),
+    ))
+    .unwrap()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn volumes_mount_over_the_socket_and_their_files_are_objects() {
+    let Some(env) = S3Env::from_env() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let default_bucket = rt.block_on(env.new_bucket("serve-dflt"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&env, dir.path(), default_bucket.bucket());
+    println!("listening {:?} after start", server.listening_after);
+
+    // A bucket that does not exist yet: Create makes it (create_bucket defaults to true).
+    let bucket = unique_bucket("serve-new").to_string();
+    server.ok(
+        "Create",
+        json!({"Name": "web", "Opts": {"bucket": bucket, "prefix": "app", "uid": "1000"}}),
+    );
+    let volume = server.ok("Get", json!({"Name": "web"}))["Volume"].clone();
+    assert_eq!(volume["Status"]["Bucket"], bucket.as_str());
+    assert_eq!(volume["Status"]["Endpoint"], env.endpoint.as_str());
+    let status = volume["Status"].to_string();
+    assert!(!status.contains(&env.secret_key) && !status.contains(&env.access_key));
+
+    let first = server.ok("Mount", json!({"Name": "web", "ID": id(1)}))["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mountpoint = PathBuf::from(&first);
+    assert_eq!(mountpoint, dir.path().join("mnt/web"));
+    assert!(is_mounted(&mountpoint));
+    std::fs::write(mountpoint.join("hello.txt"), b"from a container").unwrap();
+    // uid=1000 owns what carries no owner of its own: the volume's root, for one.
+    let meta = std::fs::metadata(&mountpoint).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000);
+
+    // A second container shares the mount; the first one leaving does not unmount it.
+    let second = server.ok("Mount", json!({"Name": "web", "ID": id(2)}))["Mountpoint"].clone();
+    assert_eq!(second, first.as_str());
+    server.ok("Unmount", json!({"Name": "web", "ID": id(1)}));
+    assert_eq!(
+        std::fs::read(mountpoint.join("hello.txt")).unwrap(),
+        b"from a container"
+    );
+    let err = server.err("Remove", json!({"Name": "web"}));
+    assert!(err.contains("in use"), "{err}");
+    server.ok("Unmount", json!({"Name": "web", "ID": id(2)}));
+    assert!(!is_mounted(&mountpoint));
+
+    // The file is a plain object under the volume's prefix.
+    let objects = store(&env, &rt, &bucket);
+    let body = rt
+        .block_on(objects.get_range("app/hello.txt", 0..100, None))
+        .unwrap();
+    assert_eq!(&body[..], b"from a container");
+
+    // A volume with no options lives under <name>/ in the default bucket.
+    server.ok("Create", json!({"Name": "scratch", "Opts": null}));
+    let scratch = server.ok("Mount", json!({"Name": "scratch", "ID": id(3)}))["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(Path::new(&scratch).join("a.txt"), b"default").unwrap();
+    server.ok("Unmount", json!({"Name": "scratch", "ID": id(3)}));
+    let body = rt
+        .block_on(default_bucket.get_range("scratch/a.txt", 0..100, None))
+        .unwrap();
+    assert_eq!(&body[..], b"default");
+
+    // Remove forgets the volume and keeps its objects.
+    server.ok("Remove", json!({"Name": "web"}));
+    assert!(server
+        .err("Get", json!({"Name": "web"}))
+        .contains("no such volume"));
+    assert!(rt.block_on(objects.head("app/hello.txt")).is_ok());
+    assert!(server.stop(), "clean exit on SIGTERM");
+}
+
+#[test]
+fn create_says_what_is_wrong_with_the_backend() {
+    let Some(env) = S3Env::from_env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&env, dir.path(), "unused-default");
+    let missing = unique_bucket("serve-missing").to_string();
+    let err = server.err(
+        "Create",
+        json!({"Name": "v", "Opts": {"bucket": missing, "create_bucket": "false"}}),
+    );
+    assert!(
+        err.contains(&missing) && err.contains("does not exist"),
+        "{err}"
+    );
+    let started = Instant::now();
+    let err = server.err(
+        "Create",
+        json!({"Name": "v", "Opts": {"bucket": "any-bucket", "endpoint": "http://127.0.0.1:9"}}),
+    );
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(28),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.ok("List", json!({}))["Volumes"], json!([]));
+}
+
+#[test]
+fn a_killed_server_restarts_with_its_volumes_and_mounts() {
+    let Some(env) = S3Env::from_env() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let default_bucket = rt.block_on(env.new_bucket("serve-kill"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&env, dir.path(), default_bucket.bucket());
+    server.ok("Create", json!({"Name": "db", "Opts": null}));
+    server.ok("Create", json!({"Name": "idle", "Opts": null}));
+    let mountpoint = dir.path().join("mnt/db");
+    server.ok("Mount", json!({"Name": "db", "ID": id(7)}));
+    std::fs::write(mountpoint.join("kept.txt"), b"closed before the crash").unwrap();
+    let created = server.ok("Get", json!({"Name": "db"}))["Volume"]["CreatedAt"].clone();
+    let old_pid = server.pid();
+    server.kill();
+
+    // What a running container sees after the crash: a dead FUSE mount.
+    let dead = std::fs::metadata(&mountpoint).unwrap_err();
+    assert_eq!(dead.raw_os_error(), Some(107), "ENOTCONN, got {dead}");
+
+    let server = Server::start(&env, dir.path(), default_bucket.bucket());
+    assert_ne!(server.pid(), old_pid);
+    println!(
+        "restarted server listening after {:?}",
+        server.listening_after
+    );
+    // Get and List answer from the catalogue at once.
+    let volume = server.ok("Get", json!({"Name": "db"}))["Volume"].clone();
+    assert_eq!(volume["CreatedAt"], created);
+    assert_eq!(volume["Status"]["Mounts"], 1);
+    assert_eq!(
+        server.ok("List", json!({}))["Volumes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // The mount comes back at the same place, with the data.
+    wait_until("the mount is restored", || {
+        std::fs::read(mountpoint.join("kept.txt")).is_ok_and(|b| b == b"closed before the crash")
+    });
+    let path = server.ok("Path", json!({"Name": "db"}));
+    assert_eq!(path["Mountpoint"], mountpoint.to_str().unwrap());
+    // A new container on it, then both gone: unmounted.
+    server.ok("Mount", json!({"Name": "db", "ID": id(8)}));
+    server.ok("Unmount", json!({"Name": "db", "ID": id(7)}));
+    server.ok("Unmount", json!({"Name": "db", "ID": id(8)}));
+    assert!(!is_mounted(&mountpoint));
+    assert!(server.stop());
+}
+
+#[test]
+fn sigterm_uploads_and_unmounts_and_the_next_start_mounts_again() {
+    let Some(env) = S3Env::from_env() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let default_bucket = rt.block_on(env.new_bucket("serve-term"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&env, dir.path(), default_bucket.bucket());
+    server.ok("Create", json!({"Name": "v", "Opts": null}));
+    let mountpoint = dir.path().join("mnt/v");
+    server.ok("Mount", json!({"Name": "v", "ID": id(1)}));
+    std::fs::write(mountpoint.join("f.txt"), b"before stop").unwrap();
+    assert!(server.stop(), "clean exit on SIGTERM");
+    assert!(!is_mounted(&mountpoint), "unmounted on SIGTERM");
+    let server = Server::start(&env, dir.path(), default_bucket.bucket());
+    wait_until("the mount is back", || is_mounted(&mountpoint));
+    assert_eq!(
+        std::fs::read(mountpoint.join("f.txt")).unwrap(),
+        b"before stop"
+    );
+    server.ok("Unmount", json!({"Name": "v", "ID": id(1)}));
+    assert!(server.stop());
+}
