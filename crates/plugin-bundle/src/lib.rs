@@ -1,3 +1,7 @@
-//! The managed Docker plugin bundle: typed `config.json` and the plugin rootfs.
-//!
-//! Not built yet: issue #6 fills this crate in.
+//! The managed Docker plugin: its typed `config.json` ([`config`]), the plugin folder with its
+//! rootfs ([`rootfs`]), and installing it into the local Docker ([`install`]). The command is
+//! `s3vol-plugin` (src/bin).
+
+pub mod config;
+pub mod install;
+pub mod rootfs;

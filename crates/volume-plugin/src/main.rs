@@ -164,16 +164,29 @@ fn current_ids() -> (u32, u32) {
     (id("Uid:"), id("Gid:"))
 }
 
+/// The AWS SDK's credential providers log the access key ID at info level: keep them at warn
+/// unless the filter names them, so no credential reaches a log line.
+const QUIET_CREDENTIAL_LOGS: &str = "aws_config=warn";
+
 fn init_logging(debug: bool) {
-    let filter = if debug {
-        tracing_subscriber::EnvFilter::new("debug")
+    let wanted = if debug {
+        "debug".to_string()
     } else {
-        tracing_subscriber::EnvFilter::try_from_env("S3VOL_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        std::env::var("S3VOL_LOG").unwrap_or_else(|_| "info".into())
     };
+    let directives = if wanted.contains("aws_config") {
+        wanted
+    } else {
+        format!("{wanted},{QUIET_CREDENTIAL_LOGS}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("info,{QUIET_CREDENTIAL_LOGS}"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Docker's log (plugin output) and log files get no colour codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -26,6 +26,16 @@ struct Server {
 impl Server {
     fn start(env: &S3Env, dir: &Path, default_bucket: &str) -> Self {
         let socket = dir.join("run/s3vol.sock");
+        // Keys come from the config folder's credentials file, as in the managed plugin.
+        std::fs::create_dir_all(dir.join("config")).unwrap();
+        std::fs::write(
+            dir.join("config/credentials"),
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                env.access_key, env.secret_key
+            ),
+        )
+        .unwrap();
         let started = Instant::now();
         let child = Command::new(S3VOL)
             .arg("serve")
@@ -43,10 +53,11 @@ impl Server {
             .arg(&env.endpoint)
             .arg("--default-bucket")
             .arg(default_bucket)
-            .env("AWS_ACCESS_KEY_ID", &env.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &env.secret_key)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SHARED_CREDENTIALS_FILE")
             .env_remove("AWS_PROFILE")
-            .env("S3VOL_LOG", "info")
+            .env("S3VOL_LOG", "debug,aws_smithy_runtime=info,hyper=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
@@ -248,6 +259,13 @@ fn volumes_mount_over_the_socket_and_their_files_are_objects() {
         .contains("no such volume"));
     assert!(rt.block_on(objects.head("app/hello.txt")).is_ok());
     assert!(server.stop(), "clean exit on SIGTERM");
+    // Debug logging of everything above shows no credential.
+    let log = log(dir.path());
+    assert!(log.contains("Mount"), "the log has the calls: {log}");
+    assert!(
+        !log.contains(&env.access_key) && !log.contains(&env.secret_key),
+        "{log}"
+    );
 }
 
 #[test]
