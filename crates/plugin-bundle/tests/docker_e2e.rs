@@ -27,7 +27,10 @@ struct Fixture {
 }
 
 fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().expect("docker runs")
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs")
 }
 
 /// Run docker; panic with its stderr on failure; return stdout.
@@ -127,7 +130,10 @@ impl Fixture {
     fn store(&self, bucket: &str) -> (tokio::runtime::Runtime, s3_backend::S3Store) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let store = rt
-            .block_on(s3_backend::S3Store::new(&self.env.config(), &bucket.parse().unwrap()))
+            .block_on(s3_backend::S3Store::new(
+                &self.env.config(),
+                &bucket.parse().unwrap(),
+            ))
             .unwrap();
         (rt, store)
     }
@@ -179,7 +185,18 @@ impl Container {
     fn start(name_tag: &str, volume: &Volume, script: &str) -> Self {
         let name = format!("{name_tag}-{}", std::process::id());
         let _ = docker(&["rm", "-f", &name]);
-        docker_ok(&["run", "-d", "--name", &name, "-v", &volume.mount("/data"), IMAGE, "sh", "-c", script]);
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-v",
+            &volume.mount("/data"),
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ]);
         Container(name)
     }
 
@@ -195,7 +212,16 @@ impl Drop for Container {
 }
 
 fn run(volume: &Volume, script: &str) -> String {
-    docker_ok(&["run", "--rm", "-v", &volume.mount("/data"), IMAGE, "sh", "-c", script])
+    docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &volume.mount("/data"),
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ])
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -226,16 +252,25 @@ fn containers_share_files_through_a_volume_and_s3_sees_the_same_bytes() {
     assert_eq!(blob.len(), 5 << 20);
     let sum = String::from_utf8(fx.object(&bucket, "app/sum")).unwrap();
     let digest = hex::encode(<md5::Md5 as md5::Digest>::digest(&blob));
-    assert!(sum.starts_with(&digest), "container's md5 {sum} vs S3's {digest}");
+    assert!(
+        sum.starts_with(&digest),
+        "container's md5 {sum} vs S3's {digest}"
+    );
 
     // inspect: Status with where the data is, and no secret anywhere.
     let inspect = docker_ok(&["volume", "inspect", &volume.0]);
-    assert!(inspect.contains(&format!("\"Bucket\": \"{bucket}\"")), "{inspect}");
+    assert!(
+        inspect.contains(&format!("\"Bucket\": \"{bucket}\"")),
+        "{inspect}"
+    );
     assert!(inspect.contains("\"Prefix\": \"app/\""), "{inspect}");
     assert!(inspect.contains(&fx.env.endpoint), "{inspect}");
     assert!(!inspect.contains(&fx.env.secret_key) && !inspect.contains(&fx.env.access_key));
     let ls = docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
-    assert!(ls.contains(&format!("{PLUGIN}:latest {}", volume.0)), "{ls}");
+    assert!(
+        ls.contains(&format!("{PLUGIN}:latest {}", volume.0)),
+        "{ls}"
+    );
 
     // rm forgets the volume and keeps the objects.
     docker_ok(&["volume", "rm", &volume.0]);
@@ -251,11 +286,17 @@ fn two_containers_use_one_volume_and_one_stopping_leaves_the_other_working() {
     let a = Container::start("pair-a", &volume, "echo a > /data/a; sleep 600");
     let b = Container::start("pair-b", &volume, "echo b > /data/b; sleep 600");
     wait_until("both wrote", Duration::from_secs(30), || {
-        a.exec("test -f /data/a && test -f /data/b").status.success()
+        a.exec("test -f /data/a && test -f /data/b")
+            .status
+            .success()
     });
     docker_ok(&["rm", "-f", &b.0]);
     let out = a.exec("echo again > /data/c && cat /data/a /data/b /data/c");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\nagain\n");
 }
 
@@ -265,20 +306,47 @@ fn a_volume_made_by_docker_run_lives_in_the_default_bucket() {
     let name = format!("implicit-{}", std::process::id());
     let volume = Volume(name.clone());
     docker_ok(&[
-        "run", "--rm", "--volume-driver", PLUGIN, "-v", &volume.mount("/data"), IMAGE,
-        "sh", "-c", "echo implicit > /data/f.txt",
+        "run",
+        "--rm",
+        "--volume-driver",
+        PLUGIN,
+        "-v",
+        &volume.mount("/data"),
+        IMAGE,
+        "sh",
+        "-c",
+        "echo implicit > /data/f.txt",
     ]);
-    assert_eq!(fx.object(&fx.default_bucket, &format!("{name}/f.txt")), b"implicit\n");
+    assert_eq!(
+        fx.object(&fx.default_bucket, &format!("{name}/f.txt")),
+        b"implicit\n"
+    );
 }
 
 #[test]
 fn a_non_root_user_writes_with_uid_and_gid_options() {
     let Some((fx, _turn)) = plugin() else { return };
     let bucket = unique_bucket("e2e-user").to_string();
-    let volume = Volume::create("user", &[&format!("bucket={bucket}"), "uid=1000", "gid=1000", "profile=team"]);
+    let volume = Volume::create(
+        "user",
+        &[
+            &format!("bucket={bucket}"),
+            "uid=1000",
+            "gid=1000",
+            "profile=team",
+        ],
+    );
     let out = docker_ok(&[
-        "run", "--rm", "--user", "1000:1000", "-v", &volume.mount("/data"), IMAGE,
-        "sh", "-c", "echo mine > /data/u.txt && mkdir /data/d && stat -c '%u:%g' /data/u.txt /data/d",
+        "run",
+        "--rm",
+        "--user",
+        "1000:1000",
+        "-v",
+        &volume.mount("/data"),
+        IMAGE,
+        "sh",
+        "-c",
+        "echo mine > /data/u.txt && mkdir /data/d && stat -c '%u:%g' /data/u.txt /data/d",
     ]);
     assert_eq!(out, "1000:1000\n1000:1000\n");
     assert_eq!(fx.object(&bucket, "u.txt"), b"mine\n");
@@ -308,14 +376,25 @@ fn compose_brings_a_stack_up_and_down_with_driver_opts() {
             .expect("docker-compose runs")
     };
     let up = compose(&["up", "--exit-code-from", "app"]);
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
     let volume = format!("{project}_data");
     let inspect = docker_ok(&["volume", "inspect", &volume]);
     assert!(inspect.contains("\"Prefix\": \"stack/\""), "{inspect}");
     assert_eq!(fx.object(&bucket, "stack/c.txt"), b"from compose\n");
     let down = compose(&["down", "-v"]);
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
-    assert!(!docker(&["volume", "inspect", &volume]).status.success(), "down -v removed it");
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(
+        !docker(&["volume", "inspect", &volume]).status.success(),
+        "down -v removed it"
+    );
     assert!(fx.object_exists(&bucket, "stack/c.txt"), "the objects stay");
 }
 
@@ -331,16 +410,28 @@ fn bad_options_and_an_unreachable_endpoint_are_explained() {
         docker_err(&args)
     };
     let err = create(&["bucket=fine-bucket", "bukcet=typo"]);
-    assert!(err.contains("unknown option \"bukcet\" (did you mean \"bucket\"?)"), "{err}");
+    assert!(
+        err.contains("unknown option \"bukcet\" (did you mean \"bucket\"?)"),
+        "{err}"
+    );
     let err = create(&["bucket=fine-bucket", "secret_key=hunter2"]);
-    assert!(err.contains("profile=NAME") && !err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("profile=NAME") && !err.contains("hunter2"),
+        "{err}"
+    );
     let err = create(&["bucket=Not_A_Bucket"]);
     assert!(err.contains("invalid option bucket"), "{err}");
     let started = Instant::now();
     let err = create(&["bucket=fine-bucket", "endpoint=http://127.0.0.1:9"]);
     assert!(err.contains("127.0.0.1:9"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
-    assert!(!docker(&["volume", "inspect", "bad-options"]).status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!docker(&["volume", "inspect", "bad-options"])
+        .status
+        .success());
 }
 
 /// The pid of the plugin's process, from runc's state of the plugin container (Docker runs
@@ -348,11 +439,18 @@ fn bad_options_and_an_unreachable_endpoint_are_explained() {
 fn plugin_pid() -> Option<u32> {
     let id = docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", PLUGIN]);
     let out = Command::new("runc")
-        .args(["--root", "/run/docker/runtime-runc/plugins.moby", "state", id.trim()])
+        .args([
+            "--root",
+            "/run/docker/runtime-runc/plugins.moby",
+            "state",
+            id.trim(),
+        ])
         .output()
         .ok()?;
     let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    (state["status"] == "running").then(|| state["pid"].as_u64())?.map(|p| p as u32)
+    (state["status"] == "running")
+        .then(|| state["pid"].as_u64())?
+        .map(|p| p as u32)
 }
 
 fn plugin_enabled() -> bool {
@@ -381,13 +479,24 @@ fn plugin_disable_set_enable_and_a_sigkill_keep_the_volumes() {
     // knows its volumes and mounts the busy one again, so new containers work.
     let holder = Container::start("holder", &volume, "sleep 600");
     let old_pid = plugin_pid().expect("the plugin runs");
-    let killed = Command::new("kill").args(["-KILL", &old_pid.to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-KILL", &old_pid.to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
-    wait_until("Docker restarted the plugin", Duration::from_secs(60), || {
-        plugin_enabled() && plugin_pid().is_some_and(|pid| pid != old_pid)
-    });
+    wait_until(
+        "Docker restarted the plugin",
+        Duration::from_secs(60),
+        || plugin_enabled() && plugin_pid().is_some_and(|pid| pid != old_pid),
+    );
     let ls = docker_ok(&["volume", "ls", "-q"]);
     assert!(ls.lines().any(|l| l == volume.0), "{ls}");
-    assert_eq!(run(&volume, "cat /data/k.txt && echo new > /data/n.txt && cat /data/n.txt"), "kept\nnew\n");
+    assert_eq!(
+        run(
+            &volume,
+            "cat /data/k.txt && echo new > /data/n.txt && cat /data/n.txt"
+        ),
+        "kept\nnew\n"
+    );
     drop(holder);
 }

@@ -43,6 +43,18 @@ where
                 req.target()
             ),
         ),
+        SdkError::DispatchFailure(_) if missing_credentials(&details).is_some() => {
+            let why = missing_credentials(&details).flatten();
+            StoreError::new(
+                ErrorKind::AccessDenied,
+                format!(
+                    "no credentials for {endpoint}{}: put keys in a profile of the credentials file \
+                     (the plugin's config folder or ~/.aws/credentials; -o profile=NAME or --profile picks one, \
+                     [default] otherwise) or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                    why.map(|w| format!(" ({w})")).unwrap_or_default()
+                ),
+            )
+        }
         SdkError::DispatchFailure(failure) => {
             let kind = if failure.is_timeout() {
                 ErrorKind::Timeout
@@ -85,6 +97,19 @@ where
             format!("{op} of {} failed: {details}", req.target()),
         ),
     }
+}
+
+/// `Some` when a request was never sent because no credentials could be loaded, with the
+/// named profile's problem when that is the cause (`profile `x` was not defined`).
+fn missing_credentials(details: &str) -> Option<Option<String>> {
+    if !details.contains("no credentials found") && !details.contains("CredentialsNotLoaded") {
+        return None;
+    }
+    let profile_problem = details
+        .split(": ")
+        .find(|part| part.starts_with("profile `"))
+        .map(|part| part.lines().next().unwrap_or(part).trim().to_string());
+    Some(profile_problem)
 }
 
 /// A short human cause for a connection failure, from the error chain's text.
@@ -250,6 +275,27 @@ mod tests {
             assert_eq!(err.kind(), kind, "{status} {code}: {err}");
             assert!(err.to_string().contains(hint), "{status} {code}: {err}");
         }
+    }
+
+    #[test]
+    fn missing_credentials_are_told_apart_from_network_failures() {
+        let chain = "dispatch failure: other: the credential provider was not enabled: no credentials found in chain. Attempted:\n  \
+            Environment: the credential provider was not enabled: environment variable not set\n  \
+            Profile: the credential provider was not enabled: profile `nope` was not defined: could not find source profile nope\n";
+        assert_eq!(
+            missing_credentials(chain),
+            Some(Some("profile `nope` was not defined".to_string()))
+        );
+        assert_eq!(
+            missing_credentials(
+                "no credentials found in chain. Attempted:\n  Profile: not enabled\n"
+            ),
+            Some(None)
+        );
+        assert_eq!(
+            missing_credentials("dispatch failure: io error: Connection refused"),
+            None
+        );
     }
 
     #[test]
