@@ -282,6 +282,14 @@ fn create_says_what_is_wrong_with_the_backend() {
         err.contains(&missing) && err.contains("does not exist"),
         "{err}"
     );
+    let err = server.err(
+        "Create",
+        json!({"Name": "v", "Opts": {"bucket": "any-bucket", "profile": "nobody"}}),
+    );
+    assert!(
+        err.contains("no credentials") && err.contains("profile `nobody` was not defined"),
+        "{err}"
+    );
     let started = Instant::now();
     let err = server.err(
         "Create",
