@@ -188,14 +188,20 @@ impl S3Config {
         match &self.credentials {
             CredentialsSource::DefaultChain => {}
             CredentialsSource::Profile { name, file } => {
-                loader = loader.profile_name(name);
+                // Only that profile: falling back to the rest of the chain (instance metadata,
+                // ...) would hide "no such profile" behind an unrelated error.
+                let mut provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_name(name);
                 if let Some(file) = file {
-                    loader = loader.profile_files(
+                    provider = provider.profile_files(
                         EnvConfigFiles::builder()
                             .with_file(EnvConfigFileKind::Credentials, file)
                             .build(),
                     );
                 }
+                loader = loader
+                    .profile_name(name)
+                    .credentials_provider(provider.build());
             }
             CredentialsSource::Static {
                 access_key_id,

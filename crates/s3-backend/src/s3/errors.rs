@@ -102,7 +102,14 @@ where
 /// `Some` when a request was never sent because no credentials could be loaded, with the
 /// named profile's problem when that is the cause (`profile `x` was not defined`).
 fn missing_credentials(details: &str) -> Option<Option<String>> {
-    if !details.contains("no credentials found") && !details.contains("CredentialsNotLoaded") {
+    let credentials_failed = [
+        "no credentials found",
+        "CredentialsNotLoaded",
+        "while loading credentials",
+    ]
+    .iter()
+    .any(|sign| details.contains(sign));
+    if !credentials_failed {
         return None;
     }
     let profile_problem = details

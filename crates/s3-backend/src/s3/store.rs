@@ -64,7 +64,8 @@ impl S3Store {
         let err = match head {
             Ok(_) => return Ok(()),
             Err(e) => {
-                self.explain_head_error(map_sdk_error(e, self.req("HeadBucket", "")))
+                let answered = is_server_answer(&e);
+                self.explain_head_error(map_sdk_error(e, self.req("HeadBucket", "")), answered)
                     .await
             }
         };
@@ -112,9 +113,10 @@ impl S3Store {
 
     /// HEAD answers have no body, so a 403 does not say whether the key, the secret or a
     /// permission is wrong. Ask once more with a request that has a body (a one-key listing)
-    /// and return its more precise error when it fails too. Only on the error path.
-    async fn explain_head_error(&self, err: StoreError) -> StoreError {
-        if err.kind() != ErrorKind::AccessDenied {
+    /// and return its more precise error when it fails too. Only on the error path, and only
+    /// for a 403 the server sent (`answered`), not for credentials that never loaded.
+    async fn explain_head_error(&self, err: StoreError, answered: bool) -> StoreError {
+        if !answered || err.kind() != ErrorKind::AccessDenied {
             return err;
         }
         let probe = self
@@ -138,6 +140,14 @@ impl S3Store {
             key,
         }
     }
+}
+
+/// Whether the server answered (with an error status), as opposed to the request failing
+/// before or on the way.
+fn is_server_answer<E>(
+    err: &aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> bool {
+    matches!(err, aws_sdk_s3::error::SdkError::ServiceError(_))
 }
 
 fn system_time(t: Option<&DateTime>) -> SystemTime {
@@ -181,8 +191,9 @@ impl ObjectStore for S3Store {
         let out = match out {
             Ok(out) => out,
             Err(e) => {
+                let answered = is_server_answer(&e);
                 let err = map_sdk_error(e, self.req("HeadObject", key));
-                return Err(self.explain_head_error(err).await);
+                return Err(self.explain_head_error(err, answered).await);
             }
         };
         Ok(ObjectMeta {
