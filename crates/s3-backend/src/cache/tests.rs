@@ -105,6 +105,54 @@ async fn memory_stays_within_the_budget() {
 }
 
 #[tokio::test]
+async fn caches_sharing_tiers_stay_within_one_budget_and_keep_apart() {
+    // Two volumes (two stores, same bucket name and key) on one set of tiers, as in the plugin.
+    let budget = 16 * CHUNK;
+    let config = small_chunks().memory_bytes(budget);
+    let tiers = Arc::new(CacheTiers::new(&config).unwrap());
+    let (store_a, store_b) = (
+        Arc::new(InMemoryStore::new("b")),
+        Arc::new(InMemoryStore::new("b")),
+    );
+    let obj_a = object(&*store_a, "f", 100 * CHUNK as usize, 1).await;
+    let obj_b = object(&*store_b, "f", 100 * CHUNK as usize, 2).await;
+    let a = Arc::new(ChunkCache::with_tiers(
+        store_a.clone(),
+        config.clone(),
+        tiers.clone(),
+    ));
+    let b = Arc::new(ChunkCache::with_tiers(
+        store_b.clone(),
+        config,
+        tiers.clone(),
+    ));
+    for i in 0..100 {
+        let (got_a, got_b) = (
+            a.read(&obj_a, i * CHUNK, CHUNK).await.unwrap(),
+            b.read(&obj_b, i * CHUNK, CHUNK).await.unwrap(),
+        );
+        // Different content has different ETags: neither cache serves the other's chunks.
+        assert_eq!(
+            got_a,
+            pattern(100 * CHUNK as usize, 1)
+                .slice((i * CHUNK) as usize..((i + 1) * CHUNK) as usize)
+        );
+        assert_eq!(
+            got_b,
+            pattern(100 * CHUNK as usize, 2)
+                .slice((i * CHUNK) as usize..((i + 1) * CHUNK) as usize)
+        );
+        assert!(
+            tiers.memory_used() <= budget / 8 * 5,
+            "{} > the shared budget",
+            tiers.memory_used()
+        );
+    }
+    assert_eq!(a.memory_used(), b.memory_used(), "one memory tier for both");
+    assert!(tiers.memory_used() > budget / 2);
+}
+
+#[tokio::test]
 async fn the_disk_tier_serves_a_new_cache_without_requests() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(InMemoryStore::new("b"));
