@@ -8,6 +8,8 @@
 
 pub mod bytesize;
 pub mod error;
+pub mod metered;
+pub mod metrics;
 pub mod names;
 pub mod store;
 

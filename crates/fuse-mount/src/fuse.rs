@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use common::metrics::{metrics, FuseErrorLabels, OpLabels};
 use common::ObjectStore;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -92,16 +93,29 @@ fn name_str(name: &OsStr) -> Result<String, Errno> {
 macro_rules! spawn_reply {
     ($self:ident, $op:literal, $reply:ident, $fs:ident => $body:expr, |$v:ident| $ok:expr) => {{
         let $fs = $self.fs.clone();
+        count_op($op);
         $self.runtime.spawn(async move {
             match $body {
                 Ok($v) => $ok,
                 Err(e) => {
                     log_error($op, &e);
+                    count_error($op, e.errno());
                     $reply.error(errno(&e));
                 }
             }
         });
     }};
+}
+
+fn count_op(op: &'static str) {
+    metrics().fuse_ops.get_or_create(&OpLabels { op }).inc();
+}
+
+fn count_error(op: &'static str, errno: i32) {
+    metrics()
+        .fuse_errors
+        .get_or_create(&FuseErrorLabels { op, errno })
+        .inc();
 }
 
 impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
@@ -337,6 +351,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        count_op("readdir");
         let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
             return reply.error(Errno::from_i32(libc::EBADF));
         };
@@ -365,6 +380,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        count_op("readdirplus");
         let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
             return reply.error(Errno::from_i32(libc::EBADF));
         };

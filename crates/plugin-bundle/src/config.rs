@@ -206,9 +206,14 @@ pub fn s3vol_config() -> PluginConfig {
             env(
                 "S3VOL_MEMORY_LIMIT",
                 "512MiB",
-                "memory budget of cache and read-ahead, all volumes together",
+                "memory budget of the chunk cache (all volumes together); read-ahead adds up to 1/4 per reader",
             ),
             env("S3VOL_LOG", "info", "error, warn, info, debug, trace (tracing filter syntax)"),
+            env(
+                "S3VOL_METRICS_ADDR",
+                "",
+                "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9477 (host network)",
+            ),
             fixed_env("S3VOL_SOCKET", paths::SOCKET, "socket of the volume API"),
             fixed_env("S3VOL_MOUNT_ROOT", paths::MOUNT_ROOT, "the propagated mount"),
             fixed_env("S3VOL_STATE_DIR", paths::STATE_DIR, "the state bind mount"),

@@ -51,7 +51,21 @@ fn target_dir(workspace: &Path) -> PathBuf {
         .unwrap_or_else(|| workspace.join("target"))
 }
 
-/// Run a command; its stderr becomes the error.
+/// `NAME=value` with the value hidden when the name says it is a secret.
+fn shown(arg: &str) -> String {
+    match arg.split_once('=') {
+        Some((name, _))
+            if ["KEY", "SECRET", "TOKEN", "PASSWORD"]
+                .iter()
+                .any(|word| name.to_ascii_uppercase().contains(word)) =>
+        {
+            format!("{name}=***")
+        }
+        _ => arg.to_string(),
+    }
+}
+
+/// Run a command; its stderr becomes the error (with secret settings hidden).
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(program)
         .args(args)
@@ -62,7 +76,7 @@ fn run(program: &str, args: &[&str]) -> Result<String, String> {
     } else {
         Err(format!(
             "`{program} {}` failed: {}",
-            args.join(" "),
+            args.iter().map(|a| shown(a)).collect::<Vec<_>>().join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
@@ -95,23 +109,25 @@ pub fn install(plan: &InstallPlan, workspace: &Path) -> Result<(), String> {
     run("docker", &["version", "--format", "{{.Server.Version}}"]).map_err(|e| {
         format!("Docker is not answering ({e}); start it first (scripts/docker start)")
     })?;
-    if is_installed(&plan.name) {
-        if !plan.replace {
-            return Err(format!(
-                "a plugin named {} is installed already; pass --replace to replace it (its volumes stay known: the catalogue is in {})",
-                plan.name,
-                plan.state_dir.display()
-            ));
-        }
-        // Disabling fails when it is disabled already: fine.
-        let _ = run("docker", &["plugin", "disable", "-f", &plan.name]);
-        run("docker", &["plugin", "rm", "-f", &plan.name])?;
+    let installed = is_installed(&plan.name);
+    if installed && !plan.replace {
+        return Err(format!(
+            "a plugin named {} is installed already; pass --replace to replace it (its volumes stay known: the catalogue is in {})",
+            plan.name,
+            plan.state_dir.display()
+        ));
     }
+    // Build and assemble before touching the installed plugin: a failed build keeps it.
     let binary = match &plan.binary {
         Some(binary) => binary.clone(),
         None => build_release_binary(workspace)?,
     };
     rootfs::assemble(&binary, &plan.bundle_dir)?;
+    if installed {
+        // Disabling fails when it is disabled already: fine.
+        let _ = run("docker", &["plugin", "disable", "-f", &plan.name]);
+        run("docker", &["plugin", "rm", "-f", &plan.name])?;
+    }
     for dir in [&plan.state_dir, &plan.cache_dir, &plan.config_dir] {
         // Docker refuses to enable a plugin whose bind-mount source is missing.
         std::fs::create_dir_all(dir)
@@ -140,4 +156,23 @@ pub fn install(plan: &InstallPlan, workspace: &Path) -> Result<(), String> {
     enable.push(&plan.name);
     run("docker", &enable)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn secret_settings_are_hidden_in_messages() {
+        assert_eq!(
+            shown("AWS_SECRET_ACCESS_KEY=abc"),
+            "AWS_SECRET_ACCESS_KEY=***"
+        );
+        assert_eq!(shown("AWS_ACCESS_KEY_ID=AKIA"), "AWS_ACCESS_KEY_ID=***");
+        assert_eq!(
+            shown("AWS_ENDPOINT_URL=http://x"),
+            "AWS_ENDPOINT_URL=http://x"
+        );
+        assert_eq!(shown("plugin"), "plugin");
+    }
 }

@@ -4,8 +4,9 @@
 //! Needs a running Docker daemon, the test image `s3vol-test/busybox` (scripts/docker image),
 //! the S3_TEST_* server and the s3vol binary to bundle in S3VOL_PLUGIN_BINARY; scripts/test
 //! provides all of them and sets S3VOL_REQUIRE_DOCKER=1, so that a missing piece fails
-//! instead of skipping. The plugin is installed once, as `s3vol-e2e`, with its own state,
-//! cache and config folders; the tests take turns, because some restart it.
+//! instead of skipping. The plugin is installed once per run, as S3VOL_E2E_PLUGIN (default
+//! `s3vol-e2e`), with its state, cache and config folders in S3VOL_E2E_DIR (default: a new
+//! temp folder); the tests take turns, because some restart it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,10 +17,10 @@ use common::ObjectStore;
 use integration_tests::{unique_bucket, S3Env};
 use plugin_bundle::install::{install, InstallPlan};
 
-const PLUGIN: &str = "s3vol-e2e";
 const IMAGE: &str = "s3vol-test/busybox:latest";
 
 struct Fixture {
+    plugin: String,
     env: S3Env,
     default_bucket: String,
     /// Host folders of the plugin (state, cache, config).
@@ -89,7 +90,10 @@ fn plugin() -> Option<(&'static Fixture, MutexGuard<'static, ()>)> {
         }
         let rt = tokio::runtime::Runtime::new().unwrap();
         let default_bucket = rt.block_on(env.new_bucket("e2e-dflt")).bucket().to_string();
-        let dir = std::env::temp_dir().join(format!("s3vol-e2e-{}", std::process::id()));
+        let dir = std::env::var_os("S3VOL_E2E_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("s3vol-e2e-{}", std::process::id())));
+        let plugin = std::env::var("S3VOL_E2E_PLUGIN").unwrap_or_else(|_| "s3vol-e2e".into());
         std::fs::create_dir_all(dir.join("config")).unwrap();
         // Keys by reference: the config folder's credentials file, a default and a named profile.
         std::fs::write(
@@ -113,10 +117,11 @@ fn plugin() -> Option<(&'static Fixture, MutexGuard<'static, ()>)> {
                 format!("S3VOL_DEFAULT_BUCKET={default_bucket}"),
             ],
             replace: true,
-            ..InstallPlan::new(PLUGIN, &workspace)
+            ..InstallPlan::new(&plugin, &workspace)
         };
         install(&plan, &workspace).unwrap();
         Some(Fixture {
+            plugin,
             env,
             default_bucket,
             dir,
@@ -152,13 +157,22 @@ impl Fixture {
     }
 }
 
+/// The plugin's name (the fixture is set up before any test gets here).
+fn plugin_name() -> &'static str {
+    &FIXTURE
+        .get()
+        .and_then(Option::as_ref)
+        .expect("the plugin is installed")
+        .plugin
+}
+
 /// A volume removed at the end of the test, even when it fails.
 struct Volume(String);
 
 impl Volume {
     fn create(name_tag: &str, options: &[&str]) -> Self {
         let name = format!("{name_tag}-{}", std::process::id());
-        let mut args = vec!["volume", "create", "-d", PLUGIN];
+        let mut args = vec!["volume", "create", "-d", plugin_name()];
         for option in options {
             args.extend(["-o", option]);
         }
@@ -268,7 +282,7 @@ fn containers_share_files_through_a_volume_and_s3_sees_the_same_bytes() {
     assert!(!inspect.contains(&fx.env.secret_key) && !inspect.contains(&fx.env.access_key));
     let ls = docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
     assert!(
-        ls.contains(&format!("{PLUGIN}:latest {}", volume.0)),
+        ls.contains(&format!("{}:latest {}", plugin_name(), volume.0)),
         "{ls}"
     );
 
@@ -309,7 +323,7 @@ fn a_volume_made_by_docker_run_lives_in_the_default_bucket() {
         "run",
         "--rm",
         "--volume-driver",
-        PLUGIN,
+        plugin_name(),
         "-v",
         &volume.mount("/data"),
         IMAGE,
@@ -362,7 +376,8 @@ fn compose_brings_a_stack_up_and_down_with_driver_opts() {
     std::fs::write(
         dir.join("docker-compose.yml"),
         format!(
-            "version: \"3.7\"\nservices:\n  app:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"echo from compose > /data/c.txt\"]\n    volumes: [\"data:/data\"]\nvolumes:\n  data:\n    driver: {PLUGIN}\n    driver_opts:\n      bucket: \"{bucket}\"\n      prefix: \"stack\"\n      uid: \"1000\"\n"
+            "version: \"3.7\"\nservices:\n  app:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"echo from compose > /data/c.txt\"]\n    volumes: [\"data:/data\"]\nvolumes:\n  data:\n    driver: {plugin}\n    driver_opts:\n      bucket: \"{bucket}\"\n      prefix: \"stack\"\n      uid: \"1000\"\n",
+            plugin = plugin_name()
         ),
     )
     .unwrap();
@@ -402,7 +417,7 @@ fn compose_brings_a_stack_up_and_down_with_driver_opts() {
 fn bad_options_and_an_unreachable_endpoint_are_explained() {
     let Some((_fx, _turn)) = plugin() else { return };
     let create = |options: &[&str]| {
-        let mut args = vec!["volume", "create", "-d", PLUGIN];
+        let mut args = vec!["volume", "create", "-d", plugin_name()];
         for option in options {
             args.extend(["-o", *option]);
         }
@@ -437,7 +452,7 @@ fn bad_options_and_an_unreachable_endpoint_are_explained() {
 /// The pid of the plugin's process, from runc's state of the plugin container (Docker runs
 /// managed plugins with runc, under this root).
 fn plugin_pid() -> Option<u32> {
-    let id = docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", PLUGIN]);
+    let id = docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", plugin_name()]);
     let out = Command::new("runc")
         .args([
             "--root",
@@ -454,7 +469,7 @@ fn plugin_pid() -> Option<u32> {
 }
 
 fn plugin_enabled() -> bool {
-    docker(&["plugin", "inspect", "-f", "{{.Enabled}}", PLUGIN])
+    docker(&["plugin", "inspect", "-f", "{{.Enabled}}", plugin_name()])
         .stdout
         .starts_with(b"true")
 }
@@ -466,11 +481,11 @@ fn plugin_disable_set_enable_and_a_sigkill_keep_the_volumes() {
     run(&volume, "echo kept > /data/k.txt");
 
     // A plain disable is refused while volumes exist; -f goes ahead.
-    let err = docker_err(&["plugin", "disable", PLUGIN]);
+    let err = docker_err(&["plugin", "disable", plugin_name()]);
     assert!(err.contains("in use"), "{err}");
-    docker_ok(&["plugin", "disable", "-f", PLUGIN]);
-    docker_ok(&["plugin", "set", PLUGIN, "S3VOL_LOG=debug"]);
-    docker_ok(&["plugin", "enable", PLUGIN]);
+    docker_ok(&["plugin", "disable", "-f", plugin_name()]);
+    docker_ok(&["plugin", "set", plugin_name(), "S3VOL_LOG=debug"]);
+    docker_ok(&["plugin", "enable", plugin_name()]);
     let ls = docker_ok(&["volume", "ls", "-q"]);
     assert!(ls.lines().any(|l| l == volume.0), "{ls}");
     assert_eq!(run(&volume, "cat /data/k.txt"), "kept\n");
@@ -491,6 +506,15 @@ fn plugin_disable_set_enable_and_a_sigkill_keep_the_volumes() {
     );
     let ls = docker_ok(&["volume", "ls", "-q"]);
     assert!(ls.lines().any(|l| l == volume.0), "{ls}");
+    // The restarted plugin mounts the volume the holder still has, by itself.
+    wait_until(
+        "the busy volume is mounted again",
+        Duration::from_secs(30),
+        || {
+            docker_ok(&["volume", "inspect", "-f", "{{.Status.Mounted}}", &volume.0]).trim()
+                == "true"
+        },
+    );
     assert_eq!(
         run(
             &volume,

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::metrics::{metrics, GaugeShare};
 use common::{ObjectStore, StoreResult};
 
 use crate::cache::{ChunkCache, ObjectVersion};
@@ -56,6 +57,8 @@ pub struct SequentialReader<S> {
     /// Where the next read starts if access is sequential.
     next_offset: u64,
     window: u64,
+    /// This reader's window in the process metrics.
+    window_metric: GaugeShare,
     /// Prefetch has been requested up to here.
     prefetched_to: u64,
 }
@@ -68,6 +71,7 @@ impl<S: ObjectStore> SequentialReader<S> {
             config,
             next_offset: 0,
             window: 0,
+            window_metric: GaugeShare::new(&metrics().readahead_window_bytes, 0),
             prefetched_to: 0,
         }
     }
@@ -118,6 +122,7 @@ impl<S: ObjectStore> SequentialReader<S> {
             self.prefetched_to =
                 end / self.cache.config().chunk_size * self.cache.config().chunk_size;
         }
+        self.window_metric.set(self.window);
         self.next_offset = self.next_offset.max(end);
         if !sequential {
             self.next_offset = end;

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use common::metrics::{metrics, GaugeShare};
 use common::{
     CompletedPart, ObjectStore, PutResult, StoreError, StoreResult, UploadId, UserMetadata,
 };
@@ -149,8 +150,10 @@ impl<S: ObjectStore> StreamingUpload<S> {
         // Hand the part to its task before waiting, so a cancelled caller cannot lose it.
         let (store, key, part_number) = (self.store.clone(), self.key.clone(), self.next_part);
         self.next_part += 1;
-        self.in_flight
-            .spawn(async move { store.upload_part(&key, &upload_id, part_number, body).await });
+        self.in_flight.spawn(async move {
+            let _in_flight = GaugeShare::new(&metrics().upload_parts_in_flight, 1);
+            store.upload_part(&key, &upload_id, part_number, body).await
+        });
         while self.in_flight.len() > self.config.max_parts_in_flight {
             self.collect_one().await?;
         }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod catalogue;
 pub mod manager;
+pub mod metrics_endpoint;
 pub mod mount;
 pub mod mounter;
 pub mod options;

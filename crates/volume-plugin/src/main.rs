@@ -75,6 +75,9 @@ struct ServeArgs {
     /// Memory budget of cached chunks and read-ahead, all volumes together (e.g. 512MiB).
     #[arg(long, env = "S3VOL_MEMORY_LIMIT", default_value = "512MiB")]
     memory_limit: ByteSize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477); off when unset.
+    #[arg(long, env = "S3VOL_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log debug details (same as S3VOL_LOG=debug).
     #[arg(long)]
     debug: bool,
@@ -136,6 +139,9 @@ struct MountArgs {
     /// Hard cap of memory for cached chunks and read-ahead (e.g. 512MiB).
     #[arg(long, env = "S3VOL_MEMORY_LIMIT", default_value = "512MiB")]
     memory_limit: ByteSize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477); off when unset.
+    #[arg(long, env = "S3VOL_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Stay in the foreground until unmounted or stopped (SIGTERM/SIGINT unmount cleanly).
     #[arg(long)]
     foreground: bool,
@@ -145,10 +151,7 @@ struct MountArgs {
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("invalid mode {s:?}: use octal permissions such as 0644"))
+    volume_plugin::options::parse_mode("mode", s)
 }
 
 fn current_ids() -> (u32, u32) {
@@ -164,9 +167,31 @@ fn current_ids() -> (u32, u32) {
     (id("Uid:"), id("Gid:"))
 }
 
-/// The AWS SDK's credential providers log the access key ID at info level: keep them at warn
-/// unless the filter names them, so no credential reaches a log line.
-const QUIET_CREDENTIAL_LOGS: &str = "aws_config=warn";
+/// The AWS SDK's log targets print the access key ID (credential providers at info; signed
+/// requests, resolved identities and Authorization headers at debug and trace). They are held
+/// at these levels unless the filter names them, so no credential reaches a log line.
+const QUIET_CREDENTIAL_LOGS: &[(&str, &str)] = &[
+    ("aws_config", "warn"),
+    ("aws_runtime", "info"),
+    ("aws_sigv4", "info"),
+    ("aws_smithy_runtime", "info"),
+    ("aws_smithy_http_client", "info"),
+    ("aws_sdk_s3", "info"),
+    ("aws_sdk_sts", "info"),
+    ("aws_sdk_sso", "info"),
+    ("aws_sdk_ssooidc", "info"),
+];
+
+/// `filter` with the credential-printing targets held down (unless it names them).
+fn without_credentials(filter: &str) -> String {
+    let mut directives = filter.to_string();
+    for (target, level) in QUIET_CREDENTIAL_LOGS {
+        if !filter.contains(target) {
+            directives.push_str(&format!(",{target}={level}"));
+        }
+    }
+    directives
+}
 
 fn init_logging(debug: bool) {
     let wanted = if debug {
@@ -174,14 +199,8 @@ fn init_logging(debug: bool) {
     } else {
         std::env::var("S3VOL_LOG").unwrap_or_else(|_| "info".into())
     };
-    let directives = if wanted.contains("aws_config") {
-        wanted
-    } else {
-        format!("{wanted},{QUIET_CREDENTIAL_LOGS}")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("info,{QUIET_CREDENTIAL_LOGS}"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_new(without_credentials(&wanted))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(without_credentials("info")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -219,6 +238,7 @@ fn mount_command(args: MountArgs) -> Result<(), String> {
         cache_dir: args.cache,
         max_cache_size: args.max_cache_size.0,
         memory_limit: args.memory_limit.0,
+        metrics_addr: args.metrics_addr,
     })
 }
 
@@ -243,6 +263,7 @@ fn serve_command(args: ServeArgs) -> Result<(), String> {
         default_bucket,
         cache_size: args.cache_size.0,
         memory_limit: args.memory_limit.0,
+        metrics_addr: args.metrics_addr,
     };
     // Volumes without a profile use the standard AWS chain; let it find the config folder's
     // credentials file (its [default] profile), as it would find ~/.aws/credentials.

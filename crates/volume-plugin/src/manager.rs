@@ -9,11 +9,12 @@
 //! - Every change is in the catalogue on disk before the call answers, so a restarted plugin
 //!   knows its volumes and which of them Docker still has mounted, and mounts those again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::metrics::{metrics, VolumeLabels};
 use serde_json::{json, Map, Value};
 
 use crate::catalogue::{Catalogue, VolumeRecord};
@@ -31,8 +32,12 @@ pub struct VolumeInfo {
     pub status: Map<String, Value>,
 }
 
-/// The mount of one volume, if any; its lock makes calls on the volume take turns.
+/// The mount of one volume, if any; its lock makes calls on the volume take turns. Slots are
+/// never dropped (a waiter may hold one), so one name always has one lock.
 type Slot<M> = Arc<tokio::sync::Mutex<Option<<M as Mounter>::Mounted>>>;
+
+/// A volume's turn: the lock of its slot, held across awaits and even by a spawned task.
+type Turn<M> = tokio::sync::OwnedMutexGuard<Option<<M as Mounter>::Mounted>>;
 
 /// Longest a call waits for its turn on a volume before answering with an error: Docker gives
 /// a managed plugin's call 30 s in all.
@@ -44,6 +49,21 @@ pub struct VolumeManager<M: Mounter> {
     settings: Arc<PluginSettings>,
     catalogue: Mutex<Catalogue>,
     slots: Mutex<HashMap<String, Slot<M>>>,
+    /// Volumes with a mount, readable without waiting for their turn (Get, Path, List).
+    mounted: Mutex<HashSet<String>>,
+    /// Mount IDs Docker gave this process. IDs in the catalogue from before a restart may be
+    /// stale (their Unmount can have come while the plugin was down).
+    session_ids: Mutex<HashSet<(String, String)>>,
+}
+
+/// Publish the number of Docker mounts of `name` (0 removes nothing: the series stays at 0).
+fn publish_mounts(name: &str, mounts: usize) {
+    metrics()
+        .volume_mounts
+        .get_or_create(&VolumeLabels {
+            volume: name.to_string(),
+        })
+        .set(mounts as i64);
 }
 
 fn no_such_volume(name: &str) -> String {
@@ -52,16 +72,25 @@ fn no_such_volume(name: &str) -> String {
 
 impl<M: Mounter> VolumeManager<M> {
     pub fn new(mounter: M, settings: Arc<PluginSettings>, catalogue: Catalogue) -> Self {
+        for volume in catalogue.volumes() {
+            publish_mounts(&volume.name, volume.mount_ids.len());
+        }
         Self {
             mounter,
             settings,
             catalogue: Mutex::new(catalogue),
             slots: Mutex::new(HashMap::new()),
+            mounted: Mutex::new(HashSet::new()),
+            session_ids: Mutex::new(HashSet::new()),
         }
     }
 
     pub fn settings(&self) -> &PluginSettings {
         &self.settings
+    }
+
+    pub fn mounter(&self) -> &M {
+        &self.mounter
     }
 
     fn record(&self, name: &str) -> Option<VolumeRecord> {
@@ -78,11 +107,7 @@ impl<M: Mounter> VolumeManager<M> {
     }
 
     /// Wait for this volume's turn.
-    async fn turn(
-        &self,
-        name: &str,
-        call: &str,
-    ) -> Result<tokio::sync::OwnedMutexGuard<Option<M::Mounted>>, String> {
+    async fn turn(&self, name: &str, call: &str) -> Result<Turn<M>, String> {
         tokio::time::timeout(TURN_TIMEOUT, self.slot(name).lock_owned())
             .await
             .map_err(|_| {
@@ -127,55 +152,102 @@ impl<M: Mounter> VolumeManager<M> {
         };
         self.catalogue.lock().unwrap().update(|volumes| {
             volumes.entry(name.to_string()).or_insert(record);
-        })
+        })?;
+        publish_mounts(name, 0);
+        Ok(())
     }
 
-    /// Forget a volume. Refused while Docker has it mounted; the objects in the bucket are
-    /// never touched. Removing an unknown volume succeeds (Docker then forgets it too).
+    /// Forget a volume. Refused while containers have it mounted; the objects in the bucket
+    /// are never touched. Removing an unknown volume succeeds (Docker then forgets it too).
+    ///
+    /// Docker only sends Remove when no container uses the volume, so mount IDs left from
+    /// before a plugin restart (whose Unmount came while the plugin was down) are dropped
+    /// here instead of blocking the removal forever.
     pub async fn remove(&self, name: &str) -> Result<(), String> {
         check_volume_name(name)?;
-        let mut mounted = self.turn(name, "Remove").await?;
+        let turn = self.turn(name, "Remove").await?;
         let Some(record) = self.record(name) else {
             return Ok(());
         };
-        if !record.mount_ids.is_empty() {
+        let live = {
+            let session = self.session_ids.lock().unwrap();
+            record
+                .mount_ids
+                .iter()
+                .filter(|id| session.contains(&(name.to_string(), (*id).clone())))
+                .count()
+        };
+        if live > 0 {
             return Err(format!(
-                "volume {name} is in use by {} mount(s); stop the containers using it first",
-                record.mount_ids.len()
+                "volume {name} is in use by {live} mount(s); stop the containers using it first"
             ));
         }
-        if let Some(mount) = mounted.take() {
-            mount.unmount().await?;
+        if !record.mount_ids.is_empty() {
+            tracing::warn!(
+                volume = name,
+                stale = record.mount_ids.len(),
+                "dropping mount IDs from before the plugin restarted: Docker no longer uses them"
+            );
         }
+        self.unmount_in_turn(name, turn).await?;
         self.catalogue.lock().unwrap().update(|volumes| {
             volumes.remove(name);
         })?;
+        let _ = metrics().volume_mounts.remove(&VolumeLabels {
+            volume: name.to_string(),
+        });
         // The mountpoint folder only; the staging folder may hold recovered data.
         let _ = std::fs::remove_dir(self.settings.mountpoint(name));
-        self.slots.lock().unwrap().remove(name);
         tracing::info!(volume = name, "removed (its objects stay in the bucket)");
         Ok(())
+    }
+
+    /// Unmount (uploading what was written first) in a task that keeps the volume's turn: if
+    /// the call is given up at Docker's deadline, the unmount still ends before any other call
+    /// on the volume starts, so no second mount can race it.
+    async fn unmount_in_turn(&self, name: &str, mut turn: Turn<M>) -> Result<(), String> {
+        let Some(mount) = turn.take() else {
+            return Ok(());
+        };
+        self.mounted.lock().unwrap().remove(name);
+        tokio::spawn(async move {
+            let result = mount.unmount().await;
+            drop(turn);
+            result
+        })
+        .await
+        .map_err(|e| format!("the unmount of volume {name} crashed: {e}"))?
     }
 
     /// Mount for Docker mount `id`: the first ID mounts the filesystem, later ones share it.
     pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf, String> {
         check_volume_name(name)?;
         check_mount_id(id)?;
-        let mut mounted = self.turn(name, "Mount").await?;
+        let mut turn = self.turn(name, "Mount").await?;
         let record = self.record(name).ok_or_else(|| no_such_volume(name))?;
-        let mountpoint = self.ensure_mounted(&record, &mut mounted).await?;
-        self.catalogue.lock().unwrap().update(|volumes| {
-            if let Some(v) = volumes.get_mut(name) {
+        let mountpoint = self.ensure_mounted(&record, &mut turn).await?;
+        self.session_ids
+            .lock()
+            .unwrap()
+            .insert((name.to_string(), id.to_string()));
+        let mounts = self.catalogue.lock().unwrap().update(|volumes| {
+            volumes.get_mut(name).map_or(0, |v| {
                 v.mount_ids.insert(id.to_string());
-            }
+                v.mount_ids.len()
+            })
         })?;
+        publish_mounts(name, mounts);
         Ok(mountpoint)
     }
 
     /// Drop Docker mount `id`; the last one unmounts (after uploading what was written).
     pub async fn unmount(&self, name: &str, id: &str) -> Result<(), String> {
         check_volume_name(name)?;
-        let mut mounted = self.turn(name, "Unmount").await?;
+        let turn = self.turn(name, "Unmount").await?;
+        self.session_ids
+            .lock()
+            .unwrap()
+            .remove(&(name.to_string(), id.to_string()));
         if self.record(name).is_none() {
             return Ok(());
         }
@@ -185,11 +257,10 @@ impl<M: Mounter> VolumeManager<M> {
                 v.mount_ids.len()
             })
         })?;
-        if remaining == 0 {
-            if let Some(mount) = mounted.take() {
-                mount.unmount().await?;
-                tracing::info!(volume = name, "unmounted (no mounts left)");
-            }
+        publish_mounts(name, remaining);
+        if remaining == 0 && turn.is_some() {
+            self.unmount_in_turn(name, turn).await?;
+            tracing::info!(volume = name, "unmounted (no mounts left)");
         }
         Ok(())
     }
@@ -202,13 +273,17 @@ impl<M: Mounter> VolumeManager<M> {
     }
 
     fn current_mountpoint(&self, name: &str) -> Option<PathBuf> {
+        if !self.mounted.lock().unwrap().contains(name) {
+            return None;
+        }
+        // A mount that ended (unmounted from outside) is not reported; while another call
+        // holds the volume's turn, the last known state stands.
         let slot = self.slots.lock().unwrap().get(name).cloned()?;
-        // A volume busy mounting has no mountpoint to report yet.
-        let mounted = slot.try_lock().ok()?;
-        mounted
-            .as_ref()
-            .filter(|m| m.is_alive())
-            .map(|_| self.settings.mountpoint(name))
+        let alive = match slot.try_lock() {
+            Ok(mount) => mount.as_ref().is_some_and(|m| m.is_alive()),
+            Err(_) => true,
+        };
+        alive.then(|| self.settings.mountpoint(name))
     }
 
     /// A volume with its status. Answers from memory at once, never from the backend: Docker
@@ -290,8 +365,13 @@ impl<M: Mounter> VolumeManager<M> {
         if let Some(dead) = mounted.take() {
             let _ = dead.unmount().await;
         }
+        self.mounted.lock().unwrap().remove(&record.name);
         let spec = Self::spec_of(record)?;
-        prepare_mountpoint(&mountpoint)?;
+        // stat of a dead FUSE mount and fusermount3 block: keep them off the runtime's workers.
+        let prepared = mountpoint.clone();
+        tokio::task::spawn_blocking(move || prepare_mountpoint(&prepared))
+            .await
+            .map_err(|e| format!("preparing {} crashed: {e}", mountpoint.display()))??;
         let mount = self
             .mounter
             .mount(&record.name, &spec, &mountpoint)
@@ -299,6 +379,7 @@ impl<M: Mounter> VolumeManager<M> {
             .map_err(|e| format!("cannot mount volume {}: {e}", record.name))?;
         tracing::info!(volume = %record.name, mountpoint = %mountpoint.display(), bucket = %spec.bucket, prefix = %spec.prefix, "mounted");
         *mounted = Some(mount);
+        self.mounted.lock().unwrap().insert(record.name.clone());
         Ok(mountpoint)
     }
 

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::metered::MeteredStore;
 use common::BucketName;
 use fuse_mount::{check_mountpoint, Fs, FsConfig, MountOptions};
 use s3_backend::cache::CacheConfig;
@@ -36,6 +37,8 @@ pub struct MountParams {
     pub cache_dir: PathBuf,
     pub max_cache_size: u64,
     pub memory_limit: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Split `bucket[/prefix]`.
@@ -200,14 +203,19 @@ async fn start(params: &MountParams) -> Result<fuse_mount::MountHandle, String> 
         .modes(params.file_mode, params.dir_mode)
         .read_only(params.read_only)
         .cache(cache);
-    let fs = Fs::new(Arc::new(store), config).map_err(|e| e.to_string())?;
+    let fs =
+        Arc::new(Fs::new(Arc::new(MeteredStore::new(store)), config).map_err(|e| e.to_string())?);
+    if let Some(addr) = params.metrics_addr {
+        let fs = fs.clone();
+        crate::metrics_endpoint::start(addr, Arc::new(move || fs.publish_cache_metrics())).await?;
+    }
     let options = MountOptions {
         fs_name: format!("s3vol:{}/{}", params.bucket, params.prefix),
         allow_other: params.allow_other,
         read_only: params.read_only,
         threads: 4,
     };
-    fuse_mount::mount(Arc::new(fs), &params.mountpoint, &options)
+    fuse_mount::mount(fs, &params.mountpoint, &options)
         .map_err(|e| format!("cannot mount at {}: {e}", params.mountpoint.display()))
 }
 

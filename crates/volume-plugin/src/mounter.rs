@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::metered::{MeteredStore, StoreCounters};
 use fuse_mount::{Fs, FsConfig, MountHandle, MountOptions};
 use s3_backend::cache::{CacheConfig, CacheTiers};
 use s3_backend::S3Store;
@@ -149,12 +150,14 @@ impl Mounter for FuseMounter {
             .read_only(spec.read_only);
         config = if spec.cache {
             config
-                .cache(Self::shared_cache_config(&self.settings))
+                .cache(Self::shared_cache_config(&self.settings).endpoint_id(&endpoint))
                 .shared_tiers(self.tiers.clone())
         } else {
             config.cache(CacheConfig::default().memory_bytes(UNCACHED_MEMORY))
         };
-        let fs = Arc::new(Fs::new(Arc::new(store), config).map_err(|e| e.to_string())?);
+        let store = Arc::new(MeteredStore::new(store));
+        let counters = store.counters().clone();
+        let fs = Arc::new(Fs::new(store, config).map_err(|e| e.to_string())?);
         let options = MountOptions {
             fs_name: format!("s3vol:{}/{}", spec.bucket, spec.prefix),
             // Containers run as any user; permissions are checked by the kernel against the
@@ -168,10 +171,12 @@ impl Mounter for FuseMounter {
         Ok(FuseMount {
             handle: Some(handle),
             fs,
+            counters,
         })
     }
 
     fn shared_status(&self) -> Map<String, Value> {
+        self.tiers.publish_metrics();
         let mut status = Map::new();
         status.insert("CacheMemoryBytes".into(), json!(self.tiers.memory_used()));
         if let Some(disk) = self.tiers.disk() {
@@ -181,11 +186,20 @@ impl Mounter for FuseMounter {
     }
 }
 
+impl FuseMounter {
+    /// Put the shared cache's sizes into the process metrics.
+    pub fn publish_metrics(&self) {
+        self.tiers.publish_metrics();
+    }
+}
+
 /// A volume mounted with FUSE.
 #[derive(Debug)]
 pub struct FuseMount {
     handle: Option<MountHandle>,
-    fs: Arc<Fs<S3Store>>,
+    fs: Arc<Fs<MeteredStore<S3Store>>>,
+    /// What this volume sent to and received from the store.
+    counters: Arc<StoreCounters>,
 }
 
 #[async_trait]
@@ -204,9 +218,22 @@ impl MountedVolume for FuseMount {
             "CacheMisses".into(),
             json!(stats.fetched_chunks.load(Ordering::Relaxed)),
         );
+        let c = &self.counters;
         status.insert(
-            "FetchedBytes".into(),
-            json!(stats.fetched_bytes.load(Ordering::Relaxed)),
+            "StoreRequests".into(),
+            json!(c.requests.load(Ordering::Relaxed)),
+        );
+        status.insert(
+            "StoreErrors".into(),
+            json!(c.errors.load(Ordering::Relaxed)),
+        );
+        status.insert(
+            "DownloadedBytes".into(),
+            json!(c.downloaded_bytes.load(Ordering::Relaxed)),
+        );
+        status.insert(
+            "UploadedBytes".into(),
+            json!(c.uploaded_bytes.load(Ordering::Relaxed)),
         );
         status
     }

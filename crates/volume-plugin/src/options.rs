@@ -116,7 +116,8 @@ fn parse_id(key: &str, value: &str) -> Result<u32, String> {
         .map_err(|_| format!("invalid value {value:?} for option {key}: use a number such as 1000"))
 }
 
-fn parse_mode(key: &str, value: &str) -> Result<u32, String> {
+/// Octal permissions (`0644`, `755`, `0o644`), at most `07777`.
+pub fn parse_mode(key: &str, value: &str) -> Result<u32, String> {
     u32::from_str_radix(value.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o7777)
@@ -150,6 +151,11 @@ fn parse_endpoint(value: &str) -> Result<String, String> {
     let rest = value
         .strip_prefix("http://")
         .or_else(|| value.strip_prefix("https://"));
+    let authority = rest.map(|r| r.split('/').next().unwrap_or(r));
+    if authority.is_some_and(|a| a.contains('@')) {
+        // user:password@host would put a secret into Docker's metadata and our catalogue.
+        return Err("invalid endpoint: no user or password in the URL; put keys in a profile of the credentials file and pass -o profile=NAME".into());
+    }
     match rest {
         Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
             Ok(value.trim_end_matches('/').to_string())
@@ -404,6 +410,10 @@ mod tests {
             (("read_only", "maybe"), "true or false"),
             (("path_style", "sideways"), "auto, true or false"),
             (("endpoint", "minio:9000"), "http://"),
+            (
+                ("endpoint", "https://ak:sk@s3.example.com"),
+                "no user or password",
+            ),
             (("prefix", "a/../b"), "'..'"),
             (("bucket", "Bad_Bucket"), "invalid option bucket"),
             (("profile", "a b"), "credentials file"),

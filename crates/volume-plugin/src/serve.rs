@@ -61,6 +61,12 @@ pub async fn serve(settings: PluginSettings) -> Result<(), String> {
     let settings = Arc::new(settings);
     let mounter = FuseMounter::new(settings.clone())?;
     let manager = Arc::new(VolumeManager::new(mounter, settings.clone(), catalogue));
+    // Metrics first: a bad address fails the start before Docker sees a socket.
+    if let Some(addr) = settings.metrics_addr {
+        let manager = manager.clone();
+        crate::metrics_endpoint::start(addr, Arc::new(move || manager.mounter().publish_metrics()))
+            .await?;
+    }
     let listener = bind(&settings.socket)?;
     tracing::info!(
         socket = %settings.socket.display(),
@@ -68,13 +74,16 @@ pub async fn serve(settings: PluginSettings) -> Result<(), String> {
         endpoint = settings.endpoint_url.as_deref().unwrap_or("AWS S3"),
         "listening"
     );
-    tokio::spawn({
+    let restore = tokio::spawn({
         let manager = manager.clone();
         async move { manager.restore_mounts().await }
     });
     let served = axum::serve(listener, api::router(manager.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await;
+    // A restore still running would race the unmounts below.
+    restore.abort();
+    let _ = restore.await;
     manager.shutdown().await;
     let _ = std::fs::remove_file(&settings.socket);
     served.map_err(|e| format!("the API server failed: {e}"))

@@ -32,6 +32,8 @@ pub struct PluginSettings {
     pub cache_size: u64,
     /// Memory budget of cached chunks and read-ahead, all volumes together.
     pub memory_limit: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl PluginSettings {
@@ -53,8 +55,9 @@ impl PluginSettings {
             .region(spec.region.clone().unwrap_or_else(|| self.region.clone()))
             .path_style(spec.path_style.unwrap_or(self.path_style))
             .credentials(credentials)
-            // Docker gives each call 30 s in all: a request must fail well before that.
-            .timeouts(Duration::from_secs(5), Duration::from_secs(20))
+            // Per attempt, as `s3vol mount` has it: long enough for an 8 MiB part on a slow
+            // link. The checks behind Docker's calls are bounded separately (PROBE_TIMEOUT).
+            .timeouts(Duration::from_secs(5), Duration::from_secs(30))
             .ca_bundle(self.ca_bundle.clone());
         config.endpoint_url = spec.endpoint.clone().or_else(|| self.endpoint_url.clone());
         config

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,12 +26,17 @@ struct FakeMounter {
     made: Arc<AtomicUsize>,
     /// Alive flag of every mount made, in order.
     mounts: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// The most mounts live at once (two would mean two filesystems on one mountpoint).
+    max_live: Arc<AtomicUsize>,
+    /// How long an unmount takes (uploading what was written).
+    unmount_ms: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
 struct FakeMount {
     alive: Arc<AtomicBool>,
     live: Arc<AtomicUsize>,
+    unmount_ms: Arc<AtomicU64>,
 }
 
 #[async_trait]
@@ -57,10 +62,12 @@ impl Mounter for FakeMounter {
         let alive = Arc::new(AtomicBool::new(true));
         self.mounts.lock().unwrap().push(alive.clone());
         self.made.fetch_add(1, Ordering::SeqCst);
-        self.live.fetch_add(1, Ordering::SeqCst);
+        let live = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_live.fetch_max(live, Ordering::SeqCst);
         Ok(FakeMount {
             alive,
             live: self.live.clone(),
+            unmount_ms: self.unmount_ms.clone(),
         })
     }
 }
@@ -78,7 +85,8 @@ impl MountedVolume for FakeMount {
     }
 
     async fn unmount(self) -> Result<(), String> {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let ms = self.unmount_ms.load(Ordering::SeqCst).max(5);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
         self.live.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
@@ -104,6 +112,7 @@ fn settings(dir: &Path, default_bucket: Option<&str>) -> PluginSettings {
         default_bucket: default_bucket.map(|b| b.parse().unwrap()),
         cache_size: 1 << 30,
         memory_limit: 64 << 20,
+        metrics_addr: None,
     }
 }
 
@@ -538,4 +547,51 @@ async fn odd_volume_names_are_refused_everywhere() {
     }
     assert_eq!(plugin.made(), 0);
     assert!(!plugin.dir.path().join("x").exists() && !plugin.dir.path().join("mnt/a").exists());
+}
+
+#[tokio::test]
+async fn an_unmount_given_up_at_the_deadline_still_ends_before_the_next_mount() {
+    let plugin = Plugin::new(None);
+    plugin.create("v", json!({"bucket": "bkt"})).await;
+    plugin.mount("v", &id(1)).await;
+    // Uploads at unmount take long; Docker's deadline (here: 50 ms) gives the call up.
+    plugin.mounter.unmount_ms.store(300, Ordering::SeqCst);
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        plugin.manager.unmount("v", &id(1)),
+    )
+    .await;
+    assert!(given_up.is_err(), "the unmount should still be running");
+    // A new container now: its mount waits for the unmount instead of racing it.
+    plugin.mount("v", &id(2)).await;
+    assert_eq!(
+        plugin.mounter.max_live.load(Ordering::SeqCst),
+        1,
+        "never two mounts at once"
+    );
+    assert_eq!((plugin.made(), plugin.live()), (2, 1));
+}
+
+#[tokio::test]
+async fn mount_ids_left_from_before_a_restart_do_not_block_remove() {
+    let plugin = Plugin::new(None);
+    plugin.create("v", json!({"bucket": "bkt"})).await;
+    plugin.mount("v", &id(1)).await;
+    // The plugin went down; Docker's Unmount for id 1 never arrived.
+    let plugin = plugin.restart();
+    plugin.manager.restore_mounts().await;
+    assert_eq!(plugin.live(), 1);
+    // Docker removes only volumes no container uses: the old ID is stale.
+    plugin
+        .ok("/VolumeDriver.Remove", json!({"Name": "v"}))
+        .await;
+    assert_eq!(plugin.live(), 0);
+    assert!(!plugin.catalogue_text().contains("\"v\""));
+    // An ID given to this process still blocks it.
+    plugin.create("w", json!({"bucket": "bkt"})).await;
+    plugin.mount("w", &id(2)).await;
+    let err = plugin
+        .err("/VolumeDriver.Remove", json!({"Name": "w"}))
+        .await;
+    assert!(err.contains("in use"), "{err}");
 }

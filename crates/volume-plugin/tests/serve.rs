@@ -21,6 +21,8 @@ struct Server {
     dir: PathBuf,
     /// Time from spawn until the socket accepted a connection.
     listening_after: Duration,
+    /// Where the server serves its Prometheus metrics.
+    metrics_addr: String,
 }
 
 impl Server {
@@ -36,9 +38,12 @@ impl Server {
             ),
         )
         .unwrap();
+        let metrics_addr = free_local_addr();
         let started = Instant::now();
         let child = Command::new(S3VOL)
             .arg("serve")
+            .arg("--metrics-addr")
+            .arg(&metrics_addr)
             .arg("--socket")
             .arg(&socket)
             .arg("--mount-root")
@@ -57,7 +62,8 @@ impl Server {
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_SHARED_CREDENTIALS_FILE")
             .env_remove("AWS_PROFILE")
-            .env("S3VOL_LOG", "debug,aws_smithy_runtime=info,hyper=info")
+            // Everything, to check that no credential reaches the log.
+            .env("S3VOL_LOG", "trace")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
@@ -76,24 +82,27 @@ impl Server {
             child: Some(child),
             dir: dir.to_path_buf(),
             listening_after: started.elapsed(),
+            metrics_addr,
         }
     }
 
     /// One call as Docker makes it: POST with a JSON body and no Content-Type.
     fn call(&self, endpoint: &str, body: Value) -> (u16, Value) {
-        let mut stream = UnixStream::connect(self.dir.join("run/s3vol.sock")).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
         let body = body.to_string();
-        write!(
-            stream,
-            "POST /VolumeDriver.{endpoint} HTTP/1.1\r\nHost: plugin\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
+        let exchange = || -> std::io::Result<String> {
+            let mut stream = UnixStream::connect(self.dir.join("run/s3vol.sock"))?;
+            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            write!(
+                stream,
+                "POST /VolumeDriver.{endpoint} HTTP/1.1\r\nHost: plugin\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        };
+        let response = exchange()
+            .unwrap_or_else(|e| panic!("{endpoint}: {e}; server log:\n{}", log(&self.dir)));
         let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
         let value = serde_json::from_str(body)
@@ -116,6 +125,20 @@ impl Server {
         let (status, reply) = self.call(endpoint, body.clone());
         assert_ne!(status, 200, "{endpoint} {body} succeeded: {reply}");
         reply["Err"].as_str().expect("an Err").to_string()
+    }
+
+    /// The metrics page, as a scraper gets it.
+    fn metrics(&self) -> String {
+        let mut stream = std::net::TcpStream::connect(&self.metrics_addr).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
     }
 
     fn pid(&self) -> u32 {
@@ -160,6 +183,12 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// A loopback address with a port nobody listens on right now.
+fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
 }
 
 fn log(dir: &Path) -> String {
@@ -229,6 +258,26 @@ fn volumes_mount_over_the_socket_and_their_files_are_objects() {
     );
     let err = server.err("Remove", json!({"Name": "web"}));
     assert!(err.contains("in use"), "{err}");
+    // The volume's figures in Status, the process's in the metrics endpoint.
+    let status = server.ok("Get", json!({"Name": "web"}))["Volume"]["Status"].clone();
+    assert_eq!(status["Mounts"], 1);
+    assert!(status["UploadedBytes"].as_u64().unwrap() >= 16, "{status}");
+    assert!(status["StoreRequests"].as_u64().unwrap() >= 2, "{status}");
+    let metrics = server.metrics();
+    for expected in [
+        "s3vol_volume_mounts{volume=\"web\"} 1",
+        "s3vol_store_requests_total{op=\"put\",outcome=\"ok\"}",
+        "s3vol_store_bytes_total{direction=\"upload\"}",
+        "s3vol_fuse_operations_total{op=\"write\"}",
+        "s3vol_store_request_seconds_bucket{le=",
+        "s3vol_cache_bytes{tier=\"memory\"}",
+        "s3vol_upload_parts_in_flight 0",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
     server.ok("Unmount", json!({"Name": "web", "ID": id(2)}));
     assert!(!is_mounted(&mountpoint));
 
@@ -259,7 +308,7 @@ fn volumes_mount_over_the_socket_and_their_files_are_objects() {
         .contains("no such volume"));
     assert!(rt.block_on(objects.head("app/hello.txt")).is_ok());
     assert!(server.stop(), "clean exit on SIGTERM");
-    // Debug logging of everything above shows no credential.
+    // Trace logging of everything above shows no credential.
     let log = log(dir.path());
     assert!(log.contains("Mount"), "the log has the calls: {log}");
     assert!(

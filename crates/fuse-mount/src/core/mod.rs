@@ -243,6 +243,15 @@ impl<S: ObjectStore> Fs<S> {
         self.cache.stats()
     }
 
+    /// Put the chunk cache's sizes into the process metrics (before they are read).
+    pub fn publish_cache_metrics(&self) {
+        self.cache.publish_metrics();
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
     fn key(&self, path: &str) -> String {
         format!("{}{path}", self.config.prefix)
     }

@@ -93,7 +93,7 @@ impl DiskCache {
     fn path_of(&self, key: &ChunkKey) -> PathBuf {
         let mut hasher = Md5::new();
         for part in [
-            key.bucket.as_bytes(),
+            key.source.as_bytes(),
             key.key.as_bytes(),
             key.etag.as_bytes(),
         ] {
@@ -195,7 +195,7 @@ fn write_atomically(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
 fn header(key: &ChunkKey) -> Vec<u8> {
     let mut h = Vec::new();
     for part in [
-        key.bucket.as_bytes(),
+        key.source.as_bytes(),
         key.key.as_bytes(),
         key.etag.as_bytes(),
     ] {

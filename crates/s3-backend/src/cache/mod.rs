@@ -1,6 +1,7 @@
 //! The chunk cache: fixed-size chunks of objects, in memory and on disk, in front of a store.
 //!
-//! A chunk is identified by (bucket, key, ETag, index), so a changed object (new ETag) never
+//! A chunk is identified by (source, key, ETag, index), where the source names the endpoint,
+//! bucket and chunk size, so a changed object (new ETag) never
 //! hits chunks of its old version, and every fetch is pinned to the ETag with `If-Match`, so the
 //! bytes of one object version are never mixed with another's.
 //!
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use common::metrics::{metrics, TierLabels};
 use common::{ETag, ErrorKind, ObjectStore, StoreError, StoreResult};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::TryStreamExt;
@@ -30,16 +32,17 @@ pub use disk::DiskCache;
 /// Identifies one chunk of one object version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ChunkKey {
-    bucket: Arc<str>,
+    /// Endpoint, bucket and chunk size ([`ChunkCache`] builds it).
+    source: Arc<str>,
     key: Arc<str>,
     etag: Arc<str>,
     index: u64,
 }
 
 impl ChunkKey {
-    pub fn new(bucket: &str, key: &str, etag: &ETag, index: u64) -> Self {
+    pub fn new(source: &str, key: &str, etag: &ETag, index: u64) -> Self {
         Self {
-            bucket: bucket.into(),
+            source: source.into(),
             key: key.into(),
             etag: etag.as_str().into(),
             index,
@@ -68,6 +71,9 @@ pub struct CacheConfig {
     pub disk_dir: Option<PathBuf>,
     /// Hard cap of the disk tier.
     pub disk_bytes: u64,
+    /// Names the endpoint the objects come from (its URL), so tiers shared by volumes on
+    /// different endpoints never mix objects that happen to share bucket, key and ETag.
+    pub endpoint_id: String,
 }
 
 impl Default for CacheConfig {
@@ -77,6 +83,7 @@ impl Default for CacheConfig {
             memory_bytes: 256 << 20,
             disk_dir: None,
             disk_bytes: 10 << 30,
+            endpoint_id: String::new(),
         }
     }
 }
@@ -97,6 +104,11 @@ impl CacheConfig {
 
     pub fn memory_bytes(mut self, bytes: u64) -> Self {
         self.memory_bytes = bytes;
+        self
+    }
+
+    pub fn endpoint_id(mut self, id: impl Into<String>) -> Self {
+        self.endpoint_id = id.into();
         self
     }
 
@@ -213,12 +225,20 @@ impl CacheTiers {
     pub fn disk(&self) -> Option<&DiskCache> {
         self.disk.as_ref()
     }
+
+    /// Put the tiers' sizes into the process metrics (before they are read).
+    pub fn publish_metrics(&self) {
+        metrics().set_cache_bytes("memory", self.memory_used());
+        metrics().set_cache_bytes("disk", self.disk.as_ref().map_or(0, DiskCache::used_bytes));
+    }
 }
 
 /// The chunk cache over a store `S`. Share it with `Arc`.
 pub struct ChunkCache<S> {
     store: Arc<S>,
     config: CacheConfig,
+    /// The first part of this cache's chunk keys: endpoint, bucket, chunk size.
+    source: Arc<str>,
     tiers: Arc<CacheTiers>,
     inflight: InflightMap,
     stats: CacheStats,
@@ -240,9 +260,17 @@ impl<S: ObjectStore> ChunkCache<S> {
         Ok(Self::with_tiers(store, config, tiers))
     }
 
-    /// A cache keeping its chunks in `tiers`, which other caches may share.
+    /// A cache keeping its chunks in `tiers`, which other caches may share (with other
+    /// stores, endpoints or chunk sizes: all of them are part of the chunk keys).
     pub fn with_tiers(store: Arc<S>, config: CacheConfig, tiers: Arc<CacheTiers>) -> Self {
+        let source = format!(
+            "{}\u{0}{}\u{0}{}",
+            config.endpoint_id,
+            store.bucket(),
+            config.chunk_size
+        );
         Self {
+            source: source.into(),
             store,
             config,
             tiers,
@@ -268,13 +296,18 @@ impl<S: ObjectStore> ChunkCache<S> {
         self.tiers.memory_used()
     }
 
+    /// Put the sizes of this cache's tiers into the process metrics.
+    pub fn publish_metrics(&self) {
+        self.tiers.publish_metrics();
+    }
+
     /// Number of chunks of an object of `size` bytes.
     pub fn chunk_count(&self, size: u64) -> u64 {
         size.div_ceil(self.config.chunk_size)
     }
 
     fn key_of(&self, object: &ObjectVersion, index: u64) -> ChunkKey {
-        ChunkKey::new(self.store.bucket(), &object.key, &object.etag, index)
+        ChunkKey::new(&self.source, &object.key, &object.etag, index)
     }
 
     fn chunk_range(&self, object: &ObjectVersion, index: u64) -> Range<u64> {
@@ -336,6 +369,10 @@ impl<S: ObjectStore> ChunkCache<S> {
         let key = self.key_of(object, index);
         if let Some(data) = self.tiers.memory.get(&key) {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            metrics()
+                .cache_hits
+                .get_or_create(&TierLabels { tier: "memory" })
+                .inc();
             return Ok(data);
         }
         let pending = self.inflight.lock().unwrap().get(&key).cloned();
@@ -432,6 +469,10 @@ impl<S: ObjectStore> ChunkCache<S> {
             match on_disk {
                 Some(data) if data.len() as u64 == want.end - want.start => {
                     self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                    metrics()
+                        .cache_hits
+                        .get_or_create(&TierLabels { tier: "disk" })
+                        .inc();
                     self.deliver(ticket, Ok(data), false);
                 }
                 _ => missing.push(ticket),
@@ -484,6 +525,7 @@ impl<S: ObjectStore> ChunkCache<S> {
                         let data = std::mem::take(&mut buf).freeze();
                         let ticket = waiting.pop_front().expect("checked");
                         self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+                        metrics().cache_misses.inc();
                         self.stats.fetched_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                         self.deliver(ticket, Ok(data), true);
                     }

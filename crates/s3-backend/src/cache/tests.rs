@@ -153,6 +153,41 @@ async fn caches_sharing_tiers_stay_within_one_budget_and_keep_apart() {
 }
 
 #[tokio::test]
+async fn shared_tiers_keep_endpoints_and_chunk_sizes_apart() {
+    let tiers = Arc::new(CacheTiers::new(&small_chunks()).unwrap());
+    // Same bucket, key and ETag (same bytes) on two endpoints; then another chunk size.
+    let (one, two) = (
+        Arc::new(InMemoryStore::new("b")),
+        Arc::new(InMemoryStore::new("b")),
+    );
+    let obj = object(&*one, "f", 4 * CHUNK as usize, 3).await;
+    assert_eq!(object(&*two, "f", 4 * CHUNK as usize, 3).await, obj);
+    let on = |store: &Arc<InMemoryStore>, endpoint: &str, chunk: u64| {
+        let config = small_chunks().endpoint_id(endpoint).chunk_size(chunk);
+        Arc::new(ChunkCache::with_tiers(store.clone(), config, tiers.clone()))
+    };
+    on(&one, "http://one", CHUNK)
+        .read(&obj, 0, 4 * CHUNK)
+        .await
+        .unwrap();
+    let before = two.request_count(Op::Get);
+    on(&two, "http://two", CHUNK)
+        .read(&obj, 0, 4 * CHUNK)
+        .await
+        .unwrap();
+    assert!(
+        two.request_count(Op::Get) > before,
+        "the second endpoint's chunks come from it"
+    );
+    // Half-size chunks of the same object: right bytes, not the bigger chunks' ranges.
+    let half = on(&one, "http://one", CHUNK / 2);
+    assert_eq!(
+        half.read(&obj, CHUNK / 2, CHUNK).await.unwrap(),
+        pattern(4 * CHUNK as usize, 3).slice((CHUNK / 2) as usize..(3 * CHUNK / 2) as usize)
+    );
+}
+
+#[tokio::test]
 async fn the_disk_tier_serves_a_new_cache_without_requests() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(InMemoryStore::new("b"));
