@@ -86,12 +86,21 @@ fn run(program: &str, args: &[&str]) -> Result<String, String> {
 pub fn build_release_binary(workspace: &Path) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
-        .args(["build", "--release", "--bin", "s3vol", "--manifest-path"])
+        // The same command as scripts/test and scripts/quickstart: one set of artifacts.
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "s3vol",
+            "--bin",
+            "s3vol-plugin",
+            "--manifest-path",
+        ])
         .arg(workspace.join("Cargo.toml"))
         .status()
         .map_err(|e| format!("cannot run {cargo}: {e}"))?;
     if !status.success() {
-        return Err("cargo build --release --bin s3vol failed".into());
+        return Err("cargo build --release --bin s3vol failed; see its output above".into());
     }
     Ok(target_dir(workspace).join("release/s3vol"))
 }
