@@ -126,6 +126,67 @@ fn sigterm_unmounts_cleanly_and_keeps_every_written_file() {
     }
 }
 
+#[test]
+fn the_metrics_endpoint_counts_what_the_mount_does() {
+    let Some(env) = S3Env::from_env() else { return };
+    let bucket = bucket(&env, "cli-metrics");
+    let (mnt, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = s3vol(
+        &env,
+        &[
+            &bucket,
+            mnt.path().to_str().unwrap(),
+            "--foreground",
+            "--metrics-addr",
+            &addr,
+        ],
+        cache.path(),
+    )
+    .stderr(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_until("mounted", || is_mounted(mnt.path()));
+    std::fs::write(mnt.path().join("m.bin"), vec![7u8; 3 << 20]).unwrap();
+    // Read it twice through fresh opens: chunks come from the store, then from the cache.
+    for _ in 0..2 {
+        assert_eq!(
+            std::fs::read(mnt.path().join("m.bin")).unwrap().len(),
+            3 << 20
+        );
+    }
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    let text = scrape();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    assert!(value("s3vol_store_bytes_total{direction=\"upload\"}") >= (3 << 20) as f64);
+    assert!(value("s3vol_fuse_operations_total{op=\"write\"}") >= 1.0);
+    assert!(value("s3vol_fuse_operations_total{op=\"create\"}") >= 1.0);
+    assert!(value("s3vol_cache_bytes{tier=\"disk\"}") >= 0.0);
+    assert!(value("s3vol_store_request_seconds_count{op=\"get\"}") >= 1.0);
+    send_signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+}
+
 /// Signal our own child by pid (kill(1): the workspace forbids unsafe code).
 fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
