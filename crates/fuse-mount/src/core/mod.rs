@@ -347,6 +347,18 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
+    /// The attributes of `path` if they can be used without asking the store: confirmed
+    /// within the TTL (by a HEAD, a listing or our own upload), or the file has written data
+    /// here. Within the TTL a listing's attributes are trusted too: a HEAD per entry would make
+    /// `ls -l` of a big directory a request storm (SEMANTICS.md).
+    fn trusted_attr(&self, path: &str) -> Option<Attr> {
+        let inodes = self.inodes.lock().unwrap();
+        let inode = inodes.by_path(path)?;
+        let trusted = self.is_fresh(inode.fetched);
+        let written = self.files.lock().unwrap().contains_key(&inode.attr.ino);
+        (trusted || written).then(|| inode.attr.clone())
+    }
+
     /// Whether a fresh listing of `parent` has `name`; `None` without a usable listing.
     fn listing_says(&self, parent: u64, name: &str) -> Option<bool> {
         let listings = self.listings.lock().unwrap();
@@ -385,17 +397,7 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         check_name(name)?;
         let path = join(&self.dir_path(parent)?, name);
-        let cached = {
-            let inodes = self.inodes.lock().unwrap();
-            inodes.by_path(&path).and_then(|inode| {
-                // Within the TTL a listing's attributes are trusted too: a HEAD per entry
-                // would make `ls -l` of a big directory a request storm (SEMANTICS.md).
-                let trusted = self.is_fresh(inode.fetched);
-                let written = self.files.lock().unwrap().contains_key(&inode.attr.ino);
-                (trusted || written).then(|| inode.attr.clone())
-            })
-        };
-        if let Some(attr) = cached {
+        if let Some(attr) = self.trusted_attr(&path) {
             return Ok(self.current_attr(attr).await);
         }
         if self.negative_hit(&path) {
@@ -409,6 +411,13 @@ impl<S: ObjectStore> Fs<S> {
             None => match self.list_dir(parent, 1, false).await? {
                 Some(entries) => match entries.into_iter().find(|e| e.name == name) {
                     Some(entry) if entry.attr.kind == Kind::Dir => return Ok(entry.attr),
+                    // The listing confirmed a file whose ETag is unchanged since its last HEAD
+                    // (or our own upload): its mode and owner still hold, no HEAD needed. So
+                    // `stat` of many known files costs one listing per TTL, not a HEAD each.
+                    Some(_) if self.trusted_attr(&path).is_some() => {
+                        let attr = self.trusted_attr(&path).expect("checked");
+                        return Ok(self.current_attr(attr).await);
+                    }
                     Some(_) => true,
                     None => false,
                 },

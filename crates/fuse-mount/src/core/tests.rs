@@ -496,6 +496,35 @@ async fn writes_slightly_out_of_order_still_stream() {
 }
 
 #[tokio::test]
+async fn stat_of_known_unchanged_files_costs_a_listing_not_a_head_each() {
+    let (f, store) = fixture();
+    let d = f.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.unwrap();
+    for i in 0..20 {
+        write_file(&f.fs, d.ino, &format!("f{i}"), b"hi").await;
+    }
+    // Someone else changes one file meanwhile: it must be HEADed again.
+    store
+        .put(
+            "vol/d/f7",
+            bytes::Bytes::from_static(b"changed"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let before = (store.request_count(Op::Head), store.request_count(Op::List));
+    for i in 0..20 {
+        let attr = f.fs.lookup(d.ino, &format!("f{i}")).await.unwrap();
+        let expected: (u64, u32) = if i == 7 { (7, 0o644) } else { (2, 0o640) };
+        assert_eq!((attr.size, attr.perm), expected, "f{i}");
+    }
+    let heads = store.request_count(Op::Head) - before.0;
+    let lists = store.request_count(Op::List) - before.1;
+    assert_eq!(heads, 1, "only the changed file is HEADed");
+    assert!(lists <= 3, "{lists} listings for 20 lookups");
+}
+
+#[tokio::test]
 async fn creating_many_files_costs_no_lookup_request_per_name() {
     let (f, store) = fixture();
     let d = f.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.unwrap();
