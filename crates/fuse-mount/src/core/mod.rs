@@ -157,6 +157,9 @@ struct Handle<S: ObjectStore> {
 
 type SharedFile<S> = Arc<tokio::sync::Mutex<FileState<S>>>;
 
+/// Pages of a directory listed to answer a lookup in it (see `lookup`).
+const LOOKUP_LISTING_PAGES: usize = 2;
+
 /// The names a directory had when it was listed.
 #[derive(Debug)]
 struct Listing {
@@ -404,11 +407,12 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::NotFound);
         }
         // A recent listing of the parent answers "missing" without a request. Without one, a
-        // listing of a small parent (one page) answers this and every following miss in it:
-        // creating many files, or untarring, then costs no request per new name.
+        // listing of a small parent (up to two pages: 1,000 files plus the folder's marker
+        // object need two) answers this and every following lookup in it: creating many
+        // files, untarring, or `stat` of many known files then costs no request per name.
         let listed = match self.listing_says(parent, name) {
             Some(listed) => listed,
-            None => match self.list_dir(parent, 1, false).await? {
+            None => match self.list_dir(parent, LOOKUP_LISTING_PAGES, false).await? {
                 Some(entries) => match entries.into_iter().find(|e| e.name == name) {
                     Some(entry) if entry.attr.kind == Kind::Dir => return Ok(entry.attr),
                     // The listing confirmed a file whose ETag is unchanged since its last HEAD
