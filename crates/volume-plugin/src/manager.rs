@@ -189,7 +189,8 @@ impl<M: Mounter> VolumeManager<M> {
                 "dropping mount IDs from before the plugin restarted: Docker no longer uses them"
             );
         }
-        self.unmount_in_turn(name, turn).await?;
+        // Keep the turn until the record is gone: no Mount may slip in between.
+        let _turn = self.unmount_in_turn(name, turn).await?;
         self.catalogue.lock().unwrap().update(|volumes| {
             volumes.remove(name);
         })?;
@@ -202,21 +203,18 @@ impl<M: Mounter> VolumeManager<M> {
         Ok(())
     }
 
-    /// Unmount (uploading what was written first) in a task that keeps the volume's turn: if
-    /// the call is given up at Docker's deadline, the unmount still ends before any other call
-    /// on the volume starts, so no second mount can race it.
-    async fn unmount_in_turn(&self, name: &str, mut turn: Turn<M>) -> Result<(), String> {
+    /// Unmount (uploading what was written first) in a task that keeps the volume's turn, and
+    /// hand the turn back: if the call is given up at Docker's deadline, the unmount still
+    /// ends before any other call on the volume starts, so no second mount can race it.
+    async fn unmount_in_turn(&self, name: &str, mut turn: Turn<M>) -> Result<Turn<M>, String> {
         let Some(mount) = turn.take() else {
-            return Ok(());
+            return Ok(turn);
         };
         self.mounted.lock().unwrap().remove(name);
-        tokio::spawn(async move {
-            let result = mount.unmount().await;
-            drop(turn);
-            result
-        })
-        .await
-        .map_err(|e| format!("the unmount of volume {name} crashed: {e}"))?
+        let (result, turn) = tokio::spawn(async move { (mount.unmount().await, turn) })
+            .await
+            .map_err(|e| format!("the unmount of volume {name} crashed: {e}"))?;
+        result.map(|()| turn)
     }
 
     /// Mount for Docker mount `id`: the first ID mounts the filesystem, later ones share it.
