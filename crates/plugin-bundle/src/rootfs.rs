@@ -35,11 +35,7 @@ pub fn assemble(binary: &Path, out: &Path) -> Result<(), String> {
     let bundled = rootfs.join(paths::BINARY.trim_start_matches('/'));
     copy_file(binary, &bundled)?;
     strip_debug_info(&bundled);
-    if !Path::new(FUSERMOUNT).exists() {
-        return Err(format!(
-            "{FUSERMOUNT} is missing: install it with `apt-get install -y fuse3`"
-        ));
-    }
+    require(FUSERMOUNT, "fuse3")?;
     copy_file(
         Path::new(FUSERMOUNT),
         &in_root(&rootfs, Path::new(FUSERMOUNT)),
@@ -49,11 +45,7 @@ pub fn assemble(binary: &Path, out: &Path) -> Result<(), String> {
             copy_file(&library, &in_root(&rootfs, &library))?;
         }
     }
-    if !Path::new(CA_BUNDLE).exists() {
-        return Err(format!(
-            "{CA_BUNDLE} is missing: install it with `apt-get install -y ca-certificates`"
-        ));
-    }
+    require(CA_BUNDLE, "ca-certificates")?;
     copy_file(
         Path::new(CA_BUNDLE),
         &in_root(&rootfs, Path::new(CA_BUNDLE)),
@@ -77,6 +69,17 @@ fn strip_debug_info(binary: &Path) {
             "note: could not strip {}; the plugin is just bigger",
             binary.display()
         ),
+    }
+}
+
+/// A host file the bundle copies, with the Debian package that provides it.
+fn require(file: &str, package: &str) -> Result<(), String> {
+    if Path::new(file).exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{file} is missing: install it with `apt-get install -y {package}`"
+        ))
     }
 }
 

@@ -82,6 +82,11 @@ impl FuseMounter {
             .disk(Some(settings.chunk_dir()), settings.cache_size)
     }
 
+    /// Put the shared cache's sizes into the process metrics.
+    pub fn publish_metrics(&self) {
+        self.tiers.publish_metrics();
+    }
+
     async fn store(&self, spec: &VolumeSpec) -> Result<S3Store, String> {
         let config = self.settings.s3_config(spec);
         S3Store::new(&config, &spec.bucket)
@@ -183,13 +188,6 @@ impl Mounter for FuseMounter {
             status.insert("CacheDiskBytes".into(), json!(disk.used_bytes()));
         }
         status
-    }
-}
-
-impl FuseMounter {
-    /// Put the shared cache's sizes into the process metrics.
-    pub fn publish_metrics(&self) {
-        self.tiers.publish_metrics();
     }
 }
 

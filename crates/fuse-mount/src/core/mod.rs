@@ -374,6 +374,24 @@ impl<S: ObjectStore> Fs<S> {
         )
     }
 
+    /// Record an entry this mount just made: its inode, no negative cache entry, and the name
+    /// in the parent's listing.
+    fn record_new_entry(
+        &self,
+        parent: u64,
+        name: &str,
+        path: String,
+        attr: Attr,
+        etag: Option<common::ETag>,
+    ) -> Attr {
+        self.set_negative(&path, false);
+        self.note_name(parent, name, true);
+        self.inodes
+            .lock()
+            .unwrap()
+            .upsert(parent, name, path, attr, etag, true)
+    }
+
     /// Keep a listing of `parent` up to date with a change made through this mount.
     fn note_name(&self, parent: u64, name: &str, exists: bool) {
         if let Some(Listing {
@@ -983,13 +1001,7 @@ impl<S: ObjectStore> Fs<S> {
             gid,
             mtime: SystemTime::now(),
         };
-        let attr = self
-            .inodes
-            .lock()
-            .unwrap()
-            .upsert(parent, name, path.clone(), attr, None, true);
-        self.set_negative(&path, false);
-        self.note_name(parent, name, true);
+        let attr = self.record_new_entry(parent, name, path, attr, None);
         let state = self.ensure_file_state(attr.ino, true).await?;
         {
             let mut state = state.lock().await;
@@ -1034,13 +1046,7 @@ impl<S: ObjectStore> Fs<S> {
                 &self.metadata_of(&attr),
             )
             .await?;
-        self.set_negative(&path, false);
-        self.note_name(parent, name, true);
-        Ok(self
-            .inodes
-            .lock()
-            .unwrap()
-            .upsert(parent, name, path, attr, None, true))
+        Ok(self.record_new_entry(parent, name, path, attr, None))
     }
 
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
@@ -1225,13 +1231,7 @@ impl<S: ObjectStore> Fs<S> {
                 &self.metadata_of(&attr),
             )
             .await?;
-        self.set_negative(&path, false);
-        self.note_name(parent, name, true);
-        Ok(self
-            .inodes
-            .lock()
-            .unwrap()
-            .upsert(parent, name, path, attr, Some(put.etag), true))
+        Ok(self.record_new_entry(parent, name, path, attr, Some(put.etag)))
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<String> {
