@@ -5,7 +5,8 @@
 //! - [`cache`]: the chunk cache in front of any store: memory tier on moka, disk tier with a hard
 //!   byte cap, one request per missing chunk however many readers want it.
 //! - [`readahead`]: per-file sequential read detection that fetches ahead in parallel.
-//! - [`upload`]: the streaming multipart uploader.
+//! - [`upload`]: the streaming multipart uploader, and [`upload_journal`], its record of uploads
+//!   in progress so that a crash's leftovers are aborted at the next start.
 //!
 //! Everything but [`s3`] is generic over `ObjectStore`, so it is tested over the in-memory store.
 
@@ -13,5 +14,6 @@ pub mod cache;
 pub mod readahead;
 pub mod s3;
 pub mod upload;
+pub mod upload_journal;
 
 pub use s3::{CredentialsSource, PathStyle, S3Config, S3Store};

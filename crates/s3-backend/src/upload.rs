@@ -17,6 +17,8 @@ use common::{
 };
 use tokio::task::JoinSet;
 
+use crate::upload_journal::UploadJournal;
+
 /// S3's limits on parts.
 const MIN_PART_SIZE: usize = 5 << 20;
 const MAX_PARTS: u32 = 10_000;
@@ -28,6 +30,9 @@ pub struct UploadConfig {
     pub part_size: usize,
     /// Parts uploaded at the same time.
     pub max_parts_in_flight: usize,
+    /// Where multipart uploads in progress are recorded, so a crash's leftovers are aborted at
+    /// the next start.
+    pub journal: Option<UploadJournal>,
 }
 
 impl Default for UploadConfig {
@@ -35,6 +40,7 @@ impl Default for UploadConfig {
         Self {
             part_size: 8 << 20,
             max_parts_in_flight: 4,
+            journal: None,
         }
     }
 }
@@ -47,6 +53,11 @@ impl UploadConfig {
 
     pub fn max_parts_in_flight(mut self, n: usize) -> Self {
         self.max_parts_in_flight = n.max(1);
+        self
+    }
+
+    pub fn journal(mut self, journal: UploadJournal) -> Self {
+        self.journal = Some(journal);
         self
     }
 
@@ -67,6 +78,8 @@ pub struct StreamingUpload<S: ObjectStore> {
     config: UploadConfig,
     buffer: BytesMut,
     upload_id: Option<UploadId>,
+    /// The journal's record of `upload_id`, dropped once the upload is completed or aborted.
+    record: Option<std::path::PathBuf>,
     next_part: u32,
     in_flight: JoinSet<StoreResult<CompletedPart>>,
     done: Vec<CompletedPart>,
@@ -90,6 +103,7 @@ impl<S: ObjectStore> StreamingUpload<S> {
             buffer: BytesMut::with_capacity(config.part_size.min(1 << 20)),
             config,
             upload_id: None,
+            record: None,
             next_part: 1,
             in_flight: JoinSet::new(),
             done: Vec::new(),
@@ -144,6 +158,12 @@ impl<S: ObjectStore> StreamingUpload<S> {
                     .create_multipart(&self.key, &self.metadata)
                     .await?;
                 self.upload_id = Some(id.clone());
+                self.record = self.config.journal.as_ref().and_then(|journal| {
+                    journal
+                        .record(&self.key, &id)
+                        .map_err(|e| tracing::warn!(key = %self.key, error = %e, "cannot record a multipart upload in the journal; a crash would leave it behind"))
+                        .ok()
+                });
                 id
             }
         };
@@ -211,6 +231,7 @@ impl<S: ObjectStore> StreamingUpload<S> {
             .complete_multipart(&self.key, &upload_id, &parts)
             .await?;
         self.upload_id = None;
+        self.forget_record();
         Ok(result)
     }
 
@@ -223,9 +244,19 @@ impl<S: ObjectStore> StreamingUpload<S> {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
         if let Some(id) = self.upload_id.take() {
-            if let Err(e) = self.store.abort_multipart(&self.key, &id).await {
-                tracing::warn!(key = %self.key, error = %e, "could not abort a failed multipart upload; it will be cleaned up on the next start");
+            match self.store.abort_multipart(&self.key, &id).await {
+                Ok(()) => self.forget_record(),
+                // The record stays: the next start aborts it.
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "could not abort a failed multipart upload; the next start tries again")
+                }
             }
+        }
+    }
+
+    fn forget_record(&mut self) {
+        if let Some(record) = self.record.take() {
+            UploadJournal::forget(&record);
         }
     }
 }
@@ -235,9 +266,14 @@ impl<S: ObjectStore> Drop for StreamingUpload<S> {
         // Dropped mid-way (the writer gave up or panicked): abort so no parts are orphaned.
         if let Some(id) = self.upload_id.take() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let (store, key) = (self.store.clone(), self.key.clone());
+                let (store, key, record) =
+                    (self.store.clone(), self.key.clone(), self.record.take());
                 handle.spawn(async move {
-                    let _ = store.abort_multipart(&key, &id).await;
+                    if store.abort_multipart(&key, &id).await.is_ok() {
+                        if let Some(record) = record {
+                            UploadJournal::forget(&record);
+                        }
+                    }
                 });
             }
         }
@@ -368,6 +404,78 @@ mod tests {
         );
         assert_eq!(store.inner().pending_upload_count(), 0);
         assert!(store.inner().keys().is_empty());
+    }
+
+    fn records(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn the_journal_holds_uploads_in_progress_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = UploadJournal::new(dir.path().join("uploads"));
+        let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+        let mut up = StreamingUpload::new(
+            store.clone(),
+            "done",
+            UserMetadata::new(),
+            config(100).journal(journal.clone()),
+        );
+        up.write(&[1u8; 250]).await.unwrap();
+        assert_eq!(records(journal.dir()), 1, "recorded once the upload began");
+        up.finish().await.unwrap();
+        assert_eq!(records(journal.dir()), 0, "forgotten once completed");
+
+        store.fail_always(Op::CompleteMultipart, ErrorKind::ServerError);
+        let mut up = StreamingUpload::new(
+            store.clone(),
+            "failed",
+            UserMetadata::new(),
+            config(100).journal(journal.clone()),
+        );
+        up.write(&[2u8; 250]).await.unwrap();
+        assert!(up.finish().await.is_err());
+        assert_eq!(store.inner().pending_upload_count(), 0);
+        assert_eq!(records(journal.dir()), 0, "forgotten once aborted");
+    }
+
+    #[tokio::test]
+    async fn uploads_left_by_a_crash_are_aborted_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = UploadJournal::new(dir.path().join("uploads"));
+        let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+        // Somebody else's upload in the same bucket: not ours to abort.
+        let theirs = store
+            .create_multipart("other", &UserMetadata::new())
+            .await
+            .unwrap();
+        for key in ["a/crashed", "b/crashed"] {
+            let mut up = StreamingUpload::new(
+                store.clone(),
+                key,
+                UserMetadata::new(),
+                config(100).journal(journal.clone()),
+            );
+            up.write(&[3u8; 250]).await.unwrap();
+            // A crash: no finish, no abort, no drop.
+            std::mem::forget(up);
+        }
+        assert_eq!(store.inner().pending_upload_count(), 3);
+
+        // The store is down at the next start: the records stay for the one after.
+        store.fail_always(Op::AbortMultipart, ErrorKind::Network);
+        let report = journal.abort_leftovers(&*store).await;
+        assert_eq!((report.aborted.len(), report.failed), (0, 2));
+        assert_eq!(records(journal.dir()), 2);
+
+        store.heal();
+        let mut report = journal.abort_leftovers(&*store).await;
+        report.aborted.sort();
+        assert_eq!(report.aborted, ["a/crashed", "b/crashed"]);
+        assert_eq!(records(journal.dir()), 0);
+        let pending = store.list_multipart_uploads("").await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].upload_id, theirs);
     }
 
     #[tokio::test]

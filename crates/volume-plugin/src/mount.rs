@@ -205,6 +205,7 @@ async fn start(params: &MountParams) -> Result<fuse_mount::MountHandle, String> 
         .cache(cache);
     let fs =
         Arc::new(Fs::new(Arc::new(MeteredStore::new(store)), config).map_err(|e| e.to_string())?);
+    fs.recover_leftovers().await;
     if let Some(addr) = params.metrics_addr {
         let fs = fs.clone();
         crate::metrics_endpoint::start(addr, Arc::new(move || fs.publish_cache_metrics())).await?;

@@ -163,6 +163,7 @@ impl Mounter for FuseMounter {
         let store = Arc::new(MeteredStore::new(store));
         let counters = store.counters().clone();
         let fs = Arc::new(Fs::new(store, config).map_err(|e| e.to_string())?);
+        fs.recover_leftovers().await;
         let options = MountOptions {
             fs_name: format!("s3vol:{}/{}", spec.bucket, spec.prefix),
             // Containers run as any user; permissions are checked by the kernel against the

@@ -187,6 +187,92 @@ fn the_metrics_endpoint_counts_what_the_mount_does() {
     assert!(child.wait().unwrap().success());
 }
 
+#[test]
+fn sigkill_mid_write_leaves_the_old_version_and_the_next_start_cleans_up() {
+    use std::io::Write;
+    let Some(env) = S3Env::from_env() else { return };
+    let bucket = bucket(&env, "cli-kill");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(s3_store(&env, &bucket));
+    let old = common::conformance::pattern(2 << 20, 1);
+    rt.block_on(common::ObjectStore::put(
+        &store,
+        "big",
+        old.clone().into(),
+        &Default::default(),
+    ))
+    .unwrap();
+    let (mnt, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mount = || {
+        let child = s3vol(
+            &env,
+            &[&bucket, mnt.path().to_str().unwrap(), "--foreground"],
+            cache.path(),
+        )
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+        wait_until("mounted", || is_mounted(mnt.path()));
+        child
+    };
+    let mut child = mount();
+    let safe = common::conformance::pattern(3 << 20, 2);
+    std::fs::write(mnt.path().join("safe"), &safe).unwrap();
+    // 40 MiB over the old object, streaming as 8 MiB parts, never closed.
+    let new = common::conformance::pattern(40 << 20, 3);
+    let mut file = std::fs::File::create(mnt.path().join("big")).unwrap();
+    file.write_all(&new).unwrap();
+    // SIGKILL straight from this process: `kill(1)` would be forked with the file open, and
+    // the close of that copy at exec is a flush, which uploads the file.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(file);
+
+    let get = |key: &str| {
+        let meta = rt.block_on(common::ObjectStore::head(&store, key)).unwrap();
+        rt.block_on(common::ObjectStore::get_range(
+            &store,
+            key,
+            0..meta.size,
+            None,
+        ))
+        .unwrap()
+    };
+    let big = get("big");
+    assert!(
+        big == old,
+        "the old version only, never a partial one: got {} bytes, new ones: {}",
+        big.len(),
+        big.starts_with(&new[..64])
+    );
+    assert!(get("safe") == safe, "what close acknowledged is all there");
+    let pending = || {
+        rt.block_on(common::ObjectStore::list_multipart_uploads(&store, ""))
+            .unwrap()
+            .len()
+    };
+    assert!(pending() >= 1, "the killed upload is still pending");
+
+    // The dead mount answers ENOTCONN until it is cleared, as after any crash.
+    let status = Command::new("umount").arg("-l").arg(mnt.path()).status();
+    assert!(status.unwrap().success());
+    let mut child = mount();
+    assert_eq!(pending(), 0, "unfinished uploads aborted at the next start");
+    let recovery = cache.path().join(format!("{bucket}-")).join("recovery");
+    let kept: Vec<_> = std::fs::read_dir(&recovery)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        std::fs::read(&kept[0]).unwrap() == new,
+        "written bytes kept"
+    );
+    assert!(std::fs::read(mnt.path().join("big")).unwrap() == old);
+    send_signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+}
+
 /// Signal our own child by pid (kill(1): the workspace forbids unsafe code).
 fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")

@@ -6,6 +6,8 @@
 //! The staging file is deleted only after the store acknowledged the object. When the upload
 //! fails, the error is returned (EIO at close/fsync) and the file stays, so nothing written is
 //! lost: a later fsync or close retries, and on release it is kept in the recovery folder.
+//! Beside each staging file, a `.key` file names its object, so that the staging files a crash
+//! leaves behind can be moved to the recovery folder under their names at the next start.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -63,6 +65,8 @@ impl<S: ObjectStore> FileState<S> {
             NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
         );
         let staging_path = dir.join(name);
+        std::fs::write(staging_path.with_extension("key"), key)
+            .map_err(|e| local(e, "cannot write the key of staging file", &staging_path))?;
         let staging = File::options()
             .read(true)
             .write(true)
@@ -259,23 +263,59 @@ impl<S: ObjectStore> FileState<S> {
     /// Drop the staging file (after a successful commit).
     pub fn discard(self) {
         let _ = std::fs::remove_file(&self.staging_path);
+        let _ = std::fs::remove_file(self.staging_path.with_extension("key"));
     }
 
     /// Keep the staged bytes for recovery: move the file to `dir`, named after the key.
     pub fn keep_for_recovery(self, dir: &Path) -> PathBuf {
-        let _ = std::fs::create_dir_all(dir);
-        let name: String = self
-            .key
-            .chars()
-            .map(|c| if c == '/' { '%' } else { c })
-            .collect();
-        let target = dir.join(format!(
-            "{name}.{}",
-            NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
-        ));
-        match std::fs::rename(&self.staging_path, &target) {
-            Ok(()) => target,
-            Err(_) => self.staging_path.clone(),
+        move_to_recovery(&self.staging_path, &self.key, dir)
+    }
+}
+
+/// Move the staging files a crash left in `staging_dir` to `recovery_dir`, named after their
+/// keys, and return where each went. Call before any file of this run is staged there.
+pub fn rescue_leftover_staging(staging_dir: &Path, recovery_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(staging_dir) else {
+        return Vec::new();
+    };
+    let mut rescued = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().is_some_and(|ext| ext == "staging") {
+            let key_file = path.with_extension("key");
+            let key = std::fs::read_to_string(&key_file).unwrap_or_else(|_| "unknown-key".into());
+            rescued.push(move_to_recovery(&path, &key, recovery_dir));
+        } else if path.extension().is_some_and(|ext| ext == "key")
+            && !path.with_extension("staging").exists()
+        {
+            // Written just before a crash that came before its staging file.
+            let _ = std::fs::remove_file(&path);
         }
+    }
+    rescued
+}
+
+/// Move staging file `path` of `key` into `dir`, as `<key with / as %>.<n>`; returns the new
+/// path, or the old one if the move failed (the bytes stay where they are either way).
+fn move_to_recovery(path: &Path, key: &str, dir: &Path) -> PathBuf {
+    let _ = std::fs::create_dir_all(dir);
+    let mut name: String = key
+        .chars()
+        .map(|c| if c == '/' { '%' } else { c })
+        .collect();
+    // Leave room for the suffix within the 255 bytes of a file name.
+    while name.len() > 200 {
+        name.pop();
+    }
+    let target = dir.join(format!(
+        "{name}.{}-{}",
+        std::process::id(),
+        NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
+    ));
+    match std::fs::rename(path, &target) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(path.with_extension("key"));
+            target
+        }
+        Err(_) => path.to_path_buf(),
     }
 }

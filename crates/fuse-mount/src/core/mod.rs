@@ -26,6 +26,7 @@ use common::{ErrorKind, ListParams, ObjectMeta, ObjectStore, UserMetadata};
 use s3_backend::cache::{CacheConfig, CacheTiers, ChunkCache, ObjectVersion};
 use s3_backend::readahead::{ReadaheadConfig, SequentialReader};
 use s3_backend::upload::UploadConfig;
+use s3_backend::upload_journal::{LeftoverUploads, UploadJournal};
 
 pub use error::{FsError, FsResult};
 use files::FileState;
@@ -49,8 +50,11 @@ pub struct FsConfig {
     pub negative_ttl: Duration,
     /// Where written files are staged until the store has them.
     pub staging_dir: PathBuf,
-    /// Where staged data goes when its upload failed at the last close.
+    /// Where staged data goes when its upload failed at the last close, or when a crash left
+    /// it behind.
     pub recovery_dir: PathBuf,
+    /// Where multipart uploads in progress are recorded, so a crash's leftovers are aborted.
+    pub uploads_dir: PathBuf,
     pub cache: CacheConfig,
     /// Tiers shared with other volumes; `None`: tiers of its own, sized by `cache`.
     pub shared_tiers: Option<Arc<CacheTiers>>,
@@ -73,6 +77,7 @@ impl FsConfig {
             negative_ttl: Duration::from_secs(1),
             staging_dir: local_dir.join("staging"),
             recovery_dir: local_dir.join("recovery"),
+            uploads_dir: local_dir.join("uploads"),
             cache: CacheConfig::default(),
             shared_tiers: None,
             readahead: ReadaheadConfig::default(),
@@ -129,6 +134,14 @@ impl FsConfig {
         self.upload = upload;
         self
     }
+}
+
+/// What [`Fs::recover_leftovers`] found from an earlier run.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Staging files moved to the recovery folder.
+    pub rescued: Vec<PathBuf>,
+    pub uploads: LeftoverUploads,
 }
 
 /// Attribute changes of `setattr`; `None` leaves a field as it is.
@@ -206,7 +219,8 @@ fn join(parent: &str, name: &str) -> String {
 }
 
 impl<S: ObjectStore> Fs<S> {
-    pub fn new(store: Arc<S>, config: FsConfig) -> FsResult<Self> {
+    pub fn new(store: Arc<S>, mut config: FsConfig) -> FsResult<Self> {
+        config.upload.journal = Some(UploadJournal::new(&config.uploads_dir));
         let cache = match &config.shared_tiers {
             Some(tiers) => {
                 ChunkCache::with_tiers(store.clone(), config.cache.clone(), tiers.clone())
@@ -253,6 +267,32 @@ impl<S: ObjectStore> Fs<S> {
 
     pub fn store(&self) -> &Arc<S> {
         &self.store
+    }
+
+    /// Clean up after a crash of an earlier run on this volume: staging files it left (data
+    /// written but never acknowledged) move to the recovery folder, and the multipart uploads it
+    /// left unfinished are aborted. Call once, before the mount serves anything.
+    pub async fn recover_leftovers(&self) -> Leftovers {
+        let rescued =
+            files::rescue_leftover_staging(&self.config.staging_dir, &self.config.recovery_dir);
+        for path in &rescued {
+            tracing::error!(file = %path.display(), "an earlier run stopped before uploading this file; its data is kept in the recovery folder");
+        }
+        // Bounded, because a mount must not wait long on a slow store; what is left waits for
+        // the next start.
+        const ABORT_TIME: Duration = Duration::from_secs(10);
+        let uploads = match &self.config.upload.journal {
+            Some(journal) => {
+                tokio::time::timeout(ABORT_TIME, journal.abort_leftovers(self.store.as_ref()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::warn!("aborting the uploads of an earlier run took too long; the rest wait for the next start");
+                        LeftoverUploads::default()
+                    })
+            }
+            None => LeftoverUploads::default(),
+        };
+        Leftovers { rescued, uploads }
     }
 
     fn key(&self, path: &str) -> String {

@@ -420,6 +420,50 @@ async fn a_failed_upload_is_eio_and_the_data_is_kept() {
 }
 
 #[tokio::test]
+async fn a_crash_leaves_nothing_half_done_and_the_next_start_recovers() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = Fs::new(store.clone(), config(&dir)).unwrap();
+    write_file(&crashed, ROOT_INO, "safe", b"closed before the crash").await;
+    let (_, fh) = crashed
+        .create(ROOT_INO, "big", 0o644, 0, 0, false)
+        .await
+        .unwrap();
+    let unacknowledged = common::conformance::pattern(5000, 9);
+    crashed.write(fh, 0, &unacknowledged).await.unwrap();
+    assert_eq!(store.pending_upload_count(), 1, "streaming as multipart");
+    // The process dies: no release, no unmount, no destructor.
+    std::mem::forget(crashed);
+    assert!(store.head("vol/big").await.is_err(), "no partial object");
+
+    let next = Fs::new(store.clone(), config(&dir)).unwrap();
+    let leftovers = next.recover_leftovers().await;
+    assert_eq!(leftovers.uploads.aborted, ["vol/big"]);
+    assert_eq!(store.pending_upload_count(), 0);
+    assert_eq!(leftovers.rescued.len(), 1);
+    let rescued = &leftovers.rescued[0];
+    assert!(rescued.starts_with(dir.path().join("recovery")));
+    assert!(rescued
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("vol%big."));
+    assert_eq!(std::fs::read(rescued).unwrap(), unacknowledged);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("staging"))
+            .unwrap()
+            .count(),
+        0,
+        "staging folder left empty"
+    );
+    assert_eq!(body(&store, "vol/safe").await, b"closed before the crash");
+    // A second start finds nothing more to do.
+    let again = next.recover_leftovers().await;
+    assert!(again.rescued.is_empty() && again.uploads.aborted.is_empty());
+}
+
+#[tokio::test]
 async fn a_read_only_volume_refuses_writes_with_erofs() {
     let store = Arc::new(InMemoryStore::new("b"));
     store
