@@ -6,6 +6,8 @@
 //! `S3VOL_REQUIRE_S3=1` (set by `scripts/test` and CI), where a missing endpoint fails the test,
 //! so CI can never pass by skipping. Each test gets a bucket of its own.
 
+pub mod fault_proxy;
+
 use std::time::Duration;
 
 use common::BucketName;
@@ -125,12 +127,31 @@ impl TestMount {
         prefix: &str,
         configure: impl FnOnce(fuse_mount::FsConfig) -> fuse_mount::FsConfig,
     ) -> TestMount {
+        Self::with_client(env, env.config(), tag, prefix, configure)
+    }
+
+    /// Like [`new`](Self::new), but the mount talks to S3 with `client` (another endpoint, such
+    /// as a [`fault_proxy::FaultProxy`], or other timeouts). The helpers ([`object`](Self::object),
+    /// [`put`](Self::put), `store`) still talk to the server directly.
+    pub fn with_client(
+        env: &S3Env,
+        client: S3Config,
+        tag: &str,
+        prefix: &str,
+        configure: impl FnOnce(fuse_mount::FsConfig) -> fuse_mount::FsConfig,
+    ) -> TestMount {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
             .build()
             .unwrap();
         let store = std::sync::Arc::new(runtime.block_on(env.new_bucket(tag)));
+        let bucket: BucketName = common::ObjectStore::bucket(store.as_ref()).parse().unwrap();
+        let mount_store = std::sync::Arc::new(
+            runtime
+                .block_on(S3Store::new(&client, &bucket))
+                .expect("client"),
+        );
         let mountpoint = tempfile::tempdir().unwrap();
         let local = tempfile::tempdir().unwrap();
         let config = configure(
@@ -138,7 +159,7 @@ impl TestMount {
                 .prefix(prefix)
                 .ttls(Duration::from_millis(300), Duration::from_millis(300)),
         );
-        let fs = std::sync::Arc::new(fuse_mount::Fs::new(store.clone(), config).unwrap());
+        let fs = std::sync::Arc::new(fuse_mount::Fs::new(mount_store, config).unwrap());
         let options = fuse_mount::MountOptions {
             fs_name: format!("s3vol-test:{tag}"),
             threads: 2,

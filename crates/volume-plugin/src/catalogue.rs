@@ -5,15 +5,24 @@
 //! again for running containers after a plugin restart, so the catalogue is written to the state
 //! folder (outside the plugin's rootfs) on every change, atomically: a temp file, fsync,
 //! rename, fsync of the folder. A crash leaves the old or the new catalogue, never a torn one.
+//!
+//! The catalogue names buckets, prefixes and profiles, so only root reads it: the file is 0600
+//! and the state folder 0700, whatever the umask or the modes they had before.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::Permissions;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 const FILE_NAME: &str = "volumes.json";
 const FORMAT_VERSION: u32 = 1;
+/// Mode of the catalogue file: owner (root) only.
+const FILE_MODE: u32 = 0o600;
+/// Mode of the state folder: owner (root) only.
+const DIR_MODE: u32 = 0o700;
 
 /// One volume as the catalogue keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,15 +54,35 @@ impl Catalogue {
     /// read is an error, not an empty catalogue: starting empty would make Docker forget
     /// every volume.
     pub fn load(state_dir: &Path) -> Result<Self, String> {
-        std::fs::create_dir_all(state_dir).map_err(|e| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(state_dir)
+            .map_err(|e| {
+                format!(
+                    "cannot create the state folder {}: {e}",
+                    state_dir.display()
+                )
+            })?;
+        // A folder that existed already (or a umask) may have a wider mode.
+        std::fs::set_permissions(state_dir, Permissions::from_mode(DIR_MODE)).map_err(|e| {
             format!(
-                "cannot create the state folder {}: {e}",
+                "cannot make the state folder {} private (mode 700): {e}",
                 state_dir.display()
             )
         })?;
         let path = state_dir.join(FILE_NAME);
         let volumes = match std::fs::read(&path) {
             Ok(bytes) => {
+                // Written by an earlier version, or copied in by hand, with a wider mode.
+                std::fs::set_permissions(&path, Permissions::from_mode(FILE_MODE)).map_err(
+                    |e| {
+                        format!(
+                            "cannot make the volume catalogue {} private (mode 600): {e}",
+                            path.display()
+                        )
+                    },
+                )?;
                 let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
                     format!(
                         "the volume catalogue {} is damaged ({e}); fix or move it away (the volumes' data is safe in the bucket)",
@@ -118,7 +147,15 @@ fn write_atomically(path: &Path, volumes: &BTreeMap<String, VolumeRecord>) -> st
     };
     let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
     let tmp = path.with_extension("json.tmp");
-    let mut out = std::fs::File::create(&tmp)?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)?;
+    // `mode` applies only to a new file, through the umask: set it on a temp file left by a
+    // crash, or under an odd umask, too. Before writing, so no secret is ever readable.
+    out.set_permissions(Permissions::from_mode(FILE_MODE))?;
     out.write_all(&bytes)?;
     out.sync_all()?;
     drop(out);
@@ -174,6 +211,50 @@ mod tests {
         assert!(err.contains("cannot save the volume catalogue"), "{err}");
         assert!(catalogue.get("b").is_none());
         assert!(Catalogue::load(dir.path()).unwrap().get("b").is_none());
+    }
+
+    #[test]
+    fn the_file_and_folder_are_private_even_under_a_permissive_umask() {
+        use nix::sys::stat::{umask, Mode};
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        // Left wide open by an earlier version or by hand.
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(state.join("volumes.json.tmp"), b"stale").unwrap();
+        std::fs::write(
+            state.join("volumes.json"),
+            br#"{"version": 1, "volumes": []}"#,
+        )
+        .unwrap();
+        std::fs::set_permissions(state.join("volumes.json"), Permissions::from_mode(0o644))
+            .unwrap();
+        std::fs::set_permissions(
+            state.join("volumes.json.tmp"),
+            Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        let old = umask(Mode::empty());
+        let loaded = Catalogue::load(&state);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let loaded_mode = mode(&state.join("volumes.json"));
+        let saved = loaded
+            .and_then(|mut catalogue| catalogue.update(|v| v.insert("a".into(), record("a", &[]))));
+        umask(old);
+        saved.unwrap();
+        assert_eq!(loaded_mode, 0o600, "an old file is made private at load");
+        assert_eq!(mode(&state.join("volumes.json")), 0o600);
+        assert_eq!(mode(&state), 0o700);
+
+        // A folder created by the catalogue, under the same umask.
+        let fresh = dir.path().join("a/b/state");
+        let old = umask(Mode::empty());
+        let saved = Catalogue::load(&fresh)
+            .and_then(|mut catalogue| catalogue.update(|v| v.insert("a".into(), record("a", &[]))));
+        umask(old);
+        saved.unwrap();
+        assert_eq!(mode(&fresh.join("volumes.json")), 0o600);
+        assert_eq!(mode(&fresh), 0o700);
     }
 
     #[test]

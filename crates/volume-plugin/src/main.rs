@@ -1,6 +1,7 @@
 //! `s3vol`: the command line. Parses flags (clap) and hands plain settings to the library.
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -167,6 +168,47 @@ fn current_ids() -> (u32, u32) {
     (id("Uid:"), id("Gid:"))
 }
 
+/// The credentials files this process may read keys from: `AWS_SHARED_CREDENTIALS_FILE` and
+/// the `credentials` file of the config folder.
+fn credentials_files(config_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    if let Some(file) = config_dir.map(|d| d.join("credentials")) {
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    files
+}
+
+/// Warn about each existing credentials file that group or others may read or write (whoever
+/// reads it has the keys). Only a warning: refusing to start would break working setups over
+/// a mode bit.
+fn warn_about_open_credentials(files: &[PathBuf]) {
+    for file in files {
+        let Ok(metadata) = std::fs::metadata(file) else {
+            continue;
+        };
+        if let Some(warning) = open_credentials_warning(file, metadata.permissions().mode()) {
+            tracing::warn!("{warning}");
+        }
+    }
+}
+
+/// The warning for a credentials file of `mode`, if group or others have any access to it.
+fn open_credentials_warning(file: &Path, mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "the credentials file {} has mode {:03o}: users other than its owner can read or change the keys; `chmod 600 {}` fixes it",
+            file.display(),
+            mode & 0o777,
+            file.display()
+        )
+    })
+}
+
 /// The AWS SDK's log targets print the access key ID (credential providers at info; signed
 /// requests, resolved identities and Authorization headers at debug and trace). They are held
 /// at these levels unless the filter names them, so no credential reaches a log line.
@@ -216,6 +258,9 @@ fn mount_command(args: MountArgs) -> Result<(), String> {
         let forwarded: Vec<String> = std::env::args().skip(1).collect();
         return mount::run_background(forwarded, &args.cache.join("s3vol-mount.log"));
     }
+    // Here, not before going to the background: a background mount's parent prints only its
+    // one-line error; the warning goes to the mount's log (or the terminal with --foreground).
+    warn_about_open_credentials(&credentials_files(args.config_dir.as_deref()));
     let (uid, gid) = current_ids();
     let mut s3 = S3Config::default()
         .region(args.region)
@@ -272,6 +317,7 @@ fn serve_command(args: ServeArgs) -> Result<(), String> {
             std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", file);
         }
     }
+    warn_about_open_credentials(&credentials_files(Some(&settings.config_dir)));
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("s3vol-worker")
@@ -320,6 +366,27 @@ fn main() -> ExitCode {
                 eprintln!("s3vol: {e}");
             }
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_open_to_group_or_others_are_warned_about() {
+        let file = Path::new("/etc/s3vol/credentials");
+        assert_eq!(open_credentials_warning(file, 0o100600), None);
+        assert_eq!(open_credentials_warning(file, 0o100400), None);
+        for mode in [0o100644, 0o100640, 0o100604, 0o100602, 0o100666] {
+            let warning = open_credentials_warning(file, mode).expect("a warning");
+            assert!(
+                warning.contains("/etc/s3vol/credentials")
+                    && warning.contains(&format!("{:03o}", mode & 0o777))
+                    && warning.contains("chmod 600 /etc/s3vol/credentials"),
+                "{warning}"
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 //! starts), then mounts again the volumes Docker still has mounted. SIGTERM/SIGINT upload what
 //! was written, unmount, and keep the mount IDs for the next start.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,6 +14,9 @@ use crate::catalogue::Catalogue;
 use crate::manager::VolumeManager;
 use crate::mounter::FuseMounter;
 use crate::settings::PluginSettings;
+
+/// Mode of the plugin's socket: never writable by others.
+const SOCKET_MODE: u32 = 0o660;
 
 fn create_dir(what: &str, dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir)
@@ -40,7 +44,19 @@ fn bind(socket: &Path) -> Result<UnixListener, String> {
             ))
         }
     }
-    UnixListener::bind(socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    // Whoever can write to the socket can mount any bucket the plugin's keys reach: owner and
+    // group only (root:root; Docker runs as root), whatever the umask made of it.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(
+        |e| {
+            format!(
+                "cannot set the mode of the socket {} to {SOCKET_MODE:o}: {e}",
+                socket.display()
+            )
+        },
+    )?;
+    Ok(listener)
 }
 
 async fn shutdown_signal() {

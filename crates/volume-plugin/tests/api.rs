@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 use volume_plugin::api::router;
@@ -156,6 +157,17 @@ impl Plugin {
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("{endpoint} answered non-JSON ({e}): {bytes:?}"));
         (status, value)
+    }
+
+    /// One call with any bytes as its body: the status and the raw answer.
+    async fn call_raw(&self, endpoint: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let request = Request::post(endpoint).body(Body::from(body)).unwrap();
+        let response = router(self.manager.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, bytes.to_vec())
     }
 
     async fn ok(&self, endpoint: &str, body: Value) -> Value {
@@ -594,4 +606,136 @@ async fn mount_ids_left_from_before_a_restart_do_not_block_remove() {
         .err("/VolumeDriver.Remove", json!({"Name": "w"}))
         .await;
     assert!(err.contains("in use"), "{err}");
+}
+
+/// In an order where Mount, Path, Get and Unmount meet volumes Create made, before Remove.
+const ENDPOINTS: [&str; 9] = [
+    "/Plugin.Activate",
+    "/VolumeDriver.Capabilities",
+    "/VolumeDriver.Create",
+    "/VolumeDriver.Mount",
+    "/VolumeDriver.Path",
+    "/VolumeDriver.Get",
+    "/VolumeDriver.List",
+    "/VolumeDriver.Unmount",
+    "/VolumeDriver.Remove",
+];
+
+/// A JSON value of the wrong type for any field (or, for a string field, any string).
+fn any_json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        ".{0,20}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+            prop::collection::btree_map(".{0,8}", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A field as Docker sends it (a string: a few valid names, so calls reach the manager, or
+/// anything), or a value of the wrong type.
+fn field() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => prop_oneof![Just("v"), Just("w"), Just(""), Just("../x")].prop_map(Value::from),
+        2 => any::<String>().prop_map(Value::from),
+        1 => any_json_value(),
+    ]
+}
+
+/// `Opts`: strings to strings (keys from the real options, or anything), null, or wrong types.
+fn opts() -> impl Strategy<Value = Value> {
+    let key = prop_oneof![
+        prop::sample::select(volume_plugin::options::OPTION_NAMES).prop_map(String::from),
+        any::<String>(),
+    ];
+    let value = prop_oneof![
+        3 => prop_oneof![Just("bkt"), Just("1000"), Just("0755"), Just("true")].prop_map(Value::from),
+        3 => any::<String>().prop_map(Value::from),
+        1 => any_json_value(),
+    ];
+    prop_oneof![
+        4 => prop::collection::btree_map(key, value, 0..4)
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        1 => any_json_value(),
+    ]
+}
+
+/// A request body: any bytes, a JSON-ish body with every field optional and of any type, or
+/// a JSON value that is not an object at all.
+fn body() -> impl Strategy<Value = Vec<u8>> {
+    let object = (
+        prop::option::weighted(0.9, field()),
+        prop::option::of(opts()),
+        prop::option::weighted(0.9, field()),
+    )
+        .prop_map(|(name, opts, id)| {
+            let mut object = Map::new();
+            for (key, value) in [("Name", name), ("Opts", opts), ("ID", id)] {
+                if let Some(value) = value {
+                    object.insert(key.into(), value);
+                }
+            }
+            Value::Object(object).to_string().into_bytes()
+        });
+    prop_oneof![
+        2 => any::<Vec<u8>>(),
+        5 => object,
+        1 => any_json_value().prop_map(|v| v.to_string().into_bytes()),
+    ]
+}
+
+/// Every endpoint answers any body (no panic) with 200, 400, 404 or 500, and every error is
+/// JSON with a non-empty `Err`.
+#[test]
+fn proptest_every_endpoint_answers_any_body_cleanly() {
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // One plugin for all calls: later calls meet the volumes earlier ones created.
+    let plugin = Plugin::new(Some("dflt"));
+    for endpoint in ENDPOINTS {
+        let mut runner = TestRunner::new(Config {
+            cases: 96,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let result = runner.run(&body(), |body| {
+            let shown = String::from_utf8_lossy(&body).into_owned();
+            let (status, answer) = rt.block_on(plugin.call_raw(endpoint, body));
+            prop_assert!(
+                [
+                    StatusCode::OK,
+                    StatusCode::BAD_REQUEST,
+                    StatusCode::NOT_FOUND,
+                    StatusCode::INTERNAL_SERVER_ERROR
+                ]
+                .contains(&status),
+                "{endpoint} {shown:?}: status {status}"
+            );
+            let reply: Value = serde_json::from_slice(&answer).map_err(|e| {
+                TestCaseError::fail(format!("{endpoint} {shown:?}: non-JSON answer ({e})"))
+            })?;
+            if status != StatusCode::OK {
+                let err = reply.get("Err").and_then(Value::as_str).unwrap_or("");
+                prop_assert!(
+                    !err.is_empty(),
+                    "{endpoint} {shown:?}: {status} without an Err: {reply}"
+                );
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{endpoint}: {e}");
+        }
+    }
 }

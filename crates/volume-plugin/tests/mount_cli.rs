@@ -198,7 +198,7 @@ fn sigkill_mid_write_leaves_the_old_version_and_the_next_start_cleans_up() {
     rt.block_on(common::ObjectStore::put(
         &store,
         "big",
-        old.clone().into(),
+        old.clone(),
         &Default::default(),
     ))
     .unwrap();

@@ -3,6 +3,7 @@
 //! mounts back.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -78,6 +79,9 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Never writable by others, whatever the umask (root:root 0660 in production).
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660, "socket mode {:o}", mode & 0o777);
         Self {
             child: Some(child),
             dir: dir.to_path_buf(),

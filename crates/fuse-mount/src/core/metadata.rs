@@ -60,7 +60,9 @@ fn parse_seconds(value: &str) -> Option<SystemTime> {
     if !seconds.is_finite() || !(0.0..1e11).contains(&seconds) {
         return None;
     }
-    Some(UNIX_EPOCH + Duration::from_secs_f64(seconds))
+    // Checked, not `+`: a time past what this platform's SystemTime holds (32-bit time_t)
+    // falls back to the default instead of panicking on an object someone else wrote.
+    UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(seconds).ok()?)
 }
 
 #[cfg(test)]
@@ -97,6 +99,108 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
             let _ = StoredAttrs::decode(&meta);
+        }
+
+        /// Any keys (ours, s3fs's full header names, any case, anything) with any values
+        /// (huge, negative, fractional, exponents, non-ASCII, empty): decoding never panics,
+        /// and what it keeps is in range.
+        #[test]
+        fn proptest_decoding_any_metadata_never_panics(
+            meta in proptest::collection::btree_map(metadata_key(), metadata_value(), 0..8),
+        ) {
+            let attrs = StoredAttrs::decode(&meta);
+            if let Some(mtime) = attrs.mtime {
+                prop_assert!(mtime >= UNIX_EPOCH);
+            }
+        }
+
+        /// What `encode` writes, `decode` reads back: mode, uid and gid exactly, mtime to the
+        /// second (encode drops the fraction).
+        #[test]
+        fn proptest_encode_then_decode_round_trips(
+            kind in prop_oneof![Just(S_IFREG), Just(S_IFDIR), Just(S_IFLNK)],
+            permissions in 0u32..=0o7777,
+            uid: u32,
+            gid: u32,
+            seconds in 0u64..100_000_000_000,
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let mtime = UNIX_EPOCH + Duration::new(seconds, nanos);
+            let attrs = StoredAttrs::decode(&StoredAttrs::encode(kind | permissions, uid, gid, mtime));
+            prop_assert_eq!(attrs.mode, Some(kind | permissions));
+            prop_assert_eq!(attrs.uid, Some(uid));
+            prop_assert_eq!(attrs.gid, Some(gid));
+            prop_assert_eq!(attrs.mtime, Some(UNIX_EPOCH + Duration::from_secs(seconds)));
+        }
+    }
+
+    fn metadata_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec!["mode", "uid", "gid", "mtime"]).prop_map(String::from),
+            prop::sample::select(vec![
+                "x-amz-meta-mode",
+                "x-amz-meta-uid",
+                "x-amz-meta-gid",
+                "x-amz-meta-mtime",
+                "MODE",
+                "Mtime",
+            ])
+            .prop_map(String::from),
+            any::<String>(),
+        ]
+    }
+
+    fn metadata_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<i128>().prop_map(|n| format!(" {n} ")),
+            any::<f64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| format!("{n:e}")),
+            prop::sample::select(vec![
+                "",
+                " ",
+                "-0",
+                "-0.0",
+                "+1",
+                "0x10",
+                "1e10",
+                "1e11",
+                "1e308",
+                "1e309",
+                "-1e-320",
+                "inf",
+                "-inf",
+                "NaN",
+                "99999999999.9999999",
+                "4294967295",
+                "4294967296",
+                "18446744073709551616",
+                "0.9999999999999999999",
+                "١٢٣",
+                "12\u{0}",
+            ])
+            .prop_map(String::from),
+            "[0-9]{0,40}(\\.[0-9]{0,20})?",
+            any::<String>(),
+        ]
+    }
+
+    #[test]
+    fn edge_values_decode_to_defaults_or_valid_times() {
+        for (value, expected) in [
+            ("-0", Some(UNIX_EPOCH)),
+            (
+                "99999999999.5",
+                Some(UNIX_EPOCH + Duration::from_secs_f64(99_999_999_999.5)),
+            ),
+            ("1e11", None),
+            ("1e400", None),
+            ("-1", None),
+            ("", None),
+        ] {
+            let meta: UserMetadata = [("mtime".to_string(), value.to_string())].into();
+            assert_eq!(StoredAttrs::decode(&meta).mtime, expected, "{value:?}");
         }
     }
 }
