@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::ObjectStore;
 use fuser::{Config, MountOption, SessionACL};
@@ -47,6 +48,39 @@ impl MountHandle {
             None => Ok(()),
         }
     }
+
+    /// Detach the mount and wait up to `limit` for its session to end; for shutdown, where
+    /// waiting longer is not an option. Upload written files first ([`Fs::flush_all`]): the
+    /// session does not end while another mount namespace still holds the filesystem (a
+    /// container's bind mount of a volume), and then it ends only with the process, without
+    /// its last flush. Returns whether the session ended.
+    pub fn detach_within(mut self, limit: Duration) -> bool {
+        let Some(session) = self.session.take() else {
+            return true;
+        };
+        if let Err(e) = lazy_unmount(&self.mountpoint) {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "cannot detach the mount");
+        }
+        let deadline = Instant::now() + limit;
+        while !session.guard.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if session.guard.is_finished() {
+            let _ = session.join();
+            true
+        } else {
+            // Dropping it leaves the session thread serving whoever still uses the mount.
+            drop(session);
+            false
+        }
+    }
+}
+
+/// Unmount `mountpoint` lazily (`umount -l`): it leaves the namespace now, and the filesystem
+/// goes when its last user lets go. Clears dead mounts ("transport endpoint is not
+/// connected") too.
+pub fn lazy_unmount(mountpoint: &Path) -> std::io::Result<()> {
+    nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from)
 }
 
 impl Drop for MountHandle {

@@ -226,3 +226,112 @@ fn an_upload_the_backend_rejects_is_eio_and_the_data_is_kept_for_recovery() {
         .starts_with("vol%precious."));
     assert!(fs::read(&kept[0]).unwrap() == precious, "every byte kept");
 }
+
+/// A small tmpfs, unmounted when dropped: a disk that fills up.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "s3vol-test"])
+            .arg(dir.path())
+            .status()
+            .expect("mount(8)");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_corrupted_or_deleted_disk_cache_is_never_served() {
+    use s3_backend::cache::{CacheConfig, ChunkCache, ObjectVersion};
+    let Some(env) = S3Env::from_env() else { return };
+    let disk = SmallDisk::new("4m");
+    let chunks = disk.0.path().join("chunks");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = std::sync::Arc::new(runtime.block_on(env.new_bucket("fault-disk")));
+    let data = pattern(16 << 20, 11);
+    let put = runtime
+        .block_on(common::ObjectStore::put(
+            store.as_ref(),
+            "obj",
+            data.clone(),
+            &Default::default(),
+        ))
+        .unwrap();
+    let object = ObjectVersion {
+        key: "obj".into(),
+        etag: put.etag,
+        size: data.len() as u64,
+    };
+    // A 4 MiB memory budget and a disk cap far above the 4 MiB the disk really has.
+    let config = CacheConfig::default()
+        .memory_bytes(4 << 20)
+        .disk(Some(chunks.clone()), 1 << 30);
+    let read_all = |cache: &std::sync::Arc<ChunkCache<s3_backend::S3Store>>| {
+        runtime.block_on(async {
+            let mut out = Vec::new();
+            for offset in (0..object.size).step_by(1 << 20) {
+                out.extend_from_slice(&cache.read(&object, offset, 1 << 20).await.unwrap());
+            }
+            out
+        })
+    };
+
+    // Full: every write past 4 MiB fails with ENOSPC; reads stay right.
+    let cache = std::sync::Arc::new(ChunkCache::new(store.clone(), config.clone()).unwrap());
+    assert!(read_all(&cache) == data);
+    assert!(
+        read_all(&cache) == data,
+        "second pass, from memory, disk and S3"
+    );
+    let disk_tier = cache.disk().unwrap();
+    assert!(
+        disk_tier.write_errors() > 0,
+        "the disk was expected to fill"
+    );
+    assert!(disk_tier.used_bytes() <= 4 << 20);
+
+    // Corrupted: flip a byte in the data of every chunk file; a new cache (empty memory) on
+    // the same folder must detect each one and read it from S3 again.
+    let mut corrupted = 0;
+    for path in files_under(&chunks) {
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        corrupted += 1;
+    }
+    assert!(corrupted > 0, "chunks were cached on disk");
+    let cache = std::sync::Arc::new(ChunkCache::new(store.clone(), config.clone()).unwrap());
+    assert!(read_all(&cache) == data, "a corrupted chunk was served");
+    assert_eq!(cache.disk().unwrap().corrupt_dropped(), corrupted);
+
+    // Deleted while in use: misses, not errors.
+    fs::remove_dir_all(&chunks).unwrap();
+    assert!(read_all(&cache) == data);
+    let cache = std::sync::Arc::new(ChunkCache::new(store, config).unwrap());
+    assert!(read_all(&cache) == data);
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -306,3 +306,88 @@ fn semantics_a_changed_object_is_read_anew_after_the_ttl() {
     // Same size, new bytes: not from the page cache of version one, and not a mix of both.
     assert_eq!(fs::read(m.path("f.txt")).unwrap(), b"VERSION TWO");
 }
+
+/// Keys that are not valid file names, put by other S3 clients: the mount shows what
+/// SEMANTICS.md says, hides the rest, never crashes, never reaches outside its prefix and never
+/// touches those objects.
+#[test]
+fn odd_keys_never_escape_the_mount_nor_crash_it() {
+    let Some(m) = mount("odd-keys") else { return };
+    let long = "n".repeat(300);
+    let keys = [
+        "vol/..".to_string(),
+        "vol/../escape".to_string(),
+        "vol/./dot".to_string(),
+        "vol/a//b".to_string(),
+        format!("vol/{long}"),
+        "vol/ctl\u{1}name".to_string(),
+        "vol/new\nline".to_string(),
+        "vol/dir".to_string(),
+        "vol/dir/inner".to_string(),
+        "vol/sp ace".to_string(),
+        "vol/ü".to_string(),
+        "escape-target".to_string(),
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        m.put(key, format!("body {i}").as_bytes(), &UserMetadata::new());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(400));
+
+    fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            out.push(rel);
+            if path.is_dir() {
+                walk(&path, root, out);
+            }
+        }
+    }
+    let root = m.path("");
+    let mut seen = Vec::new();
+    walk(&root, &root, &mut seen);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "a",
+            "ctl\u{1}name",
+            "dir",
+            "dir/inner",
+            "new\nline",
+            "sp ace",
+            "ü"
+        ],
+        "shown: the valid names; `dir` is the directory, its object hidden"
+    );
+    for (name, i) in [
+        ("ctl\u{1}name", 5),
+        ("new\nline", 6),
+        ("sp ace", 9),
+        ("ü", 10),
+        ("dir/inner", 8),
+    ] {
+        assert_eq!(
+            fs::read_to_string(m.path(name)).unwrap(),
+            format!("body {i}")
+        );
+    }
+    // Hidden names cannot be reached either; `..` is the kernel's, inside the mount.
+    assert_eq!(
+        fs::metadata(m.path(&long)).unwrap_err().raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
+    assert!(fs::metadata(m.path("a/b")).is_err());
+    assert_eq!(
+        fs::read_dir(m.path("dir/..")).unwrap().count(),
+        seen.iter().filter(|p| !p.contains('/')).count()
+    );
+    // Every object is still there, untouched.
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(m.object(key), format!("body {i}").as_bytes(), "{key:?}");
+    }
+}

@@ -197,20 +197,18 @@ struct Container(String);
 
 impl Container {
     fn start(name_tag: &str, volume: &Volume, script: &str) -> Self {
+        Self::start_with(name_tag, volume, &[], script)
+    }
+
+    /// `start` with extra `docker run` options (`--restart always`, ...).
+    fn start_with(name_tag: &str, volume: &Volume, options: &[&str], script: &str) -> Self {
         let name = format!("{name_tag}-{}", std::process::id());
         let _ = docker(&["rm", "-f", &name]);
-        docker_ok(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "-v",
-            &volume.mount("/data"),
-            IMAGE,
-            "sh",
-            "-c",
-            script,
-        ]);
+        let mount = volume.mount("/data");
+        let mut args = vec!["run", "-d", "--name", &name, "-v", &mount];
+        args.extend(options);
+        args.extend([IMAGE, "sh", "-c", script]);
+        docker_ok(&args);
         Container(name)
     }
 
@@ -523,4 +521,517 @@ fn plugin_disable_set_enable_and_a_sigkill_keep_the_volumes() {
         "kept\nnew\n"
     );
     drop(holder);
+}
+
+// ---------------------------------------------------------------- reliability and load (#7)
+
+/// No `docker` call of the load tests may take longer (the order of Docker's own timeout for a
+/// call to a volume plugin).
+const DOCKER_CALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Many containers or volumes, removed with one `docker` call at the end of a test, even when
+/// it fails (one call per name, as `Container` and `Volume` do, would take seconds for hundreds).
+struct Batch {
+    remove: &'static [&'static str],
+    names: Vec<String>,
+}
+
+impl Batch {
+    fn containers(names: &[String]) -> Self {
+        Batch {
+            remove: &["rm", "-f"],
+            names: names.to_vec(),
+        }
+    }
+
+    fn volumes(names: &[String]) -> Self {
+        Batch {
+            remove: &["volume", "rm", "-f"],
+            names: names.to_vec(),
+        }
+    }
+
+    /// The test removed them all itself: nothing left to do (and no `rm -f` of missing names,
+    /// which asks every volume plugin about each).
+    fn removed(mut self) {
+        self.names.clear();
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if self.names.is_empty() {
+            return;
+        }
+        let mut args = self.remove.to_vec();
+        args.extend(self.names.iter().map(String::as_str));
+        let _ = docker(&args);
+    }
+}
+
+/// Run docker; how long it took and what it said.
+fn docker_timed(args: &[&str]) -> (Duration, Output) {
+    let started = Instant::now();
+    let out = docker(args);
+    (started.elapsed(), out)
+}
+
+/// `f(0..n)` on `threads` threads (thread t takes t, t + threads, ...); results in order.
+fn in_parallel<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let mut results: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let f = &f;
+        let workers: Vec<_> = (0..threads.min(n))
+            .map(|t| {
+                s.spawn(move || {
+                    (t..n)
+                        .step_by(threads)
+                        .map(|i| (i, f(i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for worker in workers {
+            for (i, result) in worker.join().unwrap() {
+                results[i] = Some(result);
+            }
+        }
+    });
+    results.into_iter().map(Option::unwrap).collect()
+}
+
+/// Asserts that every call (one per name) worked within `DOCKER_CALL_LIMIT`, naming those that
+/// did not; returns the slowest call's time.
+fn assert_calls_ok(what: &str, names: &[String], calls: &[(Duration, Output)]) -> Duration {
+    let bad: Vec<String> = names
+        .iter()
+        .zip(calls)
+        .filter(|(_, (took, out))| !out.status.success() || *took > DOCKER_CALL_LIMIT)
+        .map(|(name, (took, out))| {
+            format!(
+                "{name}: {took:.1?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} `{what}` calls failed or took over {DOCKER_CALL_LIMIT:?}:\n{}",
+        bad.len(),
+        calls.len(),
+        bad.join("\n")
+    );
+    calls
+        .iter()
+        .map(|(took, _)| *took)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Like `wait_until`, for a check that says what is still wrong; the last answer is in the
+/// panic message.
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting until {what}: {why}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `docker inspect -f {{.State.<field>}}` of a container ("" if docker fails).
+fn container_state(name: &str, field: &str) -> String {
+    let format = format!("{{{{.State.{field}}}}}");
+    let out = docker(&["inspect", "-f", &format, name]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `docker volume inspect -f {{.Status.<field>}}`.
+fn volume_status(volume: &Volume, field: &str) -> String {
+    let format = format!("{{{{.Status.{field}}}}}");
+    docker_ok(&["volume", "inspect", "-f", &format, &volume.0])
+        .trim()
+        .to_string()
+}
+
+/// `scripts/docker <command>` of this repository; its output goes to the test's stderr.
+fn scripts_docker(command: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/docker");
+    let out = Command::new(&script)
+        .arg(command)
+        .output()
+        .expect("scripts/docker runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "scripts/docker {command} failed: {said}"
+    );
+    eprint!("{said}");
+}
+
+/// Appends "<boot> <n>" to /data/log.txt every 0.2 s (boot: random per start of the container,
+/// n: 1, 2, ...), and prints each line to stdout once its append (open, write, close, which
+/// uploads) worked. A failed append is printed to stderr and stops the container; SIGTERM
+/// stops it at once (sh as pid 1 would ignore it, and Docker would wait 10 s).
+const APPENDER: &str = "trap 'exit 0' TERM; b=$(cut -c1-8 /proc/sys/kernel/random/uuid); n=0; \
+     while :; do n=$((n+1)); \
+     echo \"$b $n\" >> /data/log.txt || { echo \"append $b $n failed\" >&2; exit 1; }; \
+     echo \"$b $n\"; sleep 0.2; done";
+
+/// The lines of APPENDER's file or output, grouped by boot in order: (boot, [n, ...]).
+fn appends_by_boot(text: &str) -> Vec<(String, Vec<u64>)> {
+    let mut boots: Vec<(String, Vec<u64>)> = Vec::new();
+    for line in text.lines() {
+        let parsed = line
+            .split_once(' ')
+            .and_then(|(boot, n)| Some((boot, n.parse::<u64>().ok()?)));
+        let Some((boot, n)) = parsed else {
+            panic!("line {line:?} is not \"<boot> <n>\" in:\n{text}")
+        };
+        match boots.last_mut() {
+            Some((last, ns)) if last == boot => ns.push(n),
+            _ => boots.push((boot.to_string(), vec![n])),
+        }
+    }
+    boots
+}
+
+/// 1, 2, ..., len: no append lost, none twice.
+fn is_one_to_n(ns: &[u64]) -> bool {
+    ns.iter().zip(1..).all(|(n, want)| *n == want)
+}
+
+#[test]
+fn a_docker_daemon_restart_keeps_the_volume_and_its_container_resumes_appending() {
+    let Some((fx, _turn)) = plugin() else { return };
+    // Only a daemon this test run started may be restarted: scripts/test sets this when it
+    // started dockerd itself. A developer's own daemon (and its containers) is left alone,
+    // even with S3VOL_REQUIRE_DOCKER=1.
+    if std::env::var("S3VOL_E2E_RESTART_DOCKER").as_deref() != Ok("1") {
+        eprintln!(
+            "skipping the Docker daemon restart: S3VOL_E2E_RESTART_DOCKER=1 is not set \
+             (scripts/test sets it only when it started dockerd itself with scripts/docker)"
+        );
+        return;
+    }
+    let volume = Volume::create("restart", &[]);
+    let key = |file: &str| format!("{}/{file}", volume.0);
+    run(
+        &volume,
+        "head -c 3000000 /dev/urandom > /data/before.bin && md5sum /data/before.bin > /data/before.md5",
+    );
+    let before = fx.object(&fx.default_bucket, &key("before.bin"));
+    assert_eq!(before.len(), 3_000_000);
+    let writer = Container::start_with(
+        "restart-writer",
+        &volume,
+        &["--restart", "always"],
+        APPENDER,
+    );
+    let file_lines = || {
+        let out = writer.exec("cat /data/log.txt");
+        out.status
+            .success()
+            .then(|| appends_by_boot(&String::from_utf8_lossy(&out.stdout)))
+    };
+    wait_until(
+        "the writer appended 10 lines",
+        Duration::from_secs(30),
+        || file_lines().is_some_and(|boots| boots.first().is_some_and(|(_, ns)| ns.len() >= 10)),
+    );
+    let first_start = container_state(&writer.0, "StartedAt");
+    let before_restart = file_lines().unwrap();
+    assert_eq!(before_restart.len(), 1, "{before_restart:?}");
+
+    let t0 = Instant::now();
+    scripts_docker("stop");
+    let stopped = t0.elapsed();
+    assert!(
+        !docker(&["info"]).status.success(),
+        "a Docker daemon still answers after scripts/docker stop: S3VOL_E2E_RESTART_DOCKER=1 \
+         needs a daemon that scripts/docker started"
+    );
+    scripts_docker("start");
+    let answering = t0.elapsed();
+    wait_until(
+        "the daemon enabled the plugin again",
+        Duration::from_secs(60),
+        plugin_enabled,
+    );
+    let enabled = t0.elapsed();
+    wait_until(
+        "the daemon started the writer again",
+        Duration::from_secs(60),
+        || {
+            container_state(&writer.0, "Running") == "true"
+                && container_state(&writer.0, "StartedAt") != first_start
+        },
+    );
+    let running = t0.elapsed();
+    // Lines of the second run in the file (as its container sees it).
+    let second_run = || {
+        file_lines()
+            .and_then(|boots| boots.get(1).map(|(_, ns)| ns.len()))
+            .unwrap_or(0)
+    };
+    wait_until(
+        "the restarted writer appended a line",
+        Duration::from_secs(30),
+        || second_run() >= 1,
+    );
+    let resumed = t0.elapsed();
+    wait_until(
+        "the restarted writer appended 10 lines",
+        Duration::from_secs(30),
+        || second_run() >= 10,
+    );
+    eprintln!(
+        "daemon restart: stopped after {stopped:.1?}, answering after {answering:.1?}, plugin \
+         enabled after {enabled:.1?}, writer running after {running:.1?}, first new append \
+         after {resumed:.1?}"
+    );
+
+    // Docker still has the volume, as the plugin's, and the test image.
+    let ls = docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
+    let listed = format!("{}:latest {}", plugin_name(), volume.0);
+    assert!(ls.lines().any(|l| l == listed), "{listed} not in:\n{ls}");
+    assert!(docker(&["image", "inspect", IMAGE]).status.success());
+    // The plugin saw the writer's unmount at shutdown and its mount at the restart: one mount.
+    assert_eq!(volume_status(&volume, "Mounted"), "true");
+    assert_eq!(volume_status(&volume, "Mounts"), "1");
+
+    // Every append the writer reported (docker logs keeps both runs' output) is in the object,
+    // read after the logs: the first run's lines, then the second run's, none lost or doubled.
+    let logs = docker(&["logs", &writer.0]);
+    assert!(
+        logs.stderr.is_empty(),
+        "the writer failed: {}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    let reported = appends_by_boot(&String::from_utf8_lossy(&logs.stdout));
+    let stored_text = String::from_utf8(fx.object(&fx.default_bucket, &key("log.txt"))).unwrap();
+    let stored = appends_by_boot(&stored_text);
+    let boots = |b: &[(String, Vec<u64>)]| b.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        boots(&reported).len(),
+        2,
+        "two runs of the writer: {reported:?}"
+    );
+    assert_eq!(boots(&stored), boots(&reported), "{stored_text}");
+    for ((boot, stored_ns), (_, reported_ns)) in stored.iter().zip(&reported) {
+        assert!(
+            is_one_to_n(stored_ns),
+            "appends of run {boot} lost or doubled:\n{stored_text}"
+        );
+        assert!(
+            stored_ns.len() >= reported_ns.len(),
+            "run {boot} reported {} appends, the object has {}:\n{stored_text}",
+            reported_ns.len(),
+            stored_ns.len()
+        );
+    }
+    // The first run's lines: all that were seen before the restart, and those it reported.
+    let first_run = &stored[0].1;
+    assert_eq!(stored[0].0, before_restart[0].0);
+    assert!(
+        first_run.len() >= before_restart[0].1.len(),
+        "run {} had {} appends before the restart:\n{stored_text}",
+        stored[0].0,
+        before_restart[0].1.len()
+    );
+    assert!(
+        first_run.len() <= reported[0].1.len() + 1,
+        "run {} has appends it never reported:\n{stored_text}",
+        stored[0].0
+    );
+
+    // The file from before the restart is intact, through the mount and in S3.
+    assert_eq!(
+        run(&volume, "md5sum -c /data/before.md5"),
+        "/data/before.bin: OK\n"
+    );
+    assert!(fx.object(&fx.default_bucket, &key("before.bin")) == before);
+
+    // Stale mount IDs do not keep the volume: with the writer gone, it can be removed.
+    drop(writer);
+    assert_eq!(volume_status(&volume, "Mounts"), "0");
+    docker_ok(&["volume", "rm", &volume.0]);
+}
+
+#[test]
+fn fifty_containers_started_at_once_share_one_volume() {
+    const CONTAINERS: usize = 50;
+    let Some((fx, _turn)) = plugin() else { return };
+    let volume = Volume::create("fifty", &[]);
+    let names: Vec<String> = (0..CONTAINERS)
+        .map(|i| format!("fifty-{i}-{}", std::process::id()))
+        .collect();
+    let containers = Batch::containers(&names);
+    let mount = volume.mount("/data");
+
+    // All at once: one thread per `docker run -d`.
+    let started = Instant::now();
+    let runs = in_parallel(CONTAINERS, CONTAINERS, |i| {
+        docker_timed(&[
+            "run",
+            "-d",
+            "--name",
+            &names[i],
+            "-v",
+            &mount,
+            IMAGE,
+            "sh",
+            "-c",
+            &format!("echo c{i} > /data/c{i} && exec sleep 600"),
+        ])
+    });
+    let start_time = started.elapsed();
+    let slowest = assert_calls_ok("docker run -d", &names, &runs);
+    let mut inspect = vec!["inspect", "-f", "{{.Name}} {{.State.Running}}"];
+    inspect.extend(names.iter().map(String::as_str));
+    wait_for("all 50 containers run", Duration::from_secs(120), || {
+        let states = docker_ok(&inspect);
+        let not_running: Vec<&str> = states.lines().filter(|l| !l.ends_with(" true")).collect();
+        match not_running.is_empty() {
+            true => Ok(()),
+            false => Err(not_running.join(", ")),
+        }
+    });
+    let all_running = started.elapsed();
+    eprintln!(
+        "{CONTAINERS} containers on one volume: `docker run -d` all returned after \
+         {start_time:.1?} (slowest call {slowest:.1?}), all running after {all_running:.1?}"
+    );
+
+    // A 51st container sees every file, with its content.
+    let reader = Container::start("fifty-reader", &volume, "exec sleep 600");
+    let expected: String = (0..CONTAINERS).map(|i| format!("c{i}\n")).collect();
+    let read_all = format!(
+        "for i in $(seq 0 {}); do cat /data/c$i 2>/dev/null || echo missing c$i; done",
+        CONTAINERS - 1
+    );
+    wait_for(
+        "a 51st container sees all 50 files",
+        Duration::from_secs(30),
+        || {
+            let out = reader.exec(&read_all);
+            let seen = String::from_utf8_lossy(&out.stdout);
+            match seen == expected {
+                true => Ok(()),
+                false => Err(format!("it read:\n{seen}")),
+            }
+        },
+    );
+    // ... and so does S3.
+    let (rt, store) = fx.store(&fx.default_bucket);
+    wait_for("all 50 objects are in S3", Duration::from_secs(30), || {
+        let wrong: Vec<String> = (0..CONTAINERS)
+            .filter(|i| {
+                let key = format!("{}/c{i}", volume.0);
+                let got = rt.block_on(store.get_range(&key, 0..1 << 20, None));
+                !got.is_ok_and(|bytes| *bytes == *format!("c{i}\n").as_bytes())
+            })
+            .map(|i| format!("c{i}"))
+            .collect();
+        match wrong.is_empty() {
+            true => Ok(()),
+            false => Err(format!("missing or wrong: {}", wrong.join(" "))),
+        }
+    });
+
+    // Removing them all unmounts the volume and leaves no mount behind.
+    drop(reader);
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    let (rm_time, out) = docker_timed(&rm);
+    assert!(
+        out.status.success() && rm_time < DOCKER_CALL_LIMIT,
+        "docker rm -f of all took {rm_time:.1?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{CONTAINERS} containers removed in {rm_time:.1?}");
+    assert_eq!(volume_status(&volume, "Mounts"), "0");
+    assert_eq!(volume_status(&volume, "Mounted"), "false");
+    docker_ok(&["volume", "rm", &volume.0]);
+    containers.removed();
+}
+
+#[test]
+fn five_hundred_volumes_are_created_listed_and_removed() {
+    const VOLUMES: usize = 500;
+    const THREADS: usize = 8;
+    let Some((fx, _turn)) = plugin() else { return };
+    // No `-o bucket`: each volume is a prefix of the plugin's default bucket, so creating one
+    // makes no bucket (and no object).
+    let names: Vec<String> = (0..VOLUMES)
+        .map(|i| format!("many-{i}-{}", std::process::id()))
+        .collect();
+    let volumes = Batch::volumes(&names);
+
+    let started = Instant::now();
+    let creates = in_parallel(VOLUMES, THREADS, |i| {
+        docker_timed(&["volume", "create", "-d", plugin_name(), &names[i]])
+    });
+    let create_time = started.elapsed();
+    let slowest_create = assert_calls_ok("docker volume create", &names, &creates);
+
+    let started = Instant::now();
+    let ls = docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
+    let list_time = started.elapsed();
+    let listed: std::collections::HashMap<&str, &str> = ls
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(driver, name)| (name, driver)))
+        .collect();
+    let driver = format!("{}:latest", plugin_name());
+    let wrong: Vec<&String> = names
+        .iter()
+        .filter(|n| listed.get(n.as_str()) != Some(&driver.as_str()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {VOLUMES} volumes not listed with driver {driver}: {wrong:?}",
+        wrong.len()
+    );
+
+    let some = [&names[0], &names[VOLUMES / 2], &names[VOLUMES - 1]];
+    let mut inspect = vec!["volume", "inspect"];
+    inspect.extend(some.iter().map(|n| n.as_str()));
+    let inspected: serde_json::Value = serde_json::from_str(&docker_ok(&inspect)).unwrap();
+    assert_eq!(inspected.as_array().map(Vec::len), Some(some.len()));
+    for (volume, name) in inspected.as_array().unwrap().iter().zip(some) {
+        assert_eq!(volume["Name"], **name);
+        assert_eq!(volume["Driver"], driver.as_str());
+        assert_eq!(
+            volume["Status"]["Bucket"],
+            fx.default_bucket.as_str(),
+            "{volume}"
+        );
+        assert_eq!(volume["Status"]["Prefix"], format!("{name}/"), "{volume}");
+        assert_eq!(volume["Status"]["Mounts"], 0, "{volume}");
+    }
+
+    let started = Instant::now();
+    let removes = in_parallel(VOLUMES, THREADS, |i| {
+        docker_timed(&["volume", "rm", &names[i]])
+    });
+    let remove_time = started.elapsed();
+    let slowest_remove = assert_calls_ok("docker volume rm", &names, &removes);
+    let ls = docker_ok(&["volume", "ls", "-q"]);
+    let ours: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    let left: Vec<&str> = ls.lines().filter(|l| ours.contains(l)).collect();
+    assert!(left.is_empty(), "still listed after rm: {left:?}");
+    eprintln!(
+        "{VOLUMES} volumes from {THREADS} threads: created in {create_time:.1?} (slowest \
+         {slowest_create:.1?}), listed in {list_time:.1?}, removed in {remove_time:.1?} \
+         (slowest {slowest_remove:.1?})"
+    );
+    volumes.removed();
 }

@@ -42,6 +42,10 @@ type Turn<M> = tokio::sync::OwnedMutexGuard<Option<<M as Mounter>::Mounted>>;
 /// Longest a call waits for its turn on a volume before answering with an error: Docker gives
 /// a managed plugin's call 30 s in all.
 const TURN_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long the shutdown gives each volume to upload and detach: Docker kills a plugin 10 s
+/// after asking it to stop. What is not uploaded by then stays in the staging folder, and the
+/// next start moves it to the recovery folder.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(8);
 
 #[derive(Debug)]
 pub struct VolumeManager<M: Mounter> {
@@ -425,15 +429,17 @@ impl<M: Mounter> VolumeManager<M> {
             .iter()
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
-        for (name, slot) in slots {
+        // All at once, each bounded: Docker kills the plugin 10 s after asking it to stop.
+        let stops = slots.into_iter().map(|(name, slot)| async move {
             let mount = slot.lock().await.take();
             if let Some(mount) = mount {
-                match mount.unmount().await {
+                match mount.shutdown(SHUTDOWN_LIMIT).await {
                     Ok(()) => tracing::info!(volume = %name, "unmounted for shutdown"),
                     Err(e) => tracing::error!(volume = %name, "unmount at shutdown failed: {e}"),
                 }
             }
-        }
+        });
+        futures::future::join_all(stops).await;
     }
 }
 
@@ -463,24 +469,12 @@ fn prepare_mountpoint(mountpoint: &Path) -> Result<(), String> {
 }
 
 fn lazy_unmount(mountpoint: &Path) -> Result<(), String> {
-    // `fusermount3 -uz` is in the plugin's rootfs; `umount -l` where it is not.
-    let attempts: [(&str, &[&str]); 2] = [("fusermount3", &["-u", "-z"]), ("umount", &["-l"])];
-    let mut last_error = String::new();
-    for (program, args) in attempts {
-        match std::process::Command::new(program)
-            .args(args)
-            .arg(mountpoint)
-            .output()
-        {
-            Ok(out) if out.status.success() => return Ok(()),
-            Ok(out) => last_error = String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            Err(e) => last_error = format!("{program}: {e}"),
-        }
-    }
-    Err(format!(
-        "cannot clear the old mount at {}: {last_error}",
-        mountpoint.display()
-    ))
+    fuse_mount::lazy_unmount(mountpoint).map_err(|e| {
+        format!(
+            "cannot clear the old mount at {}: {e}",
+            mountpoint.display()
+        )
+    })
 }
 
 fn now_rfc3339() -> String {

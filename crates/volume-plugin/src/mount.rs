@@ -140,10 +140,10 @@ pub fn run_foreground(params: MountParams) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let started = runtime.block_on(start(&params));
-    let handle = match started {
-        Ok(handle) => {
+    let (handle, fs) = match started {
+        Ok(started) => {
             report(&Ok(()));
-            handle
+            started
         }
         Err(e) => {
             report(&Err(e.clone()));
@@ -166,22 +166,37 @@ pub fn run_foreground(params: MountParams) -> Result<(), String> {
             }
         }
     });
-    // Unmounted from outside (`umount`): the kernel mount is gone already, so the unmount
-    // below can only report that.
-    let external = handle.is_finished();
-    tracing::info!(external, "unmounting: uploading written files first");
-    // Unmount off the runtime's workers: the session's last flush runs on them.
-    let result = std::thread::spawn(move || handle.unmount()).join();
-    drop(runtime);
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) if external => Ok(()),
-        Ok(Err(e)) => Err(format!("unmount failed: {e}")),
-        Err(_) => Err("unmount panicked".into()),
+    // Unmounted from outside (`umount`): the session has ended and flushed already.
+    if handle.is_finished() {
+        tracing::info!("unmounted from outside");
+        drop(runtime);
+        return Ok(());
     }
+    tracing::info!("unmounting: uploading written files first");
+    // Upload before detaching: a mount still in use (a shell inside it) outlives the detach,
+    // and its session would end only with this process, without its last flush.
+    let flushed = runtime.block_on(fs.flush_all());
+    // Off the runtime's workers: the session's last flush runs on them.
+    let ended = std::thread::spawn(move || handle.detach_within(DETACH_LIMIT))
+        .join()
+        .unwrap_or(false);
+    if !ended {
+        tracing::warn!(
+            "the mount was still in use: detached; it goes away when its last user lets go"
+        );
+    }
+    drop(runtime);
+    flushed.map_err(|e| {
+        format!("some written files could not be uploaded; their data moves to the recovery folder at the next mount: {e}")
+    })
 }
 
-async fn start(params: &MountParams) -> Result<fuse_mount::MountHandle, String> {
+/// How long an unmount waits for the session to end after detaching the mount.
+const DETACH_LIMIT: Duration = Duration::from_secs(10);
+
+async fn start(
+    params: &MountParams,
+) -> Result<(fuse_mount::MountHandle, Arc<Fs<MeteredStore<S3Store>>>), String> {
     check_mountpoint(&params.mountpoint)?;
     let store = S3Store::new(&params.s3, &params.bucket)
         .await
@@ -216,8 +231,9 @@ async fn start(params: &MountParams) -> Result<fuse_mount::MountHandle, String> 
         read_only: params.read_only,
         threads: 4,
     };
-    fuse_mount::mount(fs, &params.mountpoint, &options)
-        .map_err(|e| format!("cannot mount at {}: {e}", params.mountpoint.display()))
+    let handle = fuse_mount::mount(fs.clone(), &params.mountpoint, &options)
+        .map_err(|e| format!("cannot mount at {}: {e}", params.mountpoint.display()))?;
+    Ok((handle, fs))
 }
 
 fn sanitize(prefix: &str) -> String {

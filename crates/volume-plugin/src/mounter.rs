@@ -50,6 +50,16 @@ pub trait MountedVolume: Send + Sync + std::fmt::Debug + 'static {
 
     /// Upload what was written, then unmount.
     async fn unmount(self) -> Result<(), String>;
+
+    /// For the plugin's shutdown: upload what was written and detach, within `limit`, even
+    /// when containers still use the mount. By default, [`unmount`](Self::unmount).
+    async fn shutdown(self, limit: Duration) -> Result<(), String>
+    where
+        Self: Sized,
+    {
+        let _ = limit;
+        self.unmount().await
+    }
 }
 
 /// Memory of a volume with `cache=off`: no shared tiers, only what read-ahead needs.
@@ -235,6 +245,33 @@ impl MountedVolume for FuseMount {
             json!(c.uploaded_bytes.load(Ordering::Relaxed)),
         );
         status
+    }
+
+    async fn shutdown(mut self, limit: Duration) -> Result<(), String> {
+        let Some(handle) = self.handle.take() else {
+            return Ok(());
+        };
+        let mountpoint = handle.mountpoint().to_path_buf();
+        let started = std::time::Instant::now();
+        // Upload first: if containers still hold the mount, the session outlives the detach
+        // and ends only with the process, without its last flush.
+        let flushed = tokio::time::timeout(limit, self.fs.flush_all()).await;
+        let rest = limit.saturating_sub(started.elapsed());
+        let ended = tokio::task::spawn_blocking(move || handle.detach_within(rest))
+            .await
+            .unwrap_or(false);
+        if !ended {
+            tracing::warn!(mountpoint = %mountpoint.display(), "still in use (by a container) at shutdown: detached; it fails with ENOTCONN once the plugin is gone");
+        }
+        match flushed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "some written files could not be uploaded (kept in the recovery folder at the next start): {e}"
+            )),
+            Err(_) => Err(format!(
+                "uploading the written files took over {limit:?}; the rest is kept for the recovery folder at the next start"
+            )),
+        }
     }
 
     async fn unmount(mut self) -> Result<(), String> {

@@ -553,6 +553,9 @@ impl<S: ObjectStore> ChunkCache<S> {
     fn deliver(&self, ticket: Ticket, result: StoreResult<Bytes>, to_disk: bool) {
         if let Ok(data) = &result {
             self.tiers.memory.insert(ticket.key.clone(), data.clone());
+            // Evict now: moka batches evictions until dozens of writes are pending, which at
+            // 1 MiB a chunk would hold tens of MiB over the budget.
+            self.tiers.memory.run_pending_tasks();
             if let (true, Some(disk)) = (to_disk, &self.tiers.disk) {
                 // Skip the disk when writes queue up (a slow disk must not hold memory).
                 if let Ok(permit) = self.tiers.disk_writes.clone().try_acquire_owned() {
