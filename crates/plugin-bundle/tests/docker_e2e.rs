@@ -523,6 +523,36 @@ fn plugin_disable_set_enable_and_a_sigkill_keep_the_volumes() {
     drop(holder);
 }
 
+#[test]
+fn stopping_the_plugin_under_a_busy_container_uploads_its_open_file_in_time() {
+    let Some((fx, _turn)) = plugin() else { return };
+    let bucket = unique_bucket("e2e-stop").to_string();
+    let volume = Volume::create("stop", &[&format!("bucket={bucket}")]);
+    // The container keeps a file open with written data and never closes it.
+    let holder = Container::start(
+        "stop-holder",
+        &volume,
+        "exec 3>/data/open.txt; echo unsaved >&3; touch /data/ready; sleep 600",
+    );
+    wait_until("the holder wrote", Duration::from_secs(30), || {
+        holder.exec("test -e /data/ready").status.success()
+    });
+    // Docker stops a plugin with SIGTERM and kills it 10 s later: the plugin must upload the
+    // open file and let go before that, although the container still holds the mount.
+    let started = Instant::now();
+    docker_ok(&["plugin", "disable", "-f", plugin_name()]);
+    let took = started.elapsed();
+    eprintln!("plugin disable with a busy volume: {took:.1?}");
+    assert!(
+        took < Duration::from_secs(9),
+        "the plugin needed Docker's SIGKILL ({took:?})"
+    );
+    assert_eq!(fx.object(&bucket, "open.txt"), b"unsaved\n");
+    drop(holder);
+    docker_ok(&["plugin", "enable", plugin_name()]);
+    assert_eq!(run(&volume, "cat /data/open.txt"), "unsaved\n");
+}
+
 // ---------------------------------------------------------------- reliability and load (#7)
 
 /// No `docker` call of the load tests may take longer (the order of Docker's own timeout for a

@@ -256,7 +256,11 @@ impl MountedVolume for FuseMount {
         // Upload first: if containers still hold the mount, the session outlives the detach
         // and ends only with the process, without its last flush.
         let flushed = tokio::time::timeout(limit, self.fs.flush_all()).await;
-        let rest = limit.saturating_sub(started.elapsed());
+        // A session still held by a container does not end however long we wait; one nobody
+        // holds ends within milliseconds of the detach.
+        let rest = limit
+            .saturating_sub(started.elapsed())
+            .min(Duration::from_secs(2));
         let ended = tokio::task::spawn_blocking(move || handle.detach_within(rest))
             .await
             .unwrap_or(false);

@@ -129,6 +129,14 @@ pub fn parse_mode(key: &str, value: &str) -> Result<u32, String> {
 /// Normalise a prefix to "" or `a/b/`; refuse `..` segments and NUL bytes, which could make
 /// keys that other tools resolve outside the prefix.
 fn parse_prefix(value: &str) -> Result<String, String> {
+    /// S3 keys are at most 1024 bytes; the files of the volume need room after the prefix.
+    const MAX_PREFIX: usize = 512;
+    if value.len() > MAX_PREFIX {
+        return Err(format!(
+            "invalid prefix of {} bytes: at most {MAX_PREFIX} (S3 keys hold 1024 bytes, and the volume's file names follow the prefix)",
+            value.len()
+        ));
+    }
     let trimmed = value.trim_matches('/');
     if trimmed.split('/').any(|s| s == ".." || s == ".") || trimmed.contains('\0') {
         return Err(format!(
@@ -415,6 +423,8 @@ mod tests {
                 "no user or password",
             ),
             (("prefix", "a/../b"), "'..'"),
+            (("prefix", "a\0b"), "NUL"),
+            (("prefix", &"p".repeat(10_000)), "at most 512"),
             (("bucket", "Bad_Bucket"), "invalid option bucket"),
             (("profile", "a b"), "credentials file"),
         ];
