@@ -51,6 +51,26 @@ impl Drop for MountProcess {
     }
 }
 
+/// `s3vol mount BUCKET MNT --foreground EXTRA...` as a child of the test, once it is mounted.
+fn mount_foreground(
+    env: &S3Env,
+    bucket: &str,
+    mnt: &Path,
+    cache: &Path,
+    extra: &[&str],
+) -> MountProcess {
+    let mut args = vec![bucket, mnt.to_str().unwrap(), "--foreground"];
+    args.extend(extra);
+    let child = s3vol(env, &args, cache)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = MountProcess(child);
+    wait_until("mounted", || is_mounted(mnt));
+    child
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -117,20 +137,12 @@ fn sigterm_unmounts_cleanly_and_keeps_every_written_file() {
     let Some(env) = S3Env::from_env() else { return };
     let bucket = bucket(&env, "cli-term");
     let (mnt, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut child = s3vol(
-        &env,
-        &[&bucket, mnt.path().to_str().unwrap(), "--foreground"],
-        cache.path(),
-    )
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    wait_until("mounted", || is_mounted(mnt.path()));
+    let mut child = mount_foreground(&env, &bucket, mnt.path(), cache.path(), &[]);
     for i in 0..20 {
         std::fs::write(mnt.path().join(format!("f{i}")), format!("file {i}")).unwrap();
     }
     send_signal(child.id(), "TERM");
-    let status = child.wait().unwrap();
+    let status = child.wait();
     assert!(status.success(), "{status}");
     assert!(!is_mounted(mnt.path()));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -154,16 +166,7 @@ fn sigterm_with_the_mount_in_use_uploads_open_files_and_exits() {
     let Some(env) = S3Env::from_env() else { return };
     let bucket = bucket(&env, "cli-busy");
     let (mnt, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let child = s3vol(
-        &env,
-        &[&bucket, mnt.path().to_str().unwrap(), "--foreground"],
-        cache.path(),
-    )
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut child = MountProcess(child);
-    wait_until("mounted", || is_mounted(mnt.path()));
+    let mut child = mount_foreground(&env, &bucket, mnt.path(), cache.path(), &[]);
     // A user of the mount that is not going away: a file open with unsaved data.
     let mut open = std::fs::File::create(mnt.path().join("open.txt")).unwrap();
     open.write_all(b"written, never closed").unwrap();
@@ -195,22 +198,13 @@ fn the_metrics_endpoint_counts_what_the_mount_does() {
         .local_addr()
         .unwrap()
         .to_string();
-    let mut child = s3vol(
+    let mut child = mount_foreground(
         &env,
-        &[
-            &bucket,
-            mnt.path().to_str().unwrap(),
-            "--foreground",
-            "--metrics-addr",
-            &addr,
-        ],
+        &bucket,
+        mnt.path(),
         cache.path(),
-    )
-    .stderr(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    wait_until("mounted", || is_mounted(mnt.path()));
+        &["--metrics-addr", &addr],
+    );
     std::fs::write(mnt.path().join("m.bin"), vec![7u8; 3 << 20]).unwrap();
     // Read it twice through fresh opens: chunks come from the store, then from the cache.
     for _ in 0..2 {
@@ -243,7 +237,7 @@ fn the_metrics_endpoint_counts_what_the_mount_does() {
     assert!(value("s3vol_cache_bytes{tier=\"disk\"}") >= 0.0);
     assert!(value("s3vol_store_request_seconds_count{op=\"get\"}") >= 1.0);
     send_signal(child.id(), "TERM");
-    assert!(child.wait().unwrap().success());
+    assert!(child.wait().success());
 }
 
 #[test]
@@ -262,19 +256,7 @@ fn sigkill_mid_write_leaves_the_old_version_and_the_next_start_cleans_up() {
     ))
     .unwrap();
     let (mnt, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mount = || {
-        let child = s3vol(
-            &env,
-            &[&bucket, mnt.path().to_str().unwrap(), "--foreground"],
-            cache.path(),
-        )
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-        let child = MountProcess(child);
-        wait_until("mounted", || is_mounted(mnt.path()));
-        child
-    };
+    let mount = || mount_foreground(&env, &bucket, mnt.path(), cache.path(), &[]);
     let mut child = mount();
     let safe = common::conformance::pattern(3 << 20, 2);
     std::fs::write(mnt.path().join("safe"), &safe).unwrap();
@@ -365,22 +347,13 @@ fn eight_readers_under_a_small_memory_limit_stay_within_it() {
         .unwrap();
     }
     let (mnt, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let child = s3vol(
+    let mut child = mount_foreground(
         &env,
-        &[
-            &bucket,
-            mnt.path().to_str().unwrap(),
-            "--foreground",
-            "--memory-limit",
-            "64MiB",
-        ],
+        &bucket,
+        mnt.path(),
         cache.path(),
-    )
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut child = MountProcess(child);
-    wait_until("mounted", || is_mounted(mnt.path()));
+        &["--memory-limit", "64MiB"],
+    );
     let started = peak_rss(child.id());
     let readers: Vec<_> = (0..8)
         .map(|i| {
