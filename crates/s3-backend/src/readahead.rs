@@ -2,14 +2,15 @@
 //! fetches ahead of the reader into the chunk cache, with several ranged GETs in parallel.
 //!
 //! The window starts at `initial_window` on the first sequential read and doubles with each
-//! further one, up to `max_window` and never more than a quarter of the cache's memory budget
-//! (so prefetched chunks are not evicted before they are read). The bound is per reader: many
-//! sequential readers at once can still evict each other's chunks (then a chunk is fetched
-//! again, never served wrong); a budget shared by all readers is future work. It is cut into requests of
+//! further one, up to `max_window`. All sequential readers of caches sharing one set of tiers
+//! share a quarter of the memory budget: each gets an equal part of it (so prefetched chunks are
+//! not evicted before they are read, and eight readers under a small budget do not fetch eight
+//! quarters of it ahead). It is cut into requests of
 //! `request_size`, each its own GET, so a window of 64 MiB keeps 8 requests of 8 MiB in flight:
 //! one reader is then limited by the backend's bandwidth, not one request's latency. A read at
 //! another offset (a seek) drops the window to zero: random reads fetch only what they need.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -61,6 +62,8 @@ pub struct SequentialReader<S> {
     window_metric: GaugeShare,
     /// Prefetch has been requested up to here.
     prefetched_to: u64,
+    /// Counted in the cache's sequential readers (while the window is open).
+    counted: bool,
 }
 
 impl<S: ObjectStore> SequentialReader<S> {
@@ -73,6 +76,20 @@ impl<S: ObjectStore> SequentialReader<S> {
             window: 0,
             window_metric: GaugeShare::new(&metrics().readahead_window_bytes, 0),
             prefetched_to: 0,
+            counted: false,
+        }
+    }
+
+    /// Count this reader among the cache's sequential readers while its window is open.
+    fn set_counted(&mut self, counted: bool) {
+        if counted != self.counted {
+            let readers = self.cache.sequential_readers();
+            if counted {
+                readers.fetch_add(1, Ordering::Relaxed);
+            } else {
+                readers.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.counted = counted;
         }
     }
 
@@ -87,9 +104,14 @@ impl<S: ObjectStore> SequentialReader<S> {
 
     fn window_cap(&self) -> u64 {
         let chunk = self.cache.config().chunk_size;
+        let readers = self
+            .cache
+            .sequential_readers()
+            .load(Ordering::Relaxed)
+            .max(1) as u64;
         self.config
             .max_window
-            .min(self.cache.config().memory_bytes / 4)
+            .min(self.cache.config().memory_bytes / 4 / readers)
             .max(chunk)
     }
 
@@ -112,6 +134,7 @@ impl<S: ObjectStore> SequentialReader<S> {
         let behind = self.window.max(self.cache.config().chunk_size);
         let sequential = (offset >= self.next_offset && offset - self.next_offset <= MAX_FORWARD)
             || (offset < self.next_offset && self.next_offset - offset <= behind);
+        self.set_counted(sequential);
         if sequential {
             if offset >= self.next_offset {
                 let cap = self.window_cap();
@@ -152,6 +175,16 @@ impl<S: ObjectStore> SequentialReader<S> {
             from = to;
         }
         self.prefetched_to = from;
+    }
+}
+
+impl<S> Drop for SequentialReader<S> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.cache
+                .sequential_readers()
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -270,6 +303,36 @@ mod tests {
         );
         assert_eq!(r.read(0, 10).await.unwrap().len(), 10);
         assert!(r.window() <= CHUNK);
+    }
+
+    #[tokio::test]
+    async fn sequential_readers_share_the_read_ahead_budget() {
+        let size = 64 * CHUNK as usize;
+        // A quarter of 32 chunks: 8 chunks of read-ahead for all readers together.
+        let (_store, mut first) = reader(size, 32 * CHUNK).await;
+        let mut second = SequentialReader::new(
+            first.cache.clone(),
+            first.object.clone(),
+            first.config.clone(),
+        );
+        let mut offset = 0;
+        while offset < 16 * CHUNK {
+            first.read(offset, CHUNK).await.unwrap();
+            second.read(offset, CHUNK).await.unwrap();
+            offset += CHUNK;
+        }
+        assert_eq!(first.cache.sequential_readers().load(Ordering::Relaxed), 2);
+        assert!(first.window() <= 4 * CHUNK, "{}", first.window());
+        assert!(second.window() <= 4 * CHUNK, "{}", second.window());
+        drop(second);
+        while offset < 32 * CHUNK {
+            first.read(offset, CHUNK).await.unwrap();
+            offset += CHUNK;
+        }
+        assert_eq!(first.window(), 8 * CHUNK, "alone again: the whole quarter");
+        // A seek closes the window and uncounts the reader.
+        first.read(0, 10).await.unwrap();
+        assert_eq!(first.cache.sequential_readers().load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -183,6 +183,9 @@ pub struct CacheTiers {
     memory: moka::sync::Cache<ChunkKey, Bytes>,
     disk: Option<DiskCache>,
     disk_writes: Arc<tokio::sync::Semaphore>,
+    /// Sequential readers with a read-ahead window, over every cache sharing these tiers: they
+    /// share the read-ahead part of the memory budget.
+    sequential_readers: AtomicUsize,
 }
 
 impl fmt::Debug for CacheTiers {
@@ -213,6 +216,7 @@ impl CacheTiers {
             memory,
             disk,
             disk_writes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DISK_WRITES)),
+            sequential_readers: AtomicUsize::new(0),
         })
     }
 
@@ -250,6 +254,14 @@ impl<S> fmt::Debug for ChunkCache<S> {
             .field("config", &self.config)
             .field("tiers", &self.tiers)
             .finish_non_exhaustive()
+    }
+}
+
+impl<S> ChunkCache<S> {
+    /// Readers reading sequentially with a read-ahead window, over every cache sharing these
+    /// tiers (see [`crate::readahead`]).
+    pub fn sequential_readers(&self) -> &AtomicUsize {
+        &self.tiers.sequential_readers
     }
 }
 
