@@ -90,7 +90,7 @@ impl Default for CacheConfig {
 
 impl CacheConfig {
     /// The part of the memory budget the memory tier may fill: 5/8. The rest is kept for data
-    /// on its way in (read-ahead fetches in flight, up to a quarter of the budget per reader)
+    /// on its way in (read-ahead fetches in flight, a quarter of the budget for all readers together)
     /// and the HTTP client's and allocator's overhead (an eighth), so the whole stays within
     /// the budget (3/4 was measured 4 MiB over a 256 MiB budget).
     pub fn memory_tier_bytes(&self) -> u64 {
