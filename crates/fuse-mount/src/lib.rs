@@ -13,4 +13,6 @@ pub mod fuse;
 pub mod session;
 
 pub use crate::core::{Fs, FsConfig, FsError};
-pub use session::{check_mountpoint, is_mounted, lazy_unmount, mount, MountHandle, MountOptions};
+pub use session::{
+    check_mountpoint, flush_and_detach, is_mounted, lazy_unmount, mount, MountHandle, MountOptions,
+};

@@ -76,6 +76,43 @@ impl MountHandle {
     }
 }
 
+/// Shut a mount down when waiting long is not an option (SIGTERM): upload every written file,
+/// open ones too, within `flush_limit` (`None`: no limit), then detach the mount and wait up to
+/// `detach_limit` (and never past `flush_limit`) for its session to end. Upload first: a mount
+/// still in use (a container's bind mount of a volume, a shell inside it) outlives the detach,
+/// and its session then ends only with the process, without its last flush.
+pub async fn flush_and_detach<S: ObjectStore>(
+    fs: &Fs<S>,
+    handle: MountHandle,
+    flush_limit: Option<Duration>,
+    detach_limit: Duration,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let flushed = match flush_limit {
+        Some(limit) => tokio::time::timeout(limit, fs.flush_all())
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::FsError::Local(format!(
+                    "uploading took over {limit:?}"
+                )))
+            }),
+        None => fs.flush_all().await,
+    };
+    let detach_limit = match flush_limit {
+        Some(limit) => detach_limit.min(limit.saturating_sub(started.elapsed())),
+        None => detach_limit,
+    };
+    let mountpoint = handle.mountpoint().to_path_buf();
+    // Off the runtime's workers: the session's last flush runs on them.
+    let ended = tokio::task::spawn_blocking(move || handle.detach_within(detach_limit))
+        .await
+        .unwrap_or(false);
+    if !ended {
+        tracing::warn!(mountpoint = %mountpoint.display(), "still in use after the detach: it goes away when its last user lets go, and fails with ENOTCONN once this process is gone");
+    }
+    flushed.map_err(|e| e.to_string())
+}
+
 /// Unmount `mountpoint` lazily (`umount -l`): it leaves the namespace now, and the filesystem
 /// goes when its last user lets go. Clears dead mounts ("transport endpoint is not
 /// connected") too.

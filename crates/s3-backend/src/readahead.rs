@@ -80,19 +80,6 @@ impl<S: ObjectStore> SequentialReader<S> {
         }
     }
 
-    /// Count this reader among the cache's sequential readers while its window is open.
-    fn set_counted(&mut self, counted: bool) {
-        if counted != self.counted {
-            let readers = self.cache.sequential_readers();
-            if counted {
-                readers.fetch_add(1, Ordering::Relaxed);
-            } else {
-                readers.fetch_sub(1, Ordering::Relaxed);
-            }
-            self.counted = counted;
-        }
-    }
-
     pub fn object(&self) -> &ObjectVersion {
         &self.object
     }
@@ -178,13 +165,24 @@ impl<S: ObjectStore> SequentialReader<S> {
     }
 }
 
+impl<S> SequentialReader<S> {
+    /// Count this reader among the cache's sequential readers while its window is open.
+    fn set_counted(&mut self, counted: bool) {
+        if counted != self.counted {
+            let readers = self.cache.sequential_readers();
+            if counted {
+                readers.fetch_add(1, Ordering::Relaxed);
+            } else {
+                readers.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.counted = counted;
+        }
+    }
+}
+
 impl<S> Drop for SequentialReader<S> {
     fn drop(&mut self) {
-        if self.counted {
-            self.cache
-                .sequential_readers()
-                .fetch_sub(1, Ordering::Relaxed);
-        }
+        self.set_counted(false);
     }
 }
 

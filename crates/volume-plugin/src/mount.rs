@@ -173,20 +173,14 @@ pub fn run_foreground(params: MountParams) -> Result<(), String> {
         return Ok(());
     }
     tracing::info!("unmounting: uploading written files first");
-    // Upload before detaching: a mount still in use (a shell inside it) outlives the detach,
-    // and its session would end only with this process, without its last flush.
-    let flushed = runtime.block_on(fs.flush_all());
-    // Off the runtime's workers: the session's last flush runs on them.
-    let ended = std::thread::spawn(move || handle.detach_within(DETACH_LIMIT))
-        .join()
-        .unwrap_or(false);
-    if !ended {
-        tracing::warn!(
-            "the mount was still in use: detached; it goes away when its last user lets go"
-        );
-    }
+    let result = runtime.block_on(fuse_mount::flush_and_detach(
+        &fs,
+        handle,
+        None,
+        DETACH_LIMIT,
+    ));
     drop(runtime);
-    flushed.map_err(|e| {
+    result.map_err(|e| {
         format!("some written files could not be uploaded; their data moves to the recovery folder at the next mount: {e}")
     })
 }

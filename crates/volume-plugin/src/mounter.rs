@@ -251,31 +251,13 @@ impl MountedVolume for FuseMount {
         let Some(handle) = self.handle.take() else {
             return Ok(());
         };
-        let mountpoint = handle.mountpoint().to_path_buf();
-        let started = std::time::Instant::now();
-        // Upload first: if containers still hold the mount, the session outlives the detach
-        // and ends only with the process, without its last flush.
-        let flushed = tokio::time::timeout(limit, self.fs.flush_all()).await;
         // A session still held by a container does not end however long we wait; one nobody
         // holds ends within milliseconds of the detach.
-        let rest = limit
-            .saturating_sub(started.elapsed())
-            .min(Duration::from_secs(2));
-        let ended = tokio::task::spawn_blocking(move || handle.detach_within(rest))
+        fuse_mount::flush_and_detach(&self.fs, handle, Some(limit), Duration::from_secs(2))
             .await
-            .unwrap_or(false);
-        if !ended {
-            tracing::warn!(mountpoint = %mountpoint.display(), "still in use (by a container) at shutdown: detached; it fails with ENOTCONN once the plugin is gone");
-        }
-        match flushed {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!(
-                "some written files could not be uploaded (kept in the recovery folder at the next start): {e}"
-            )),
-            Err(_) => Err(format!(
-                "uploading the written files took over {limit:?}; the rest is kept for the recovery folder at the next start"
-            )),
-        }
+            .map_err(|e| {
+                format!("some written files could not be uploaded (kept in the recovery folder at the next start): {e}")
+            })
     }
 
     async fn unmount(mut self) -> Result<(), String> {
