@@ -302,13 +302,15 @@ fn a_full_corrupted_or_deleted_disk_cache_is_never_served() {
     assert!(disk_tier.used_bytes() <= 4 << 20);
 
     // Corrupted: flip a byte in the data of every chunk file; a new cache (empty memory) on
-    // the same folder must detect each one and read it from S3 again.
+    // the same folder must detect each one and read it from S3 again. The byte is flipped in
+    // place: rewriting a whole file on the full tmpfs could find no free page (ENOSPC).
     let mut corrupted = 0;
     for path in files_under(&chunks) {
-        let mut bytes = fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        fs::write(&path, bytes).unwrap();
+        let file = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let last = file.metadata().unwrap().len() - 1;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, last).unwrap();
+        file.write_all_at(&[byte[0] ^ 0xff], last).unwrap();
         corrupted += 1;
     }
     assert!(corrupted > 0, "chunks were cached on disk");
