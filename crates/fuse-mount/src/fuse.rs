@@ -39,8 +39,32 @@ impl<S: ObjectStore> FuseAdapter<S> {
             runtime,
             ttl,
             dirs: Arc::default(),
-            next_dir: AtomicU64::new(1),
+            // Above every handle an earlier process serving this mount gave out (one per
+            // nanosecond at most), in case this one took the mount over.
+            next_dir: AtomicU64::new(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64),
+            ),
         }
+    }
+}
+
+impl<S: ObjectStore> FuseAdapter<S> {
+    /// The listing of open directory handle `fh` of `ino`. A handle this process did not give
+    /// out (the kernel got it from the process this one took the mount over from) is listed
+    /// again.
+    fn dir_entries(&self, fh: u64, ino: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        if let Some(entries) = self.dirs.lock().unwrap().get(&fh).cloned() {
+            return Ok(entries);
+        }
+        let entries = self
+            .runtime
+            .block_on(self.fs.readdir(ino))
+            .map_err(|e| errno(&e))?;
+        let entries = Arc::new(entries);
+        self.dirs.lock().unwrap().insert(fh, entries.clone());
+        Ok(entries)
     }
 }
 
@@ -136,6 +160,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         if let Err(e) = self.runtime.block_on(fs.flush_all()) {
             tracing::error!(error = %e, "unmount: some written files could not be uploaded; see the staging folder");
         }
+        // Unmounted: no process will take this mount over.
+        fs.remove_inode_journal();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -272,7 +298,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -280,13 +306,14 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.fs.take_up_handle(fh.0, ino.0, false);
         spawn_reply!(self, "read", reply, fs => fs.read(fh.0, offset, size).await, |data| reply.data(&data));
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -295,6 +322,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.fs.take_up_handle(fh.0, ino.0, true);
         let data = data.to_vec();
         spawn_reply!(self, "write", reply, fs => fs.write(fh.0, offset, &data).await, |n| reply.written(n));
     }
@@ -302,35 +330,38 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.fs.take_up_handle(fh.0, ino.0, true);
         spawn_reply!(self, "flush", reply, fs => fs.flush(fh.0).await, |_done| reply.ok());
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.take_up_handle(fh.0, ino.0, true);
         spawn_reply!(self, "release", reply, fs => fs.release(fh.0).await, |_done| reply.ok());
     }
 
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.take_up_handle(fh.0, ino.0, true);
         spawn_reply!(self, "fsync", reply, fs => fs.fsync(fh.0).await, |_done| reply.ok());
     }
 
@@ -352,8 +383,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         mut reply: ReplyDirectory,
     ) {
         count_op("readdir");
-        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
-            return reply.error(Errno::from_i32(libc::EBADF));
+        let entries = match self.dir_entries(fh.0, ino.0) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(e),
         };
         let dots = [
             (ino.0, FileType::Directory, ".".to_string()),
@@ -381,8 +413,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         mut reply: ReplyDirectoryPlus,
     ) {
         count_op("readdirplus");
-        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
-            return reply.error(Errno::from_i32(libc::EBADF));
+        let entries = match self.dir_entries(fh.0, ino.0) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(e),
         };
         let Ok(own) = self.runtime.block_on(self.fs.getattr(ino.0)) else {
             return reply.error(Errno::from_i32(libc::ENOENT));

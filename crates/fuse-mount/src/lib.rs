@@ -14,5 +14,6 @@ pub mod session;
 
 pub use crate::core::{Fs, FsConfig, FsError};
 pub use session::{
-    check_mountpoint, flush_and_detach, is_mounted, lazy_unmount, mount, MountHandle, MountOptions,
+    check_mountpoint, flush_and_detach, is_mounted, lazy_unmount, mount, take_over, MountHandle,
+    MountOptions,
 };

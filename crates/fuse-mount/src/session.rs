@@ -1,12 +1,13 @@
 //! Mounting: serve an [`Fs`] at a mountpoint until the returned [`MountHandle`] is dropped or
 //! unmounted, flushing written files first.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ObjectStore;
-use fuser::{Config, MountOption, SessionACL};
+use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::core::Fs;
 use crate::fuse::FuseAdapter;
@@ -29,11 +30,31 @@ pub struct MountOptions {
 pub struct MountHandle {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
+    /// The mount's `/dev/fuse` connection (a duplicate of the session's descriptor).
+    connection: OwnedFd,
+    /// Taken over from another process: fuser did not mount it, so it does not unmount it.
+    taken_over: bool,
 }
 
 impl MountHandle {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// A new descriptor of the mount's `/dev/fuse` connection. While any process holds one,
+    /// the mount outlives the process serving it: requests wait, and another process can take
+    /// it over ([`take_over`]).
+    pub fn connection(&self) -> std::io::Result<OwnedFd> {
+        self.connection.try_clone()
+    }
+
+    /// End the session: unmount (fuser knows how for its own mounts), then wait for the
+    /// session thread.
+    fn end_session(&self, session: fuser::BackgroundSession) -> std::io::Result<()> {
+        if self.taken_over {
+            nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty())?;
+        }
+        session.umount_and_join()
     }
 
     /// True once the session ended (for example after `fusermount3 -u` from outside).
@@ -44,7 +65,7 @@ impl MountHandle {
     /// Unmount and wait until the session has ended (written files are uploaded first).
     pub fn unmount(mut self) -> std::io::Result<()> {
         match self.session.take() {
-            Some(session) => session.umount_and_join(),
+            Some(session) => self.end_session(session),
             None => Ok(()),
         }
     }
@@ -123,7 +144,7 @@ pub fn lazy_unmount(mountpoint: &Path) -> std::io::Result<()> {
 impl Drop for MountHandle {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            if let Err(e) = session.umount_and_join() {
+            if let Err(e) = self.end_session(session) {
                 tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
             }
         }
@@ -173,6 +194,57 @@ pub fn mount<S: ObjectStore>(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> std::io::Result<MountHandle> {
+    let config = session_config(options);
+    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
+    let session = Session::new(adapter, mountpoint, &config)?;
+    let connection = session.as_fd().try_clone_to_owned()?;
+    Ok(MountHandle {
+        session: Some(session.spawn()?),
+        mountpoint: mountpoint.to_path_buf(),
+        connection,
+        taken_over: false,
+    })
+}
+
+/// Serve `fs` on `connection`, the `/dev/fuse` connection of the live mount at `mountpoint`
+/// whose serving process died (`fs` from [`Fs::take_over`]). The kernel kept every request
+/// meanwhile; those the dead process had read but not answered are sent again (Linux 6.9 or
+/// later), so no caller is left waiting.
+pub fn take_over<S: ObjectStore>(
+    fs: Arc<Fs<S>>,
+    connection: OwnedFd,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> std::io::Result<MountHandle> {
+    let config = session_config(options);
+    let acl = config.acl;
+    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
+    let session = Session::from_initialized_fd(adapter, connection.try_clone()?, acl, config);
+    let handle = MountHandle {
+        session: Some(session.spawn()?),
+        mountpoint: mountpoint.to_path_buf(),
+        connection,
+        taken_over: true,
+    };
+    if let Err(e) = resend_unanswered(handle.connection.as_fd()) {
+        tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "the kernel cannot send again the requests the old process left unanswered (it needs Linux 6.9 or later); their callers wait until interrupted");
+    }
+    Ok(handle)
+}
+
+/// Ask the kernel to queue again every request of the connection that was read but not
+/// answered: the FUSE_NOTIFY_RESEND notification, a bare `fuse_out_header` with unique 0.
+fn resend_unanswered(connection: BorrowedFd<'_>) -> std::io::Result<()> {
+    const FUSE_NOTIFY_RESEND: i32 = 7;
+    const HEADER_LEN: u32 = 16;
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[0..4].copy_from_slice(&HEADER_LEN.to_ne_bytes());
+    header[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
+    nix::unistd::write(connection, &header)?;
+    Ok(())
+}
+
+fn session_config(options: &MountOptions) -> Config {
     let mut mount_options = vec![
         MountOption::FSName(if options.fs_name.is_empty() {
             "s3vol".into()
@@ -195,10 +267,5 @@ pub fn mount<S: ObjectStore>(
         SessionACL::default()
     };
     config.n_threads = Some(options.threads.max(1));
-    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
-    let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
-    Ok(MountHandle {
-        session: Some(session),
-        mountpoint: mountpoint.to_path_buf(),
-    })
+    config
 }

@@ -306,7 +306,11 @@ fn a_full_corrupted_or_deleted_disk_cache_is_never_served() {
     // place: rewriting a whole file on the full tmpfs could find no free page (ENOSPC).
     let mut corrupted = 0;
     for path in files_under(&chunks) {
-        let file = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
         let last = file.metadata().unwrap().len() - 1;
         let mut byte = [0u8];
         file.read_exact_at(&mut byte, last).unwrap();

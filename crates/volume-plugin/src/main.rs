@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use common::bytesize::ByteSize;
 use s3_backend::PathStyle;
 use s3_backend::S3Config;
+use volume_plugin::handover::{WorkerHandover, SUPERVISOR_ENV};
 use volume_plugin::mount::{self, MountParams};
 use volume_plugin::settings::PluginSettings;
 
@@ -317,13 +318,27 @@ fn serve_command(args: ServeArgs) -> Result<(), String> {
             std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", file);
         }
     }
+    let Some(supervisor) = std::env::var_os(SUPERVISOR_ENV) else {
+        // The first process: supervise workers, which run this command again.
+        return volume_plugin::supervisor::run(&settings.socket, &settings.state_dir);
+    };
+    // A worker dies with its supervisor, as every process of a managed plugin does when its
+    // first one dies: a killed supervisor is a crash of the whole plugin, whose next start
+    // mounts the volumes again. (A worker left running would hold the plugin socket.)
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        tracing::warn!(error = %e, "cannot ask to be stopped with the supervisor");
+    }
     warn_about_open_credentials(&credentials_files(Some(&settings.config_dir)));
+    let handover = WorkerHandover::connect(Path::new(&supervisor))?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("s3vol-worker")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?
-        .block_on(volume_plugin::serve::serve(settings))
+        .block_on(volume_plugin::serve::serve(
+            settings,
+            Some(std::sync::Arc::new(handover)),
+        ))
 }
 
 /// A managed plugin exports every declared setting, set or not: an empty value means unset

@@ -369,11 +369,15 @@ impl<M: Mounter> VolumeManager<M> {
         }
         self.mounted.lock().unwrap().remove(&record.name);
         let spec = Self::spec_of(record)?;
-        // stat of a dead FUSE mount and fusermount3 block: keep them off the runtime's workers.
-        let prepared = mountpoint.clone();
-        tokio::task::spawn_blocking(move || prepare_mountpoint(&prepared))
-            .await
-            .map_err(|e| format!("preparing {} crashed: {e}", mountpoint.display()))??;
+        // A live mount a crashed worker left is taken over as it is.
+        if !self.mounter.takes_over(&record.name) {
+            // stat of a dead FUSE mount and fusermount3 block: keep them off the runtime's
+            // workers.
+            let prepared = mountpoint.clone();
+            tokio::task::spawn_blocking(move || prepare_mountpoint(&prepared))
+                .await
+                .map_err(|e| format!("preparing {} crashed: {e}", mountpoint.display()))??;
+        }
         let mount = self
             .mounter
             .mount(&record.name, &spec, &mountpoint)

@@ -13,6 +13,7 @@ use s3_backend::cache::{CacheConfig, CacheTiers};
 use s3_backend::S3Store;
 use serde_json::{json, Map, Value};
 
+use crate::handover::WorkerHandover;
 use crate::options::VolumeSpec;
 use crate::settings::PluginSettings;
 
@@ -32,6 +33,13 @@ pub trait Mounter: Send + Sync + std::fmt::Debug + 'static {
         spec: &VolumeSpec,
         mountpoint: &Path,
     ) -> Result<Self::Mounted, String>;
+
+    /// Whether `mount` of volume `name` takes over a live mount that a crashed worker left at
+    /// its mountpoint (which must then be left as it is, not cleared).
+    fn takes_over(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
 
     /// Figures shared by all volumes (the cache tiers), for `Status`.
     fn shared_status(&self) -> Map<String, Value> {
@@ -70,6 +78,8 @@ const UNCACHED_MEMORY: u64 = 32 << 20;
 pub struct FuseMounter {
     settings: Arc<PluginSettings>,
     tiers: Arc<CacheTiers>,
+    /// Under the supervisor: the previous worker's live mounts, and where to report ours.
+    handover: Option<Arc<WorkerHandover>>,
 }
 
 impl FuseMounter {
@@ -83,7 +93,14 @@ impl FuseMounter {
         Ok(Self {
             settings,
             tiers: Arc::new(tiers),
+            handover: None,
         })
+    }
+
+    /// Take over the live mounts `handover` holds, and report new mounts to it.
+    pub fn with_handover(mut self, handover: Arc<WorkerHandover>) -> Self {
+        self.handover = Some(handover);
+        self
     }
 
     fn shared_cache_config(settings: &PluginSettings) -> CacheConfig {
@@ -148,17 +165,25 @@ impl Mounter for FuseMounter {
         mountpoint: &Path,
     ) -> Result<FuseMount, String> {
         let endpoint = self.settings.s3_config(spec).endpoint_display();
-        let store = within_probe_time("mounting", spec, &endpoint, async {
-            let store = self.store(spec).await?;
-            // The bucket may have gone, or the keys changed, since the volume was created.
-            store
-                .ensure_bucket(false)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(store)
-        })
-        .await?;
+        let live = self.handover.as_ref().and_then(|h| h.take(name));
+        let store = if live.is_some() {
+            // Containers are waiting on the live mount: no check of the bucket first (a
+            // backend that is down fails their calls with EIO, as it would have anyway).
+            self.store(spec).await?
+        } else {
+            within_probe_time("mounting", spec, &endpoint, async {
+                let store = self.store(spec).await?;
+                // The bucket may have gone, or the keys changed, since the volume was created.
+                store
+                    .ensure_bucket(false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(store)
+            })
+            .await?
+        };
         let mut config = FsConfig::new(self.settings.volume_dir(name))
+            .journal_inodes()
             .prefix(&spec.prefix)
             .owner(spec.uid.unwrap_or(0), spec.gid.unwrap_or(0))
             .modes(spec.file_mode, spec.dir_mode)
@@ -172,7 +197,11 @@ impl Mounter for FuseMounter {
         };
         let store = Arc::new(MeteredStore::new(store));
         let counters = store.counters().clone();
-        let fs = Arc::new(Fs::new(store, config).map_err(|e| e.to_string())?);
+        let fs = match live {
+            Some(_) => Fs::take_over(store, config).await,
+            None => Fs::new(store, config),
+        };
+        let fs = Arc::new(fs.map_err(|e| e.to_string())?);
         fs.recover_leftovers().await;
         let options = MountOptions {
             fs_name: format!("s3vol:{}/{}", spec.bucket, spec.prefix),
@@ -182,13 +211,45 @@ impl Mounter for FuseMounter {
             read_only: spec.read_only,
             threads: 4,
         };
-        let handle = fuse_mount::mount(fs.clone(), mountpoint, &options)
-            .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
+        let handle = match live {
+            Some(connection) => {
+                let handle = fuse_mount::take_over(fs.clone(), connection, mountpoint, &options)
+                    .map_err(|e| {
+                        format!(
+                            "cannot take over the mount at {}: {e}",
+                            mountpoint.display()
+                        )
+                    })?;
+                tracing::info!(
+                    volume = name,
+                    "took over the live mount a crashed worker left"
+                );
+                handle
+            }
+            None => fuse_mount::mount(fs.clone(), mountpoint, &options)
+                .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?,
+        };
+        if let Some(handover) = &self.handover {
+            match handle.connection() {
+                Ok(connection) => handover.hold(name, &connection),
+                Err(e) => {
+                    tracing::warn!(volume = name, error = %e, "cannot hand the mount to the supervisor; it would not survive a crash of this process")
+                }
+            }
+        }
         Ok(FuseMount {
             handle: Some(handle),
             fs,
             counters,
+            release: self
+                .handover
+                .clone()
+                .map(|handover| (handover, name.to_string())),
         })
+    }
+
+    fn takes_over(&self, name: &str) -> bool {
+        self.handover.as_ref().is_some_and(|h| h.holds(name))
     }
 
     fn shared_status(&self) -> Map<String, Value> {
@@ -209,6 +270,17 @@ pub struct FuseMount {
     fs: Arc<Fs<MeteredStore<S3Store>>>,
     /// What this volume sent to and received from the store.
     counters: Arc<StoreCounters>,
+    /// Under the supervisor: whom to tell when the mount ended, and the volume's name.
+    release: Option<(Arc<WorkerHandover>, String)>,
+}
+
+impl FuseMount {
+    /// The mount ended: the supervisor need not keep it alive any more.
+    fn released(&self) {
+        if let Some((handover, name)) = &self.release {
+            handover.release(name);
+        }
+    }
 }
 
 #[async_trait]
@@ -253,11 +325,13 @@ impl MountedVolume for FuseMount {
         };
         // A session still held by a container does not end however long we wait; one nobody
         // holds ends within milliseconds of the detach.
-        fuse_mount::flush_and_detach(&self.fs, handle, Some(limit), Duration::from_secs(2))
-            .await
-            .map_err(|e| {
-                format!("some written files could not be uploaded (kept in the recovery folder at the next start): {e}")
-            })
+        let result =
+            fuse_mount::flush_and_detach(&self.fs, handle, Some(limit), Duration::from_secs(2))
+                .await;
+        self.released();
+        result.map_err(|e| {
+            format!("some written files could not be uploaded (kept in the recovery folder at the next start): {e}")
+        })
     }
 
     async fn unmount(mut self) -> Result<(), String> {
@@ -266,9 +340,11 @@ impl MountedVolume for FuseMount {
         };
         let mountpoint = handle.mountpoint().to_path_buf();
         // Unmounting waits for the session's last uploads, which run on the runtime's workers.
-        tokio::task::spawn_blocking(move || handle.unmount())
+        let result = tokio::task::spawn_blocking(move || handle.unmount())
             .await
             .map_err(|e| format!("unmount of {} panicked: {e}", mountpoint.display()))?
-            .map_err(|e| format!("cannot unmount {}: {e}", mountpoint.display()))
+            .map_err(|e| format!("cannot unmount {}: {e}", mountpoint.display()));
+        self.released();
+        result
     }
 }

@@ -11,6 +11,7 @@ use tokio::net::UnixListener;
 
 use crate::api;
 use crate::catalogue::Catalogue;
+use crate::handover::WorkerHandover;
 use crate::manager::VolumeManager;
 use crate::mounter::FuseMounter;
 use crate::settings::PluginSettings;
@@ -24,7 +25,7 @@ fn create_dir(what: &str, dir: &Path) -> Result<(), String> {
 }
 
 /// Bind the socket, replacing a stale socket file left by a previous run.
-fn bind(socket: &Path) -> Result<UnixListener, String> {
+pub fn bind_std(socket: &Path) -> Result<std::os::unix::net::UnixListener, String> {
     if let Some(dir) = socket.parent() {
         create_dir("socket", dir)?;
     }
@@ -44,7 +45,7 @@ fn bind(socket: &Path) -> Result<UnixListener, String> {
             ))
         }
     }
-    let listener = UnixListener::bind(socket)
+    let listener = std::os::unix::net::UnixListener::bind(socket)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     // Whoever can write to the socket can mount any bucket the plugin's keys reach: owner and
     // group only (root:root; Docker runs as root), whatever the umask made of it.
@@ -59,6 +60,14 @@ fn bind(socket: &Path) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
+/// A tokio listener on `listener`.
+fn async_listener(listener: std::os::unix::net::UnixListener) -> Result<UnixListener, String> {
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(listener))
+        .map_err(|e| format!("cannot serve the plugin socket: {e}"))
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("signal handler");
@@ -69,13 +78,21 @@ async fn shutdown_signal() {
     tracing::info!("stopping: uploading written files and unmounting");
 }
 
-/// Serve until SIGTERM/SIGINT.
-pub async fn serve(settings: PluginSettings) -> Result<(), String> {
+/// Serve until SIGTERM/SIGINT. A worker under the [`supervisor`](crate::supervisor) gets the
+/// socket and the previous worker's live mounts from it (`handover`).
+pub async fn serve(
+    settings: PluginSettings,
+    handover: Option<Arc<WorkerHandover>>,
+) -> Result<(), String> {
+    let supervised = handover.is_some();
     create_dir("mount root", &settings.mount_root)?;
     create_dir("cache", &settings.cache_dir)?;
     let catalogue = Catalogue::load(&settings.state_dir)?;
     let settings = Arc::new(settings);
-    let mounter = FuseMounter::new(settings.clone())?;
+    let mut mounter = FuseMounter::new(settings.clone())?;
+    if let Some(handover) = &handover {
+        mounter = mounter.with_handover(handover.clone());
+    }
     let manager = Arc::new(VolumeManager::new(mounter, settings.clone(), catalogue));
     // Metrics first: a bad address fails the start before Docker sees a socket.
     if let Some(addr) = settings.metrics_addr {
@@ -83,7 +100,11 @@ pub async fn serve(settings: PluginSettings) -> Result<(), String> {
         crate::metrics_endpoint::start(addr, Arc::new(move || manager.mounter().publish_metrics()))
             .await?;
     }
-    let listener = bind(&settings.socket)?;
+    let listener = match handover.as_ref().and_then(|h| h.take_listener()) {
+        Some(fd) => std::os::unix::net::UnixListener::from(fd),
+        None => bind_std(&settings.socket)?,
+    };
+    let listener = async_listener(listener)?;
     tracing::info!(
         socket = %settings.socket.display(),
         volumes = manager.list().len(),
@@ -92,7 +113,12 @@ pub async fn serve(settings: PluginSettings) -> Result<(), String> {
     );
     let restore = tokio::spawn({
         let manager = manager.clone();
-        async move { manager.restore_mounts().await }
+        async move {
+            manager.restore_mounts().await;
+            if let Some(handover) = handover {
+                end_untaken_mounts(&handover, &manager.settings().mount_root);
+            }
+        }
     });
     let served = axum::serve(listener, api::router(manager.clone()))
         .with_graceful_shutdown(shutdown_signal())
@@ -101,6 +127,20 @@ pub async fn serve(settings: PluginSettings) -> Result<(), String> {
     restore.abort();
     let _ = restore.await;
     manager.shutdown().await;
-    let _ = std::fs::remove_file(&settings.socket);
+    if !supervised {
+        // A supervisor owns the socket (and removes it when it exits).
+        let _ = std::fs::remove_file(&settings.socket);
+    }
     served.map_err(|e| format!("the API server failed: {e}"))
+}
+
+/// Live mounts the previous worker left that no volume took over (their volume was being
+/// unmounted when it died, or cannot be mounted any more): detach them, so they do not hang.
+fn end_untaken_mounts(handover: &WorkerHandover, mount_root: &Path) {
+    for volume in handover.untaken() {
+        let mountpoint = mount_root.join(&volume);
+        tracing::warn!(volume, mountpoint = %mountpoint.display(), "a mount the previous worker left is not in use any more; detaching it");
+        let _ = fuse_mount::lazy_unmount(&mountpoint);
+        handover.release(&volume);
+    }
 }

@@ -149,11 +149,26 @@ impl Server {
         self.child.as_ref().unwrap().id()
     }
 
-    /// Crash: SIGKILL, no chance to unmount or save anything.
+    /// The worker serving the volumes under the supervisor (this server's process).
+    fn worker_pid(&self) -> u32 {
+        let path = volume_plugin::supervisor::worker_pid_path(&self.dir.join("state"));
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Crash of the whole plugin: SIGKILL of the supervisor, whose worker dies with it; no
+    /// chance to unmount or save anything.
     fn kill(mut self) {
+        let worker = self.worker_pid();
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
+        wait_until("the worker died with the supervisor", || {
+            !Path::new(&format!("/proc/{worker}")).exists()
+        });
     }
 
     /// Stop as Docker does (SIGTERM) and return whether it exited cleanly.
@@ -428,5 +443,139 @@ fn sigterm_uploads_and_unmounts_and_the_next_start_mounts_again() {
         b"before stop"
     );
     server.ok("Unmount", json!({"Name": "v", "ID": id(1)}));
+    assert!(server.stop());
+}
+
+/// The container's view of a worker crash: a loop that appends to a log, writes new files in
+/// a directory made before the crashes and reads back a large file, while the worker serving
+/// the mount is SIGKILLed twice. The supervisor hands the live mount to the next worker: the
+/// loop sees a stall, no error, and every byte is in the bucket afterwards.
+#[test]
+fn mounts_outlive_crashes_of_the_worker() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let Some(env) = S3Env::from_env() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let default_bucket = rt.block_on(env.new_bucket("serve-handover"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&env, dir.path(), default_bucket.bucket());
+    server.ok("Create", json!({"Name": "live", "Opts": null}));
+    server.ok("Mount", json!({"Name": "live", "ID": id(1)}));
+    let mountpoint = dir.path().join("mnt/live");
+    let big = common::conformance::pattern(3 << 20, 7);
+    std::fs::write(mountpoint.join("big.bin"), &big).unwrap();
+    std::fs::create_dir(mountpoint.join("out")).unwrap();
+    // A file open for writing across both crashes, written between them.
+    let mut open_file = std::fs::File::create(mountpoint.join("out/open.txt")).unwrap();
+    open_file.write_all(b"before the crashes;").unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let iterations = Arc::new(AtomicU64::new(0));
+    let looper = std::thread::spawn({
+        let (stop, iterations, mountpoint, big) = (
+            stop.clone(),
+            iterations.clone(),
+            mountpoint.clone(),
+            big.clone(),
+        );
+        move || -> Result<Duration, String> {
+            let mut longest = Duration::ZERO;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let mut log = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(mountpoint.join("log.txt"))
+                    .map_err(|e| format!("open log, iteration {i}: {e}"))?;
+                log.write_all(format!("line {i}\n").as_bytes())
+                    .map_err(|e| format!("append, iteration {i}: {e}"))?;
+                drop(log);
+                let name = mountpoint.join(format!("out/f-{i}"));
+                std::fs::write(&name, format!("file {i}"))
+                    .map_err(|e| format!("write, iteration {i}: {e}"))?;
+                let back = std::fs::read(&name).map_err(|e| format!("read back {i}: {e}"))?;
+                if back != format!("file {i}").as_bytes() {
+                    return Err(format!("f-{i} read back as {back:?}"));
+                }
+                if i % 10 == 0 {
+                    let read = std::fs::read(mountpoint.join("big.bin"))
+                        .map_err(|e| format!("read big.bin, iteration {i}: {e}"))?;
+                    if read != big {
+                        return Err(format!("big.bin read back wrong at iteration {i}"));
+                    }
+                }
+                longest = longest.max(started.elapsed());
+                i += 1;
+                iterations.store(i, Ordering::Relaxed);
+            }
+            Ok(longest)
+        }
+    });
+    let progressed = |what: &str| {
+        let before = iterations.load(Ordering::Relaxed);
+        wait_until(what, || iterations.load(Ordering::Relaxed) >= before + 20);
+    };
+    progressed("the loop runs");
+    for crash in 1..=2 {
+        let worker = server.worker_pid();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(worker as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        wait_until("a new worker", || {
+            std::fs::read_to_string(volume_plugin::supervisor::worker_pid_path(
+                &dir.path().join("state"),
+            ))
+            .is_ok_and(|pid| pid.trim() != worker.to_string())
+        });
+        progressed(&format!("the loop goes on after crash {crash}"));
+        if crash == 1 {
+            open_file.write_all(b" between them;").unwrap();
+        }
+    }
+    open_file.write_all(b" after them.").unwrap();
+    drop(open_file);
+    stop.store(true, Ordering::Relaxed);
+    let longest = looper
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the loop failed: {e}\nlog:\n{}", log(dir.path())));
+    let done = iterations.load(Ordering::Relaxed);
+    println!("{done} iterations; longest (the stall of a crash): {longest:?}");
+    assert!(
+        log(dir.path()).matches("took over the live mount").count() == 2,
+        "each new worker took the mount over:\n{}",
+        log(dir.path())
+    );
+    server.ok("Unmount", json!({"Name": "live", "ID": id(1)}));
+    assert!(!is_mounted(&mountpoint));
+
+    // Every byte is in the bucket, as plain objects.
+    let bucket = store(&env, &rt, default_bucket.bucket());
+    let get = |key: &str| {
+        rt.block_on(async {
+            let meta = bucket.head(key).await.unwrap();
+            bucket.get_range(key, 0..meta.size, None).await.unwrap()
+        })
+    };
+    let expected_log: String = (0..done).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&get("live/log.txt")),
+        expected_log,
+        "the log holds every line once, in order"
+    );
+    for i in 0..done {
+        assert_eq!(
+            get(&format!("live/out/f-{i}")),
+            format!("file {i}").as_bytes()
+        );
+    }
+    assert_eq!(
+        get("live/out/open.txt"),
+        b"before the crashes; between them; after them.".as_slice()
+    );
+    assert!(get("live/big.bin") == big);
     assert!(server.stop());
 }

@@ -89,8 +89,49 @@ impl<S: ObjectStore> FileState<S> {
         })
     }
 
+    /// The write state a crashed process left in staging file `path` for `key`, taken over as
+    /// it is: all of it counts as written, and the next commit uploads it from the file.
+    pub fn adopt(path: &Path, key: &str) -> FsResult<Self> {
+        let staging = File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| local(e, "cannot open staging file", path))?;
+        let size = staging
+            .metadata()
+            .map_err(|e| local(e, "cannot read the size of staging file", path))?
+            .len();
+        Ok(Self {
+            key: key.to_string(),
+            staging_path: path.to_path_buf(),
+            staging,
+            size,
+            dirty: true,
+            stream: None,
+            stream_next: 0,
+            ahead: BTreeMap::new(),
+            detached: false,
+        })
+    }
+
     pub fn staging_path(&self) -> &Path {
         &self.staging_path
+    }
+
+    /// The file was renamed: its bytes now go to `key` (the `.key` file beside the staging
+    /// file says so too, for recovery after a crash).
+    pub fn set_key(&mut self, key: String) {
+        if let Err(e) = std::fs::write(self.staging_path.with_extension("key"), &key) {
+            tracing::warn!(staging = %self.staging_path.display(), error = %e, "cannot record the new key of a staging file");
+        }
+        self.key = key;
+    }
+
+    /// The file was unlinked while open: its bytes must never be uploaded, nor taken over by
+    /// a new process under a name that may belong to another file by then.
+    pub fn detach(&mut self) {
+        self.detached = true;
+        let _ = std::fs::remove_file(self.staging_path.with_extension("key"));
     }
 
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
@@ -272,14 +313,39 @@ impl<S: ObjectStore> FileState<S> {
     }
 }
 
+/// The staging files in `staging_dir` that name their object (in a `.key` file beside them),
+/// with that key.
+pub fn staged_files(staging_dir: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(staging_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "staging"))
+        .filter_map(|path| {
+            let key = std::fs::read_to_string(path.with_extension("key")).ok()?;
+            Some((path, key))
+        })
+        .collect()
+}
+
 /// Move the staging files a crash left in `staging_dir` to `recovery_dir`, named after their
-/// keys, and return where each went. Call before any file of this run is staged there.
-pub fn rescue_leftover_staging(staging_dir: &Path, recovery_dir: &Path) -> Vec<PathBuf> {
+/// keys, and return where each went; those in `keep` (taken over) stay. Call before any file
+/// of this run is staged there.
+pub fn rescue_leftover_staging(
+    staging_dir: &Path,
+    recovery_dir: &Path,
+    keep: &std::collections::HashSet<PathBuf>,
+) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(staging_dir) else {
         return Vec::new();
     };
     let mut rescued = Vec::new();
     for path in entries.flatten().map(|e| e.path()) {
+        if keep.contains(&path) {
+            continue;
+        }
         if path.extension().is_some_and(|ext| ext == "staging") {
             let key_file = path.with_extension("key");
             let key = std::fs::read_to_string(&key_file).unwrap_or_else(|_| "unknown-key".into());

@@ -8,10 +8,14 @@ use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
 use common::ETag;
+use serde::{Deserialize, Serialize};
+
+use super::journal::{InodeJournal, JournaledInode, Record};
 
 pub const ROOT_INO: u64 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     File,
     Dir,
@@ -54,6 +58,8 @@ pub struct InodeTable {
     next: u64,
     inodes: HashMap<u64, Inode>,
     by_path: HashMap<String, u64>,
+    /// Where new numbers and renames are recorded, for a takeover after a crash.
+    journal: Option<InodeJournal>,
 }
 
 impl InodeTable {
@@ -76,6 +82,69 @@ impl InodeTable {
             },
         );
         table.by_path.insert(String::new(), ROOT_INO);
+        table
+    }
+
+    /// Record every new number and rename in `journal` from now on.
+    pub fn with_journal(mut self, journal: InodeJournal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// The table a crashed process left, from its journal: the same numbers for the same
+    /// names, with `placeholder` attributes of each kind and `fetched` long ago, so they are
+    /// fetched again at first use.
+    pub fn restore(
+        root: Attr,
+        journaled: Vec<JournaledInode>,
+        placeholder: impl Fn(Kind) -> Attr,
+        fetched: Instant,
+    ) -> Self {
+        let mut table = Self::new(root);
+        let mut pending = journaled;
+        // Parents first: a child's path is its parent's path plus its name.
+        while !pending.is_empty() {
+            let before = pending.len();
+            pending.retain(|j| {
+                let Some(parent_path) = table.inodes.get(&j.parent).map(|p| p.path.clone()) else {
+                    return true;
+                };
+                let path = if parent_path.is_empty() {
+                    j.name.clone()
+                } else {
+                    format!("{parent_path}/{}", j.name)
+                };
+                let mut attr = Attr {
+                    ino: j.ino,
+                    ..placeholder(j.kind)
+                };
+                if let Some((perm, uid, gid)) = j.owner {
+                    (attr.perm, attr.uid, attr.gid) = (perm, uid, gid);
+                }
+                table.inodes.insert(
+                    j.ino,
+                    Inode {
+                        parent: j.parent,
+                        name: j.name.clone(),
+                        path: path.clone(),
+                        attr,
+                        etag: None,
+                        fetched,
+                        kernel_cached: None,
+                        metadata_known: j.owner.is_some(),
+                    },
+                );
+                // Of two inodes with one name, the newer (higher number) holds it.
+                if j.linked && table.by_path.get(&path).is_none_or(|&other| other < j.ino) {
+                    table.by_path.insert(path, j.ino);
+                }
+                table.next = table.next.max(j.ino + 1);
+                false
+            });
+            if pending.len() == before {
+                break; // the rest have no way to the root (the journal checked; belt and braces)
+            }
+        }
         table
     }
 
@@ -123,6 +192,14 @@ impl InodeTable {
         let ino = self.next;
         self.next += 1;
         attr.ino = ino;
+        if let Some(journal) = &mut self.journal {
+            journal.append(&Record::New {
+                ino,
+                parent,
+                name: name.to_string(),
+                kind: attr.kind,
+            });
+        }
         self.inodes.insert(
             ino,
             Inode {
@@ -142,7 +219,31 @@ impl InodeTable {
 
     /// Forget the path (the inode number stays valid for open handles until forgotten).
     pub fn remove_path(&mut self, path: &str) {
-        self.by_path.remove(path);
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(journal) = &mut self.journal {
+                journal.append(&Record::Gone { ino });
+            }
+        }
+    }
+
+    /// Record the permissions and owner of `ino` as they are now (set through the mount).
+    pub fn journal_owner(&mut self, ino: u64) {
+        let (Some(journal), Some(inode)) = (&mut self.journal, self.inodes.get(&ino)) else {
+            return;
+        };
+        journal.append(&Record::Owner {
+            ino,
+            perm: inode.attr.perm,
+            uid: inode.attr.uid,
+            gid: inode.attr.gid,
+        });
+    }
+
+    /// Delete the journal: a clean unmount leaves nothing to take over.
+    pub fn remove_journal(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            journal.remove();
+        }
     }
 
     /// Move `from` (and everything below it) to `to`, under `new_parent` named `new_name`.
@@ -162,6 +263,13 @@ impl InodeTable {
             if old == from {
                 inode.parent = new_parent;
                 inode.name = new_name.to_string();
+                if let Some(journal) = &mut self.journal {
+                    journal.append(&Record::Move {
+                        ino,
+                        parent: new_parent,
+                        name: new_name.to_string(),
+                    });
+                }
             }
             inode.path = new.clone();
             self.by_path.insert(new, ino);

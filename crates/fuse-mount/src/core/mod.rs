@@ -13,9 +13,10 @@
 pub mod error;
 pub mod files;
 pub mod inodes;
+pub mod journal;
 pub mod metadata;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,7 @@ pub use error::{FsError, FsResult};
 use files::FileState;
 use inodes::InodeTable;
 pub use inodes::{Attr, Kind, ROOT_INO};
+use journal::InodeJournal;
 use metadata::{StoredAttrs, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 
 /// Settings of one mounted volume.
@@ -55,6 +57,9 @@ pub struct FsConfig {
     pub recovery_dir: PathBuf,
     /// Where multipart uploads in progress are recorded, so a crash's leftovers are aborted.
     pub uploads_dir: PathBuf,
+    /// Where the inode numbers given to the kernel are recorded, so that another process can
+    /// take the mount over after a crash ([`Fs::take_over`]); `None`: not recorded.
+    pub inode_journal: Option<PathBuf>,
     pub cache: CacheConfig,
     /// Tiers shared with other volumes; `None`: tiers of its own, sized by `cache`.
     pub shared_tiers: Option<Arc<CacheTiers>>,
@@ -78,6 +83,7 @@ impl FsConfig {
             staging_dir: local_dir.join("staging"),
             recovery_dir: local_dir.join("recovery"),
             uploads_dir: local_dir.join("uploads"),
+            inode_journal: None,
             cache: CacheConfig::default(),
             shared_tiers: None,
             readahead: ReadaheadConfig::default(),
@@ -127,6 +133,13 @@ impl FsConfig {
     /// Keep cached chunks in `tiers`, shared with other volumes (one budget for all).
     pub fn shared_tiers(mut self, tiers: Arc<CacheTiers>) -> Self {
         self.shared_tiers = Some(tiers);
+        self
+    }
+
+    /// Record inode numbers in `<local folder>/inodes.journal`, so that the mount can be taken
+    /// over after a crash of the process serving it.
+    pub fn journal_inodes(mut self) -> Self {
+        self.inode_journal = Some(self.uploads_dir.with_file_name("inodes.journal"));
         self
     }
 
@@ -197,6 +210,8 @@ pub struct Fs<S: ObjectStore> {
     open_counts: Mutex<HashMap<u64, u32>>,
     handles: Mutex<HashMap<u64, Handle<S>>>,
     next_fh: AtomicU64,
+    /// Handles below this number are from the process this one took the mount over from.
+    first_fh: u64,
 }
 
 /// A name in a directory: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
@@ -219,7 +234,72 @@ fn join(parent: &str, name: &str) -> String {
 }
 
 impl<S: ObjectStore> Fs<S> {
-    pub fn new(store: Arc<S>, mut config: FsConfig) -> FsResult<Self> {
+    /// The filesystem of a new mount.
+    pub fn new(store: Arc<S>, config: FsConfig) -> FsResult<Self> {
+        let mut inodes = InodeTable::new(Self::root_attr(&config));
+        if let Some(path) = &config.inode_journal {
+            let journal = InodeJournal::create(path).map_err(|e| {
+                FsError::Local(format!(
+                    "cannot create the inode journal {}: {e}",
+                    path.display()
+                ))
+            })?;
+            inodes = inodes.with_journal(journal);
+        }
+        Self::with_inodes(store, config, inodes, 1)
+    }
+
+    /// The filesystem of a mount whose serving process died, for a process that takes the
+    /// mount over (its `/dev/fuse` connection): the inode numbers the kernel holds come from
+    /// the inode journal, and files being written when the old process died from their
+    /// staging files. Handles the kernel holds are taken up when first used
+    /// ([`take_up_handle`](Self::take_up_handle)).
+    pub async fn take_over(store: Arc<S>, config: FsConfig) -> FsResult<Self> {
+        let path = config.inode_journal.clone().ok_or(FsError::Invalid(
+            "taking a mount over needs its inode journal",
+        ))?;
+        let (journal, journaled) = InodeJournal::take_over(&path).map_err(|e| {
+            FsError::Local(format!(
+                "cannot read the inode journal {}: {e}",
+                path.display()
+            ))
+        })?;
+        let stale = Instant::now()
+            .checked_sub(config.attr_ttl)
+            .unwrap_or_else(Instant::now);
+        let placeholder = |kind| Attr {
+            kind,
+            perm: if kind == Kind::Dir {
+                config.dir_mode
+            } else {
+                config.file_mode
+            },
+            ..Self::dir_attr_of(&config, SystemTime::now())
+        };
+        let inodes = InodeTable::restore(Self::root_attr(&config), journaled, placeholder, stale)
+            .with_journal(journal);
+        // Above every handle number the old process gave out (one per nanosecond at most).
+        let first_fh = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let fs = Self::with_inodes(store, config, inodes, first_fh)?;
+        fs.adopt_staged_files().await;
+        Ok(fs)
+    }
+
+    fn root_attr(config: &FsConfig) -> Attr {
+        Attr {
+            ino: ROOT_INO,
+            ..Self::dir_attr_of(config, SystemTime::now())
+        }
+    }
+
+    fn with_inodes(
+        store: Arc<S>,
+        mut config: FsConfig,
+        inodes: InodeTable,
+        first_fh: u64,
+    ) -> FsResult<Self> {
         config.upload.journal = Some(UploadJournal::new(&config.uploads_dir));
         let cache = match &config.shared_tiers {
             Some(tiers) => {
@@ -228,27 +308,96 @@ impl<S: ObjectStore> Fs<S> {
             None => ChunkCache::new(store.clone(), config.cache.clone())
                 .map_err(|e| FsError::Local(format!("cannot open the cache folder: {e}")))?,
         };
-        let root = Attr {
-            ino: ROOT_INO,
-            kind: Kind::Dir,
-            size: 0,
-            perm: config.dir_mode,
-            uid: config.uid,
-            gid: config.gid,
-            mtime: SystemTime::now(),
-        };
         Ok(Self {
             store,
             cache: Arc::new(cache),
-            inodes: Mutex::new(InodeTable::new(root)),
+            inodes: Mutex::new(inodes),
             negative: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             open_counts: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            next_fh: AtomicU64::new(first_fh),
+            first_fh,
             config,
         })
+    }
+
+    /// Take up the files the old process was writing: each staging file whose key names an
+    /// inode of the journal becomes that file's write state again, uploaded at its next commit.
+    async fn adopt_staged_files(&self) {
+        for (staging, key) in files::staged_files(&self.config.staging_dir) {
+            let Some(path) = key.strip_prefix(&self.config.prefix) else {
+                continue;
+            };
+            let Some(ino) = self
+                .inodes
+                .lock()
+                .unwrap()
+                .by_path(path)
+                .filter(|i| i.attr.kind == Kind::File)
+                .map(|i| i.attr.ino)
+            else {
+                continue;
+            };
+            match FileState::adopt(&staging, &key) {
+                Ok(state) => {
+                    tracing::info!(key, staging = %staging.display(), "took over a file being written");
+                    self.files
+                        .lock()
+                        .unwrap()
+                        .insert(ino, Arc::new(tokio::sync::Mutex::new(state)));
+                }
+                Err(e) => tracing::error!(key, error = %e, "cannot take over a file being written"),
+            }
+            // Its mode and owner, as the object has them, unless set through the mount.
+            let known = self
+                .inodes
+                .lock()
+                .unwrap()
+                .get(ino)
+                .is_some_and(|i| i.metadata_known);
+            if known {
+                continue;
+            }
+            if let Ok(meta) = self.store.head(&key).await {
+                let attr = self.attr_from_meta(&meta);
+                if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+                    inode.attr = Attr {
+                        ino,
+                        size: inode.attr.size,
+                        ..attr
+                    };
+                    inode.metadata_known = true;
+                }
+            }
+        }
+    }
+
+    /// Make `fh` a handle of `ino` again if it is one the kernel got from the process this one
+    /// took the mount over from (its open files live on). Other unknown handles stay unknown.
+    pub fn take_up_handle(&self, fh: u64, ino: u64, writable: bool) {
+        if fh >= self.first_fh {
+            return;
+        }
+        let mut handles = self.handles.lock().unwrap();
+        if handles.contains_key(&fh) || self.inodes.lock().unwrap().get(ino).is_none() {
+            return;
+        }
+        handles.insert(
+            fh,
+            Handle {
+                ino,
+                writable,
+                reader: None,
+            },
+        );
+        *self.open_counts.lock().unwrap().entry(ino).or_default() += 1;
+    }
+
+    /// Forget the inode journal (clean unmount: nothing to take over).
+    pub fn remove_inode_journal(&self) {
+        self.inodes.lock().unwrap().remove_journal();
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -273,8 +422,19 @@ impl<S: ObjectStore> Fs<S> {
     /// written but never acknowledged) move to the recovery folder, and the multipart uploads it
     /// left unfinished are aborted. Call once, before the mount serves anything.
     pub async fn recover_leftovers(&self) -> Leftovers {
-        let rescued =
-            files::rescue_leftover_staging(&self.config.staging_dir, &self.config.recovery_dir);
+        let taken_over: HashSet<PathBuf> = {
+            let files: Vec<SharedFile<S>> = self.files.lock().unwrap().values().cloned().collect();
+            let mut paths = HashSet::new();
+            for state in files {
+                paths.insert(state.lock().await.staging_path().to_path_buf());
+            }
+            paths
+        };
+        let rescued = files::rescue_leftover_staging(
+            &self.config.staging_dir,
+            &self.config.recovery_dir,
+            &taken_over,
+        );
         for path in &rescued {
             tracing::error!(file = %path.display(), "an earlier run stopped before uploading this file; its data is kept in the recovery folder");
         }
@@ -354,13 +514,17 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     fn dir_attr(&self, mtime: SystemTime) -> Attr {
+        Self::dir_attr_of(&self.config, mtime)
+    }
+
+    fn dir_attr_of(config: &FsConfig, mtime: SystemTime) -> Attr {
         Attr {
             ino: 0,
             kind: Kind::Dir,
             size: 0,
-            perm: self.config.dir_mode,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            perm: config.dir_mode,
+            uid: config.uid,
+            gid: config.gid,
             mtime,
         }
     }
@@ -755,7 +919,14 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(state) = self.file_state(ino) {
             return Ok(state);
         }
-        let (path, attr) = self.inode_path(ino)?;
+        let (path, cached) = self.inode_path(ino)?;
+        // Fresh attributes when the size decides what is copied into the staging file. (A
+        // handle taken over after a crash writes to an inode this process has not looked at.)
+        let attr = if empty {
+            cached
+        } else {
+            self.getattr(ino).await?
+        };
         let key = self.key(&path);
         let initial = if empty || attr.size == 0 {
             Bytes::new()
@@ -970,8 +1141,14 @@ impl<S: ObjectStore> Fs<S> {
         attr.uid = changes.uid.unwrap_or(attr.uid);
         attr.gid = changes.gid.unwrap_or(attr.gid);
         attr.mtime = changes.mtime.unwrap_or(attr.mtime);
-        if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
-            inode.attr = attr.clone();
+        {
+            let mut inodes = self.inodes.lock().unwrap();
+            if let Some(inode) = inodes.get_mut(ino) {
+                inode.attr = attr.clone();
+            }
+            if changes.mode.is_some() || changes.uid.is_some() || changes.gid.is_some() {
+                inodes.journal_owner(ino);
+            }
         }
         let open = self.open_counts.lock().unwrap().contains_key(&ino);
         if let Some(state) = self.file_state(ino) {
@@ -1042,6 +1219,7 @@ impl<S: ObjectStore> Fs<S> {
             mtime: SystemTime::now(),
         };
         let attr = self.record_new_entry(parent, name, path, attr, None);
+        self.inodes.lock().unwrap().journal_owner(attr.ino);
         let state = self.ensure_file_state(attr.ino, true).await?;
         {
             let mut state = state.lock().await;
@@ -1097,7 +1275,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         let path = join(&self.dir_path(parent)?, name);
         if let Some(state) = self.file_state(attr.ino) {
-            state.lock().await.detached = true;
+            state.lock().await.detach();
         }
         self.store.delete(&self.key(&path)).await?;
         self.inodes.lock().unwrap().remove_path(&path);
@@ -1212,7 +1390,7 @@ impl<S: ObjectStore> Fs<S> {
             }
             if let Some(state) = self.file_state(src.ino) {
                 let mut state = state.lock().await;
-                state.key = dst_key;
+                state.set_key(dst_key);
                 state.abandon_stream().await;
             }
         }

@@ -667,3 +667,66 @@ async fn a_stalled_read_does_not_hold_up_reads_of_other_files() {
     store.resume_gets();
     assert_eq!(&stalled.await.unwrap().unwrap()[..4], b"slow");
 }
+
+/// A process taking a mount over after a crash answers for the inode numbers and handles the
+/// kernel got from the dead one, and uploads what the dead one had staged but not uploaded.
+#[tokio::test]
+async fn a_takeover_keeps_inode_numbers_handles_and_staged_writes() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir).journal_inodes();
+    let old = Fs::new(store.clone(), config.clone()).unwrap();
+    let docs = old
+        .mkdir(ROOT_INO, "docs", 0o750, 1000, 1000)
+        .await
+        .unwrap();
+    let kept = write_file(&old, docs.ino, "kept.txt", b"uploaded before").await;
+    let moved = write_file(&old, ROOT_INO, "old-name", b"renamed").await;
+    old.rename(ROOT_INO, "old-name", docs.ino, "new-name")
+        .await
+        .unwrap();
+    let gone = write_file(&old, ROOT_INO, "gone", b"x").await;
+    old.unlink(ROOT_INO, "gone").await.unwrap();
+    // Open, written and not closed when the process dies.
+    let (open, fh) = old
+        .create(docs.ino, "open.txt", 0o600, 1000, 1000, false)
+        .await
+        .unwrap();
+    old.write(fh, 0, b"staged, ").await.unwrap();
+    std::mem::forget(old); // the crash: nothing flushed, nothing cleaned up
+
+    let new = Fs::take_over(store.clone(), config).await.unwrap();
+    new.recover_leftovers().await;
+    assert_eq!(new.getattr(docs.ino).await.unwrap().kind, Kind::Dir);
+    assert_eq!(read_all(&new, kept.ino).await, b"uploaded before");
+    assert_eq!(read_all(&new, moved.ino).await, b"renamed");
+    let by_name = new.lookup(docs.ino, "new-name").await.unwrap();
+    assert_eq!(by_name.ino, moved.ino, "the renamed file keeps its number");
+    assert!(matches!(
+        new.lookup(ROOT_INO, "gone").await,
+        Err(FsError::NotFound)
+    ));
+    assert_ne!(
+        new.lookup(docs.ino, "kept.txt").await.unwrap().ino,
+        gone.ino
+    );
+    // The handle the kernel holds goes on where it was, and its close uploads everything.
+    new.take_up_handle(fh, open.ino, true);
+    new.write(fh, 8, b"then more").await.unwrap();
+    new.release(fh).await.unwrap();
+    assert_eq!(
+        body(&store, "vol/docs/open.txt").await,
+        b"staged, then more"
+    );
+    let attr = new.getattr(open.ino).await.unwrap();
+    assert_eq!((attr.size, attr.perm), (17, 0o600));
+    // An unknown handle of this process is still an error.
+    assert!(matches!(
+        new.read(u64::MAX, 0, 1).await,
+        Err(FsError::BadHandle)
+    ));
+    assert!(
+        std::fs::read_dir(dir.path().join("recovery")).is_err(),
+        "the staged file was taken over, not moved to recovery"
+    );
+}
