@@ -553,6 +553,101 @@ fn stopping_the_plugin_under_a_busy_container_uploads_its_open_file_in_time() {
     assert_eq!(run(&volume, "cat /data/open.txt"), "unsaved\n");
 }
 
+/// The worker serving the volumes: the child of the plugin's first process, the supervisor
+/// (from the host, through /proc; no name patterns).
+fn worker_pid() -> Option<u32> {
+    let supervisor = plugin_pid()?;
+    let children =
+        std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// The number the loop of `a_container_..._survives_two_crashes_of_the_worker` has reached.
+fn loop_count(container: &Container) -> u64 {
+    let out = container.exec("cat /data/count 2>/dev/null");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_container_reading_and_writing_in_a_loop_survives_two_crashes_of_the_worker() {
+    let Some((fx, _turn)) = plugin() else { return };
+    let bucket = unique_bucket("e2e-handover").to_string();
+    let volume = Volume::create("handover", &[&format!("bucket={bucket}")]);
+    // Appends to a log, writes a new file and reads it back, rereads a 2 MiB file; stops at
+    // the first error, leaving what failed in /data/failed.
+    let script = r#"
+        fail() { echo "$1" > /data/failed; exit 1; }
+        head -c 2097152 /dev/urandom > /data/big || fail "write big"
+        sum=$(md5sum < /data/big)
+        i=0
+        while [ ! -e /data/stop ]; do
+            echo "line $i" >> /data/log || fail "append $i"
+            echo "file $i" > /data/f$i || fail "write f$i"
+            [ "$(cat /data/f$i)" = "file $i" ] || fail "read back f$i"
+            if [ $((i % 10)) = 0 ]; then
+                [ "$(md5sum < /data/big)" = "$sum" ] || fail "reread big at $i"
+            fi
+            i=$((i + 1))
+            echo $i > /data/count || fail "count $i"
+        done
+        echo "$sum" > /data/big.md5
+    "#;
+    let looper = Container::start("handover-loop", &volume, script);
+    let progressed = |what: &str| -> Duration {
+        let (started, before) = (Instant::now(), loop_count(&looper));
+        wait_until(what, Duration::from_secs(60), || {
+            loop_count(&looper) >= before + 20
+        });
+        started.elapsed()
+    };
+    progressed("the loop runs");
+    for crash in 1..=2 {
+        let worker = worker_pid().expect("the plugin's worker runs");
+        let killed = Command::new("kill")
+            .args(["-KILL", &worker.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        wait_until("a new worker", Duration::from_secs(30), || {
+            worker_pid().is_some_and(|pid| pid != worker)
+        });
+        let took = progressed(&format!("the loop goes on after crash {crash}"));
+        eprintln!("crash {crash}: 20 more iterations within {took:.1?} of the kill");
+    }
+    assert!(looper.exec("touch /data/stop").status.success());
+    wait_until("the loop ends", Duration::from_secs(60), || {
+        container_state(&looper.0, "Running") == "false"
+    });
+    let failed = looper.exec("cat /data/failed 2>/dev/null");
+    assert_eq!(
+        container_state(&looper.0, "ExitCode"),
+        "0",
+        "the loop failed: {}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    let done: u64 = String::from_utf8_lossy(&fx.object(&bucket, "count"))
+        .trim()
+        .parse()
+        .unwrap();
+    drop(looper);
+    // Every append and every file is in the bucket: nothing written was lost.
+    let expected: String = (0..done).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&fx.object(&bucket, "log")),
+        expected
+    );
+    for i in 0..done {
+        assert_eq!(
+            fx.object(&bucket, &format!("f{i}")),
+            format!("file {i}\n").as_bytes()
+        );
+    }
+    eprintln!("{done} iterations, 2 worker crashes, 0 errors, 0 bytes lost");
+}
+
 // ---------------------------------------------------------------- reliability and load (#7)
 
 /// No `docker` call of the load tests may take longer (the order of Docker's own timeout for a
