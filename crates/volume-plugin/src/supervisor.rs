@@ -7,7 +7,8 @@
 //! descriptor of each mount's `/dev/fuse` connection the worker reports, and hands them all
 //! to the next worker. It does no I/O of its own: there is little in it to crash. SIGTERM and
 //! SIGINT go to the worker, which uploads and unmounts; the supervisor then exits with the
-//! worker's status.
+//! worker's status. SIGHUP replaces the worker with a new one started from the binary's path
+//! (an upgraded binary, if it was replaced), which takes the mounts over as after a crash.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -146,9 +147,11 @@ fn welcome(worker: &OwnedFd, held: &Held) -> std::io::Result<()> {
     handover::send(worker, &Message::Ready, None)
 }
 
-fn start_worker(control_path: &Path, state_dir: &Path) -> Result<tokio::process::Child, String> {
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot find this program to start the worker: {e}"))?;
+fn start_worker(
+    exe: &Path,
+    control_path: &Path,
+    state_dir: &Path,
+) -> Result<tokio::process::Child, String> {
     let child = tokio::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(SUPERVISOR_ENV, control_path)
@@ -160,27 +163,40 @@ fn start_worker(control_path: &Path, state_dir: &Path) -> Result<tokio::process:
     Ok(child)
 }
 
+/// Why the supervisor stopped waiting for its worker.
+enum Event {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    Stop,
+    Replace,
+}
+
+fn signal_worker(worker: &tokio::process::Child, signal: nix::sys::signal::Signal) {
+    if let Some(pid) = worker.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+    }
+}
+
 async fn supervise(control_path: &Path, state_dir: &Path) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    // The path, not /proc/self/exe: a binary replaced there (an upgrade) starts the next worker.
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find this program to start the worker: {e}"))?;
     let mut crashes: Vec<Instant> = Vec::new();
     loop {
-        let mut worker = start_worker(control_path, state_dir)?;
-        let stop = tokio::select! {
-            status = worker.wait() => Err(status),
-            _ = term.recv() => Ok(()),
-            _ = int.recv() => Ok(()),
+        let mut worker = start_worker(&exe, control_path, state_dir)?;
+        let event = tokio::select! {
+            status = worker.wait() => Event::Exited(status),
+            _ = term.recv() => Event::Stop,
+            _ = int.recv() => Event::Stop,
+            _ = hup.recv() => Event::Replace,
         };
-        let status = match stop {
-            Ok(()) => {
+        let status = match event {
+            Event::Stop => {
                 // Stopping: the worker uploads and unmounts, then we go.
-                if let Some(pid) = worker.id() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                }
+                signal_worker(&worker, nix::sys::signal::Signal::SIGTERM);
                 let status = worker.wait().await.map_err(|e| e.to_string())?;
                 return if status.success() {
                     Ok(())
@@ -188,7 +204,15 @@ async fn supervise(control_path: &Path, state_dir: &Path) -> Result<(), String> 
                     Err(format!("the worker stopped with {status}"))
                 };
             }
-            Err(status) => status.map_err(|e| e.to_string())?,
+            Event::Replace => {
+                // As a crash would: what it was doing is sent again to the next worker, what
+                // it had staged is taken over.
+                tracing::info!("replacing the worker (SIGHUP); the new one takes the mounts over");
+                signal_worker(&worker, nix::sys::signal::Signal::SIGKILL);
+                let _ = worker.wait().await;
+                continue;
+            }
+            Event::Exited(status) => status.map_err(|e| e.to_string())?,
         };
         if status.success() {
             return Ok(());

@@ -448,8 +448,9 @@ fn sigterm_uploads_and_unmounts_and_the_next_start_mounts_again() {
 
 /// The container's view of a worker crash: a loop that appends to a log, writes new files in
 /// a directory made before the crashes and reads back a large file, while the worker serving
-/// the mount is SIGKILLed twice. The supervisor hands the live mount to the next worker: the
-/// loop sees a stall, no error, and every byte is in the bucket afterwards.
+/// the mount is SIGKILLed twice, then replaced on SIGHUP. The supervisor hands the live mount
+/// to the next worker: the loop sees a stall, no error, and every byte is in the bucket
+/// afterwards.
 #[test]
 fn mounts_outlive_crashes_of_the_worker() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -517,13 +518,14 @@ fn mounts_outlive_crashes_of_the_worker() {
         wait_until(what, || iterations.load(Ordering::Relaxed) >= before + 20);
     };
     progressed("the loop runs");
-    for crash in 1..=2 {
+    // Two crashes, then a replacement (SIGHUP to the supervisor, as for an upgrade).
+    for crash in 1..=3 {
         let worker = server.worker_pid();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(worker as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        let (pid, signal) = match crash {
+            1 | 2 => (worker, nix::sys::signal::Signal::SIGKILL),
+            _ => (server.pid(), nix::sys::signal::Signal::SIGHUP),
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
         wait_until("a new worker", || {
             std::fs::read_to_string(volume_plugin::supervisor::worker_pid_path(
                 &dir.path().join("state"),
@@ -534,6 +536,7 @@ fn mounts_outlive_crashes_of_the_worker() {
         if crash == 1 {
             open_file.write_all(b" between them;").unwrap();
         }
+        assert!(is_mounted(&mountpoint), "never unmounted");
     }
     open_file.write_all(b" after them.").unwrap();
     drop(open_file);
@@ -545,7 +548,7 @@ fn mounts_outlive_crashes_of_the_worker() {
     let done = iterations.load(Ordering::Relaxed);
     println!("{done} iterations; longest (the stall of a crash): {longest:?}");
     assert!(
-        log(dir.path()).matches("took over the live mount").count() == 2,
+        log(dir.path()).matches("took over the live mount").count() == 3,
         "each new worker took the mount over:\n{}",
         log(dir.path())
     );
