@@ -49,28 +49,33 @@ pub struct Catalogue {
     volumes: BTreeMap<String, VolumeRecord>,
 }
 
+/// Create the state folder, private to root (mode 700) even if it existed with a wider mode.
+pub fn create_state_dir(state_dir: &Path) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(state_dir)
+        .map_err(|e| {
+            format!(
+                "cannot create the state folder {}: {e}",
+                state_dir.display()
+            )
+        })?;
+    // A folder that existed already (or a umask) may have a wider mode.
+    std::fs::set_permissions(state_dir, Permissions::from_mode(DIR_MODE)).map_err(|e| {
+        format!(
+            "cannot make the state folder {} private (mode 700): {e}",
+            state_dir.display()
+        )
+    })
+}
+
 impl Catalogue {
     /// Load the catalogue of `state_dir` (empty when there is none yet). A file that cannot be
     /// read is an error, not an empty catalogue: starting empty would make Docker forget
     /// every volume.
     pub fn load(state_dir: &Path) -> Result<Self, String> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(state_dir)
-            .map_err(|e| {
-                format!(
-                    "cannot create the state folder {}: {e}",
-                    state_dir.display()
-                )
-            })?;
-        // A folder that existed already (or a umask) may have a wider mode.
-        std::fs::set_permissions(state_dir, Permissions::from_mode(DIR_MODE)).map_err(|e| {
-            format!(
-                "cannot make the state folder {} private (mode 700): {e}",
-                state_dir.display()
-            )
-        })?;
+        create_state_dir(state_dir)?;
         let path = state_dir.join(FILE_NAME);
         let volumes = match std::fs::read(&path) {
             Ok(bytes) => {

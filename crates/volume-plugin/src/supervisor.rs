@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,16 +48,7 @@ pub fn worker_pid_path(state_dir: &Path) -> PathBuf {
 /// SIGINT, or until workers keep crashing.
 pub fn run(socket: &Path, state_dir: &Path) -> Result<(), String> {
     let listener = OwnedFd::from(crate::serve::bind_std(socket)?);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(|e| {
-            format!(
-                "cannot create the state folder {}: {e}",
-                state_dir.display()
-            )
-        })?;
+    crate::catalogue::create_state_dir(state_dir)?;
     let control_path = control_socket_path(state_dir);
     let control = bind_control(&control_path)?;
     let held = Arc::new(Held {
