@@ -39,13 +39,8 @@ impl<S: ObjectStore> FuseAdapter<S> {
             runtime,
             ttl,
             dirs: Arc::default(),
-            // Above every handle an earlier process serving this mount gave out (one per
-            // nanosecond at most), in case this one took the mount over.
-            next_dir: AtomicU64::new(
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64),
-            ),
+            // Above the directory handles of an earlier process serving this mount.
+            next_dir: AtomicU64::new(crate::core::first_handle_number()),
         }
     }
 }
@@ -306,7 +301,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.fs.take_up_handle(fh.0, ino.0, false);
+        self.fs.take_up_handle(fh.0, ino.0);
         spawn_reply!(self, "read", reply, fs => fs.read(fh.0, offset, size).await, |data| reply.data(&data));
     }
 
@@ -322,7 +317,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.fs.take_up_handle(fh.0, ino.0, true);
+        self.fs.take_up_handle(fh.0, ino.0);
         let data = data.to_vec();
         spawn_reply!(self, "write", reply, fs => fs.write(fh.0, offset, &data).await, |n| reply.written(n));
     }
@@ -335,7 +330,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.fs.take_up_handle(fh.0, ino.0, true);
+        self.fs.take_up_handle(fh.0, ino.0);
         spawn_reply!(self, "flush", reply, fs => fs.flush(fh.0).await, |_done| reply.ok());
     }
 
@@ -349,7 +344,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.take_up_handle(fh.0, ino.0, true);
+        self.fs.take_up_handle(fh.0, ino.0);
         spawn_reply!(self, "release", reply, fs => fs.release(fh.0).await, |_done| reply.ok());
     }
 
@@ -361,7 +356,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.take_up_handle(fh.0, ino.0, true);
+        self.fs.take_up_handle(fh.0, ino.0);
         spawn_reply!(self, "fsync", reply, fs => fs.fsync(fh.0).await, |_done| reply.ok());
     }
 

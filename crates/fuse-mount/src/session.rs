@@ -218,18 +218,22 @@ pub fn take_over<S: ObjectStore>(
 ) -> std::io::Result<MountHandle> {
     let config = session_config(options);
     let acl = config.acl;
+    match resend_unanswered(connection.as_fd()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "the kernel cannot send again the requests the old process left unanswered (it needs Linux 6.9 or later); their callers wait until killed");
+        }
+        // ENODEV and the like: the connection is gone (unmounted, aborted).
+        Err(e) => return Err(e),
+    }
     let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
     let session = Session::from_initialized_fd(adapter, connection.try_clone()?, acl, config);
-    let handle = MountHandle {
+    Ok(MountHandle {
         session: Some(session.spawn()?),
         mountpoint: mountpoint.to_path_buf(),
         connection,
         taken_over: true,
-    };
-    if let Err(e) = resend_unanswered(handle.connection.as_fd()) {
-        tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "the kernel cannot send again the requests the old process left unanswered (it needs Linux 6.9 or later); their callers wait until interrupted");
-    }
-    Ok(handle)
+    })
 }
 
 /// Ask the kernel to queue again every request of the connection that was read but not

@@ -181,8 +181,8 @@ impl WorkerHandover {
         self.held.lock().unwrap().remove(volume)
     }
 
-    /// The volumes whose live mounts nobody took over.
-    pub fn untaken(&self) -> Vec<String> {
+    /// The volumes whose live mounts are not taken over (yet).
+    pub fn held_volumes(&self) -> Vec<String> {
         self.held.lock().unwrap().keys().cloned().collect()
     }
 

@@ -390,10 +390,12 @@ impl<M: Mounter> VolumeManager<M> {
     }
 
     /// After a start: mount again every volume that Docker still has mounted (IDs in the
-    /// catalogue), so the next container start, `docker cp` or Path finds a working mount.
-    /// Runs after the socket listens; volumes are restored in parallel.
+    /// catalogue), so the next container start, `docker cp` or Path finds a working mount; a
+    /// live mount a crashed worker left is taken over, or let go if its volume has no mounts
+    /// (or no record) any more. Runs after the socket listens; volumes are restored in
+    /// parallel.
     pub async fn restore_mounts(self: &Arc<Self>) {
-        let names: Vec<String> = self
+        let mut names: Vec<String> = self
             .catalogue
             .lock()
             .unwrap()
@@ -401,18 +403,25 @@ impl<M: Mounter> VolumeManager<M> {
             .filter(|v| !v.mount_ids.is_empty())
             .map(|v| v.name.clone())
             .collect();
+        for live in self.mounter.live_mounts() {
+            if !names.contains(&live) {
+                names.push(live);
+            }
+        }
         let tasks = names.into_iter().map(|name| {
             let manager = Arc::clone(self);
             async move {
                 let Ok(mut mounted) = manager.turn(&name, "Restore").await else {
                     return;
                 };
-                let Some(record) = manager.record(&name) else {
+                let record = manager.record(&name).filter(|r| !r.mount_ids.is_empty());
+                let Some(record) = record else {
+                    if manager.mounter.takes_over(&name) {
+                        let mountpoint = manager.settings.mountpoint(&name);
+                        manager.mounter.abandon_live_mount(&name, &mountpoint);
+                    }
                     return;
                 };
-                if record.mount_ids.is_empty() {
-                    return;
-                }
                 match manager.ensure_mounted(&record, &mut mounted).await {
                     Ok(_) => tracing::info!(volume = %name, mounts = record.mount_ids.len(), "restored the mount"),
                     // The IDs stay: the next Mount or Path call tries again.

@@ -41,6 +41,17 @@ pub trait Mounter: Send + Sync + std::fmt::Debug + 'static {
         false
     }
 
+    /// Volumes whose live mounts a crashed worker left (see [`takes_over`](Self::takes_over)).
+    fn live_mounts(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Let go of the live mount of `name` a crashed worker left, instead of taking it over:
+    /// its users get ENOTCONN instead of waiting, and the mountpoint is free again.
+    fn abandon_live_mount(&self, name: &str, mountpoint: &Path) {
+        let _ = (name, mountpoint);
+    }
+
     /// Figures shared by all volumes (the cache tiers), for `Status`.
     fn shared_status(&self) -> Map<String, Value> {
         Map::new()
@@ -114,58 +125,16 @@ impl FuseMounter {
         self.tiers.publish_metrics();
     }
 
-    async fn store(&self, spec: &VolumeSpec) -> Result<S3Store, String> {
-        let config = self.settings.s3_config(spec);
-        S3Store::new(&config, &spec.bucket)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// Longest a probe of the backend may take: Docker gives each call 30 s in all.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
-
-async fn within_probe_time<T>(
-    what: &str,
-    spec: &VolumeSpec,
-    endpoint: &str,
-    work: impl std::future::Future<Output = Result<T, String>>,
-) -> Result<T, String> {
-    tokio::time::timeout(PROBE_TIMEOUT, work)
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "{what}: no answer from {endpoint} about bucket {} within {} s; is the endpoint up and reachable from the plugin?",
-                spec.bucket,
-                PROBE_TIMEOUT.as_secs()
-            ))
-        })
-}
-
-#[async_trait]
-impl Mounter for FuseMounter {
-    type Mounted = FuseMount;
-
-    async fn probe(&self, spec: &VolumeSpec) -> Result<(), String> {
-        let endpoint = self.settings.s3_config(spec).endpoint_display();
-        within_probe_time("checking the bucket", spec, &endpoint, async {
-            let store = self.store(spec).await?;
-            store
-                .ensure_bucket(spec.create_bucket)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await
-    }
-
-    async fn mount(
+    /// Mount volume `name`, or take over `live`, the connection of its live mount that a
+    /// crashed worker left.
+    async fn mount_volume(
         &self,
         name: &str,
         spec: &VolumeSpec,
         mountpoint: &Path,
+        live: Option<std::os::fd::OwnedFd>,
     ) -> Result<FuseMount, String> {
         let endpoint = self.settings.s3_config(spec).endpoint_display();
-        let live = self.handover.as_ref().and_then(|h| h.take(name));
         let store = if live.is_some() {
             // Containers are waiting on the live mount: no check of the bucket first (a
             // backend that is down fails their calls with EIO, as it would have anyway).
@@ -248,8 +217,99 @@ impl Mounter for FuseMounter {
         })
     }
 
+    /// The live mount of `name` a crashed worker left, if it is still mounted at `mountpoint`
+    /// (it may have been unmounted since); one that is gone is let go.
+    fn take_live_mount(&self, name: &str, mountpoint: &Path) -> Option<std::os::fd::OwnedFd> {
+        let handover = self.handover.as_ref()?;
+        let connection = handover.take(name)?;
+        if fuse_mount::is_mounted(mountpoint) {
+            return Some(connection);
+        }
+        tracing::warn!(
+            volume = name,
+            "the mount the previous worker left was unmounted meanwhile; mounting anew"
+        );
+        handover.release(name);
+        None
+    }
+
+    async fn store(&self, spec: &VolumeSpec) -> Result<S3Store, String> {
+        let config = self.settings.s3_config(spec);
+        S3Store::new(&config, &spec.bucket)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Longest a probe of the backend may take: Docker gives each call 30 s in all.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn within_probe_time<T>(
+    what: &str,
+    spec: &VolumeSpec,
+    endpoint: &str,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(PROBE_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "{what}: no answer from {endpoint} about bucket {} within {} s; is the endpoint up and reachable from the plugin?",
+                spec.bucket,
+                PROBE_TIMEOUT.as_secs()
+            ))
+        })
+}
+
+#[async_trait]
+impl Mounter for FuseMounter {
+    type Mounted = FuseMount;
+
+    async fn probe(&self, spec: &VolumeSpec) -> Result<(), String> {
+        let endpoint = self.settings.s3_config(spec).endpoint_display();
+        within_probe_time("checking the bucket", spec, &endpoint, async {
+            let store = self.store(spec).await?;
+            store
+                .ensure_bucket(spec.create_bucket)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn mount(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        mountpoint: &Path,
+    ) -> Result<FuseMount, String> {
+        let live = self.take_live_mount(name, mountpoint);
+        let taking_over = live.is_some();
+        let mounted = self.mount_volume(name, spec, mountpoint, live).await;
+        if mounted.is_err() && taking_over {
+            self.abandon_live_mount(name, mountpoint);
+        }
+        mounted
+    }
+
     fn takes_over(&self, name: &str) -> bool {
         self.handover.as_ref().is_some_and(|h| h.holds(name))
+    }
+
+    fn live_mounts(&self) -> Vec<String> {
+        self.handover
+            .as_ref()
+            .map(|h| h.held_volumes())
+            .unwrap_or_default()
+    }
+
+    fn abandon_live_mount(&self, name: &str, mountpoint: &Path) {
+        tracing::warn!(volume = name, mountpoint = %mountpoint.display(), "letting go of the mount the previous worker left; its users get ENOTCONN");
+        if let Some(handover) = &self.handover {
+            handover.take(name);
+            handover.release(name);
+        }
+        let _ = fuse_mount::lazy_unmount(mountpoint);
     }
 
     fn shared_status(&self) -> Map<String, Value> {
@@ -344,7 +404,10 @@ impl MountedVolume for FuseMount {
             .await
             .map_err(|e| format!("unmount of {} panicked: {e}", mountpoint.display()))?
             .map_err(|e| format!("cannot unmount {}: {e}", mountpoint.display()));
-        self.released();
+        // A mount still in use goes on: the supervisor keeps holding it.
+        if result.is_ok() {
+            self.released();
+        }
         result
     }
 }

@@ -68,14 +68,23 @@ fn async_listener(listener: std::os::unix::net::UnixListener) -> Result<UnixList
         .map_err(|e| format!("cannot serve the plugin socket: {e}"))
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT. The handlers are in place when this returns (not at the
+/// first poll): a stop that comes while the plugin starts is not lost, and does not kill it
+/// before it can upload.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("signal handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("stopping: uploading written files and unmounting");
+    let handler = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
+    let (mut term, mut int) = (
+        handler(SignalKind::terminate())?,
+        handler(SignalKind::interrupt())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: uploading written files and unmounting");
+    })
 }
 
 /// Serve until SIGTERM/SIGINT. A worker under the [`supervisor`](crate::supervisor) gets the
@@ -84,6 +93,7 @@ pub async fn serve(
     settings: PluginSettings,
     handover: Option<Arc<WorkerHandover>>,
 ) -> Result<(), String> {
+    let stop = shutdown_signal()?;
     let supervised = handover.is_some();
     create_dir("mount root", &settings.mount_root)?;
     create_dir("cache", &settings.cache_dir)?;
@@ -113,15 +123,10 @@ pub async fn serve(
     );
     let restore = tokio::spawn({
         let manager = manager.clone();
-        async move {
-            manager.restore_mounts().await;
-            if let Some(handover) = handover {
-                end_untaken_mounts(&handover, &manager.settings().mount_root);
-            }
-        }
+        async move { manager.restore_mounts().await }
     });
     let served = axum::serve(listener, api::router(manager.clone()))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await;
     // A restore still running would race the unmounts below.
     restore.abort();
@@ -132,15 +137,4 @@ pub async fn serve(
         let _ = std::fs::remove_file(&settings.socket);
     }
     served.map_err(|e| format!("the API server failed: {e}"))
-}
-
-/// Live mounts the previous worker left that no volume took over (their volume was being
-/// unmounted when it died, or cannot be mounted any more): detach them, so they do not hang.
-fn end_untaken_mounts(handover: &WorkerHandover, mount_root: &Path) {
-    for volume in handover.untaken() {
-        let mountpoint = mount_root.join(&volume);
-        tracing::warn!(volume, mountpoint = %mountpoint.display(), "a mount the previous worker left is not in use any more; detaching it");
-        let _ = fuse_mount::lazy_unmount(&mountpoint);
-        handover.release(&volume);
-    }
 }

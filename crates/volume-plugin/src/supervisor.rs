@@ -23,8 +23,9 @@ use crate::handover::{self, Message, SUPERVISOR_ENV};
 /// mounts end with it): a worker that cannot start is not helped by starting it again.
 const MAX_CRASHES: usize = 5;
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
-/// Pause before starting the worker again.
-const RESTART_DELAY: Duration = Duration::from_millis(100);
+/// Pause before starting the worker again (containers wait meanwhile; the crash limit stops a
+/// worker that cannot start).
+const RESTART_DELAY: Duration = Duration::from_millis(20);
 
 /// What the supervisor holds for the next worker.
 #[derive(Debug)]
@@ -219,6 +220,11 @@ async fn supervise(control_path: &Path, state_dir: &Path) -> Result<(), String> 
             ));
         }
         tracing::error!(%status, "the worker serving the volumes died; starting a new one, which takes the mounts over");
-        tokio::time::sleep(RESTART_DELAY).await;
+        tokio::select! {
+            _ = tokio::time::sleep(RESTART_DELAY) => {}
+            // No worker to stop; the mounts end with us.
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
     }
 }

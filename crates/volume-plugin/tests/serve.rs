@@ -513,6 +513,31 @@ fn mounts_outlive_crashes_of_the_worker() {
             Ok(longest)
         }
     });
+    // A large file written sequentially (a streaming multipart upload) across the crashes.
+    let large = common::conformance::pattern(48 << 20, 9);
+    let finish_large = Arc::new(AtomicBool::new(false));
+    let large_writer = std::thread::spawn({
+        let (finish, path, large) = (
+            finish_large.clone(),
+            mountpoint.join("out/large.bin"),
+            large.clone(),
+        );
+        move || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(path)?;
+            for piece in large.chunks(1 << 20) {
+                file.write_all(piece)?;
+                if !finish.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+            }
+            // The upload of the whole file (taken over from its staging file) only after the
+            // loop, whose longest iteration is the stall of a crash.
+            while !finish.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            file.sync_all()
+        }
+    });
     let progressed = |what: &str| {
         let before = iterations.load(Ordering::Relaxed);
         wait_until(what, || iterations.load(Ordering::Relaxed) >= before + 20);
@@ -545,6 +570,11 @@ fn mounts_outlive_crashes_of_the_worker() {
         .join()
         .unwrap()
         .unwrap_or_else(|e| panic!("the loop failed: {e}\nlog:\n{}", log(dir.path())));
+    finish_large.store(true, Ordering::Relaxed);
+    large_writer
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the large write failed: {e}\nlog:\n{}", log(dir.path())));
     let done = iterations.load(Ordering::Relaxed);
     println!("{done} iterations; longest (the stall of a crash): {longest:?}");
     assert!(
@@ -580,5 +610,11 @@ fn mounts_outlive_crashes_of_the_worker() {
         b"before the crashes; between them; after them.".as_slice()
     );
     assert!(get("live/big.bin") == big);
+    assert!(
+        get("live/out/large.bin") == large,
+        "the large file is whole"
+    );
+    let pending = rt.block_on(bucket.list_multipart_uploads("live/")).unwrap();
+    assert!(pending.is_empty(), "multipart uploads left: {pending:?}");
     assert!(server.stop());
 }

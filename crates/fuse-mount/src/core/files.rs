@@ -44,6 +44,18 @@ pub struct FileState<S: ObjectStore> {
 
 static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
 
+/// A unique name for the next staging or recovery file of this process: pid, start time (a
+/// restarted worker can get a dead one's pid) and a counter.
+fn unique_suffix() -> String {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        START.get_or_init(super::first_handle_number),
+        NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 fn local(e: std::io::Error, what: &str, path: &Path) -> FsError {
     FsError::Local(format!("{what} {}: {e}", path.display()))
 }
@@ -59,11 +71,7 @@ impl<S: ObjectStore> FileState<S> {
     ) -> FsResult<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| local(e, "cannot create the staging folder", dir))?;
-        let name = format!(
-            "{}-{}.staging",
-            std::process::id(),
-            NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{}.staging", unique_suffix());
         let staging_path = dir.join(name);
         std::fs::write(staging_path.with_extension("key"), key)
             .map_err(|e| local(e, "cannot write the key of staging file", &staging_path))?;
@@ -302,13 +310,13 @@ impl<S: ObjectStore> FileState<S> {
     }
 
     /// Drop the staging file (after a successful commit).
-    pub fn discard(self) {
+    pub fn discard(&self) {
         let _ = std::fs::remove_file(&self.staging_path);
         let _ = std::fs::remove_file(self.staging_path.with_extension("key"));
     }
 
     /// Keep the staged bytes for recovery: move the file to `dir`, named after the key.
-    pub fn keep_for_recovery(self, dir: &Path) -> PathBuf {
+    pub fn keep_for_recovery(&self, dir: &Path) -> PathBuf {
         move_to_recovery(&self.staging_path, &self.key, dir)
     }
 }
@@ -347,9 +355,14 @@ pub fn rescue_leftover_staging(
             continue;
         }
         if path.extension().is_some_and(|ext| ext == "staging") {
-            let key_file = path.with_extension("key");
-            let key = std::fs::read_to_string(&key_file).unwrap_or_else(|_| "unknown-key".into());
-            rescued.push(move_to_recovery(&path, &key, recovery_dir));
+            match std::fs::read_to_string(path.with_extension("key")) {
+                Ok(key) => rescued.push(move_to_recovery(&path, &key, recovery_dir)),
+                // The key is written before the staging file and removed only when the file
+                // is unlinked while open (`detach`): its bytes belong to no file any more.
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
         } else if path.extension().is_some_and(|ext| ext == "key")
             && !path.with_extension("staging").exists()
         {
@@ -372,11 +385,7 @@ fn move_to_recovery(path: &Path, key: &str, dir: &Path) -> PathBuf {
     while name.len() > 200 {
         name.pop();
     }
-    let target = dir.join(format!(
-        "{name}.{}-{}",
-        std::process::id(),
-        NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
-    ));
+    let target = dir.join(format!("{name}.{}", unique_suffix()));
     match std::fs::rename(path, &target) {
         Ok(()) => {
             let _ = std::fs::remove_file(path.with_extension("key"));

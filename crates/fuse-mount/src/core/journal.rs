@@ -61,13 +61,25 @@ pub struct InodeJournal {
     file: File,
 }
 
+/// Device and inode number of a file: which file a path names right now.
+fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (metadata.dev(), metadata.ino())
+}
+
 impl InodeJournal {
     /// Start an empty journal at `path` (a new mount: the kernel knows no number yet).
     pub fn create(path: &Path) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = File::create(path)?;
+        // A new file, not the old one truncated: an older mount's `remove` must not find it
+        // to be its own.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let file = File::create_new(path)?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -80,7 +92,10 @@ impl InodeJournal {
     pub fn take_over(path: &Path) -> std::io::Result<(Self, Vec<JournaledInode>)> {
         let inodes = match File::open(path) {
             Ok(file) => replay(BufReader::new(file)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(journal = %path.display(), "no inode journal to take the mount over with: files and folders the kernel already knows answer ENOENT until looked up again from the root");
+                Vec::new()
+            }
             Err(e) => return Err(e),
         };
         let fresh = path.with_extension("new");
@@ -119,9 +134,16 @@ impl InodeJournal {
         }
     }
 
-    /// Delete the journal (clean unmount: nothing to take over).
+    /// Delete the journal (clean unmount: nothing to take over), unless another mount of the
+    /// volume has started a journal of its own at the same path meanwhile.
     pub fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
+        let ours = self.file.metadata().map(|m| identity(&m));
+        let at_path = std::fs::metadata(&self.path).map(|m| identity(&m));
+        if let (Ok(ours), Ok(at_path)) = (ours, at_path) {
+            if ours == at_path {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
     }
 }
 
@@ -277,6 +299,18 @@ mod tests {
         assert_eq!(again[..3], expected[..]);
         assert_eq!(again.len(), 4, "ino 7 has no way to the root: {again:?}");
         assert_eq!(again[3].ino, 6);
+    }
+
+    #[test]
+    fn removing_a_journal_leaves_a_newer_one_at_the_same_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inodes.journal");
+        let old = InodeJournal::create(&path).unwrap();
+        let new = InodeJournal::create(&path).unwrap();
+        old.remove();
+        assert!(path.exists(), "the newer journal stays");
+        new.remove();
+        assert!(!path.exists());
     }
 
     #[test]

@@ -214,6 +214,16 @@ pub struct Fs<S: ObjectStore> {
     first_fh: u64,
 }
 
+/// The first handle number of a process: nanoseconds since boot, so it is above every number
+/// an earlier process serving the same mount gave out (one per nanosecond at most), which a
+/// process taking the mount over must tell from its own. The boot clock never steps back.
+pub fn first_handle_number() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// A name in a directory: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
 fn check_name(name: &str) -> FsResult<()> {
     if name.len() > 255 {
@@ -246,7 +256,7 @@ impl<S: ObjectStore> Fs<S> {
             })?;
             inodes = inodes.with_journal(journal);
         }
-        Self::with_inodes(store, config, inodes, 1)
+        Self::with_inodes(store, config, inodes)
     }
 
     /// The filesystem of a mount whose serving process died, for a process that takes the
@@ -278,11 +288,7 @@ impl<S: ObjectStore> Fs<S> {
         };
         let inodes = InodeTable::restore(Self::root_attr(&config), journaled, placeholder, stale)
             .with_journal(journal);
-        // Above every handle number the old process gave out (one per nanosecond at most).
-        let first_fh = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        let fs = Self::with_inodes(store, config, inodes, first_fh)?;
+        let fs = Self::with_inodes(store, config, inodes)?;
         fs.adopt_staged_files().await;
         Ok(fs)
     }
@@ -294,12 +300,8 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    fn with_inodes(
-        store: Arc<S>,
-        mut config: FsConfig,
-        inodes: InodeTable,
-        first_fh: u64,
-    ) -> FsResult<Self> {
+    fn with_inodes(store: Arc<S>, mut config: FsConfig, inodes: InodeTable) -> FsResult<Self> {
+        let first_fh = first_handle_number();
         config.upload.journal = Some(UploadJournal::new(&config.uploads_dir));
         let cache = match &config.shared_tiers {
             Some(tiers) => {
@@ -326,7 +328,18 @@ impl<S: ObjectStore> Fs<S> {
     /// Take up the files the old process was writing: each staging file whose key names an
     /// inode of the journal becomes that file's write state again, uploaded at its next commit.
     async fn adopt_staged_files(&self) {
+        // One per key, the last written: an older one of the same key (left by an earlier
+        // crash) goes to the recovery folder.
+        let mut newest: HashMap<String, (SystemTime, PathBuf)> = HashMap::new();
         for (staging, key) in files::staged_files(&self.config.staging_dir) {
+            let written = std::fs::metadata(&staging)
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            if newest.get(&key).is_none_or(|(other, _)| *other <= written) {
+                newest.insert(key, (written, staging));
+            }
+        }
+        for (key, (_, staging)) in newest {
             let Some(path) = key.strip_prefix(&self.config.prefix) else {
                 continue;
             };
@@ -376,7 +389,8 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Make `fh` a handle of `ino` again if it is one the kernel got from the process this one
     /// took the mount over from (its open files live on). Other unknown handles stay unknown.
-    pub fn take_up_handle(&self, fh: u64, ino: u64, writable: bool) {
+    /// It is taken up as writable: the kernel sends writes only for handles opened for writing.
+    pub fn take_up_handle(&self, fh: u64, ino: u64) {
         if fh >= self.first_fh {
             return;
         }
@@ -388,7 +402,7 @@ impl<S: ObjectStore> Fs<S> {
             fh,
             Handle {
                 ino,
-                writable,
+                writable: true,
                 reader: None,
             },
         );
@@ -1105,15 +1119,16 @@ impl<S: ObjectStore> Fs<S> {
             return Ok(());
         }
         let result = self.commit(handle.ino).await;
-        if let Some(state) = self.files.lock().unwrap().remove(&handle.ino) {
-            let state = Arc::try_unwrap(state).map(|m| m.into_inner());
-            if let Ok(state) = state {
-                if state.dirty && !state.detached {
-                    let kept = state.keep_for_recovery(&self.config.recovery_dir);
-                    tracing::error!(key = %kept.display(), "upload failed at the last close; the data is kept in the recovery folder");
-                } else {
-                    state.discard();
-                }
+        // Another task may still hold the state for a moment (a getattr reading its size): the
+        // files go now all the same, or they would be left behind for a later start to find.
+        let state = self.files.lock().unwrap().remove(&handle.ino);
+        if let Some(state) = state {
+            let state = state.lock().await;
+            if state.dirty && !state.detached {
+                let kept = state.keep_for_recovery(&self.config.recovery_dir);
+                tracing::error!(key = %kept.display(), "upload failed at the last close; the data is kept in the recovery folder");
+            } else {
+                state.discard();
             }
         }
         result
@@ -1160,10 +1175,9 @@ impl<S: ObjectStore> Fs<S> {
             if !open {
                 // truncate(2) or chmod by path: nothing will close it, so commit now.
                 self.commit(ino).await?;
-                if let Some(state) = self.files.lock().unwrap().remove(&ino) {
-                    if let Ok(state) = Arc::try_unwrap(state) {
-                        state.into_inner().discard();
-                    }
+                let state = self.files.lock().unwrap().remove(&ino);
+                if let Some(state) = state {
+                    state.lock().await.discard();
                 }
             }
         } else if metadata_changed && ino != ROOT_INO {

@@ -711,7 +711,7 @@ async fn a_takeover_keeps_inode_numbers_handles_and_staged_writes() {
         gone.ino
     );
     // The handle the kernel holds goes on where it was, and its close uploads everything.
-    new.take_up_handle(fh, open.ino, true);
+    new.take_up_handle(fh, open.ino);
     new.write(fh, 8, b"then more").await.unwrap();
     new.release(fh).await.unwrap();
     assert_eq!(
@@ -729,4 +729,28 @@ async fn a_takeover_keeps_inode_numbers_handles_and_staged_writes() {
         std::fs::read_dir(dir.path().join("recovery")).is_err(),
         "the staged file was taken over, not moved to recovery"
     );
+}
+
+/// The last close removes the staging file even while another task still holds the file's
+/// state (a getattr reading its size): a file left behind would be taken for a crash's leftover
+/// at the next start, or taken over as a file being written.
+#[tokio::test]
+async fn the_last_close_leaves_no_staging_file_behind() {
+    let (fx, store) = fixture();
+    let (attr, fh) = fx
+        .fs
+        .create(ROOT_INO, "f", 0o644, 1000, 1000, false)
+        .await
+        .unwrap();
+    fx.fs.write(fh, 0, b"data").await.unwrap();
+    let held = fx.fs.file_state(attr.ino).expect("a written file has a state");
+    fx.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/f").await, b"data");
+    let left: Vec<_> = std::fs::read_dir(&fx.fs.config().staging_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    drop(held);
 }
