@@ -743,7 +743,10 @@ async fn the_last_close_leaves_no_staging_file_behind() {
         .await
         .unwrap();
     fx.fs.write(fh, 0, b"data").await.unwrap();
-    let held = fx.fs.file_state(attr.ino).expect("a written file has a state");
+    let held = fx
+        .fs
+        .file_state(attr.ino)
+        .expect("a written file has a state");
     fx.fs.release(fh).await.unwrap();
     assert_eq!(body(&store, "vol/f").await, b"data");
     let left: Vec<_> = std::fs::read_dir(&fx.fs.config().staging_dir)
