@@ -165,7 +165,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             Err(e) => return reply.error(e),
         };
         let ttl = self.ttl;
-        spawn_reply!(self, "lookup", reply, fs => fs.lookup(parent.0, &name).await, |attr| reply.entry(&ttl, &file_attr(&attr), Generation(0)));
+        spawn_reply!(self, "lookup", reply, fs => fs.lookup(parent.0, &name).await, |attr| {
+            fs.entry_given(parent.0, &name, &attr);
+            reply.entry(&ttl, &file_attr(&attr), Generation(0))
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -224,7 +227,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             Err(e) => return reply.error(e),
         };
         let (uid, gid, ttl) = (req.uid(), req.gid(), self.ttl);
-        spawn_reply!(self, "mkdir", reply, fs => fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await, |attr| reply.entry(&ttl, &file_attr(&attr), Generation(0)));
+        spawn_reply!(self, "mkdir", reply, fs => fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await, |attr| {
+            fs.entry_given(parent.0, &name, &attr);
+            reply.entry(&ttl, &file_attr(&attr), Generation(0))
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -256,7 +262,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             _ => return reply.error(Errno::from_i32(libc::EINVAL)),
         };
         let (uid, gid, ttl) = (req.uid(), req.gid(), self.ttl);
-        spawn_reply!(self, "symlink", reply, fs => fs.symlink(parent.0, &name, &target, uid, gid).await, |attr| reply.entry(&ttl, &file_attr(&attr), Generation(0)));
+        spawn_reply!(self, "symlink", reply, fs => fs.symlink(parent.0, &name, &target, uid, gid).await, |attr| {
+            fs.entry_given(parent.0, &name, &attr);
+            reply.entry(&ttl, &file_attr(&attr), Generation(0))
+        });
     }
 
     fn rename(
@@ -430,8 +439,17 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             ) {
                 break;
             }
+            // Each entry but `.` and `..` counts as a lookup for the kernel.
+            if i >= 2 {
+                self.fs.entry_given(ino.0, &name, &attr);
+            }
         }
         reply.ok();
+    }
+
+    // (BATCH_FORGET comes here too: fuser's default `batch_forget` calls `forget`.)
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn releasedir(
@@ -487,6 +505,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         let exclusive = flags & libc::O_EXCL != 0;
         spawn_reply!(self, "create", reply, fs => fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive).await, |created| {
             let (attr, fh) = created;
+            fs.entry_given(parent.0, &name, &attr);
             reply.created(&ttl, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty())
         });
     }

@@ -113,6 +113,8 @@ macro_rules! require_s3 {
 #[derive(Debug)]
 pub struct TestMount {
     pub store: std::sync::Arc<S3Store>,
+    /// The mounted filesystem (its own client of the bucket).
+    pub fs: std::sync::Arc<fuse_mount::Fs<S3Store>>,
     pub runtime: tokio::runtime::Runtime,
     handle: Option<fuse_mount::MountHandle>,
     mountpoint: tempfile::TempDir,
@@ -167,10 +169,11 @@ impl TestMount {
         };
         let handle = {
             let _guard = runtime.enter();
-            fuse_mount::mount(fs, mountpoint.path(), &options).expect("mount")
+            fuse_mount::mount(fs.clone(), mountpoint.path(), &options).expect("mount")
         };
         TestMount {
             store,
+            fs,
             runtime,
             handle: Some(handle),
             mountpoint,

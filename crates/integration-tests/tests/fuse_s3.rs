@@ -203,6 +203,23 @@ fn semantics_ls_of_a_large_directory_lists_every_entry() {
     });
     let out = run(Command::new("ls").arg("-l").arg(m.path("many")));
     assert_eq!(out.lines().filter(|l| l.starts_with('-')).count(), 1100);
+
+    // The kernel holds every listed entry (readdirplus) until it forgets them: when it drops
+    // its caches, the inode table lets them go too, and they come back on the next listing.
+    assert!(m.fs.inode_count() > 1100, "{}", m.fs.inode_count());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while m.fs.inode_count() > 100 {
+        std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kernel's FORGETs did not shrink the inode table: {} inodes",
+            m.fs.inode_count()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = run(Command::new("ls").arg("-l").arg(m.path("many")));
+    assert_eq!(out.lines().filter(|l| l.starts_with('-')).count(), 1100);
+    assert_eq!(std::fs::read(m.path("many/f0777")).unwrap(), b"1");
 }
 
 #[test]

@@ -3,6 +3,12 @@
 //! An inode is a path relative to the volume root ("" for the root, "a/b" below it) plus the
 //! attributes last seen and when. Numbers are never reused while the mount lives. A rename moves
 //! the inode (and, for a directory, every inode below it) to the new path.
+//!
+//! Each inode counts the entries the kernel was given for it (lookups); the kernel's FORGET
+//! takes them back. An inode the kernel holds no entry of, with no open file or written data,
+//! is dropped: at once when the kernel forgets it, or, for one only seen in a listing, by a
+//! sweep once its attributes are stale. So the table holds what the kernel holds plus what was
+//! listed recently, not every name the mount has ever seen.
 
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
@@ -51,6 +57,8 @@ pub struct Inode {
     /// Whether mode/uid/gid came from the object's metadata (HEAD) rather than defaults
     /// (a listing carries no metadata).
     pub metadata_known: bool,
+    /// Entries of it the kernel was given and has not forgotten.
+    pub lookups: u64,
 }
 
 #[derive(Debug, Default)]
@@ -79,10 +87,83 @@ impl InodeTable {
                 fetched: Instant::now(),
                 kernel_cached: None,
                 metadata_known: true,
+                lookups: 1,
             },
         );
         table.by_path.insert(String::new(), ROOT_INO);
         table
+    }
+
+    pub fn len(&self) -> usize {
+        self.inodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inodes.is_empty()
+    }
+
+    /// The kernel was given an entry of `attr.ino`, named `name` in `parent`. If the inode was
+    /// dropped meanwhile (the kernel forgot an earlier entry while this one was on its way),
+    /// it comes back under the same number.
+    pub fn entry_given(&mut self, parent: u64, name: &str, attr: &Attr) {
+        if let Some(inode) = self.inodes.get_mut(&attr.ino) {
+            inode.lookups += 1;
+            return;
+        }
+        let Some(parent_path) = self.inodes.get(&parent).map(|p| p.path.clone()) else {
+            return;
+        };
+        let path = if parent_path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{parent_path}/{name}")
+        };
+        self.insert(attr.ino, parent, name, path, attr.clone(), None, false);
+        if let Some(inode) = self.inodes.get_mut(&attr.ino) {
+            inode.lookups = 1;
+        }
+    }
+
+    /// The kernel forgot `n` entries of `ino`. Returns true when it holds none any more.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
+        match self.inodes.get_mut(&ino) {
+            Some(inode) if ino != ROOT_INO => {
+                inode.lookups = inode.lookups.saturating_sub(n);
+                inode.lookups == 0
+            }
+            _ => false,
+        }
+    }
+
+    /// Drop inode `ino` (the kernel holds no entry of it and nothing here uses it).
+    pub fn drop_inode(&mut self, ino: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        if let Some(inode) = self.inodes.remove(&ino) {
+            if self.by_path.get(&inode.path) == Some(&ino) {
+                self.by_path.remove(&inode.path);
+            }
+            if let Some(journal) = &mut self.journal {
+                journal.append(&Record::Forget { ino });
+            }
+            self.compact_journal_if_due();
+        }
+    }
+
+    /// How many inodes the kernel holds entries of.
+    pub fn held(&self) -> usize {
+        self.inodes.values().filter(|i| i.lookups > 0).count()
+    }
+
+    /// Inodes the kernel holds no entry of and whose attributes were fetched before `stale`:
+    /// candidates for a sweep.
+    pub fn unheld_before(&self, stale: Instant) -> Vec<u64> {
+        self.inodes
+            .iter()
+            .filter(|(&ino, i)| ino != ROOT_INO && i.lookups == 0 && i.fetched < stale)
+            .map(|(&ino, _)| ino)
+            .collect()
     }
 
     /// Record every new number and rename in `journal` from now on.
@@ -132,6 +213,9 @@ impl InodeTable {
                         fetched,
                         kernel_cached: None,
                         metadata_known: j.owner.is_some(),
+                        // The kernel may hold any number of entries of it: never dropped
+                        // before it says so (FORGET).
+                        lookups: u64::MAX / 2,
                     },
                 );
                 // Of two inodes with one name, the newer (higher number) holds it.
@@ -192,6 +276,22 @@ impl InodeTable {
         let ino = self.next;
         self.next += 1;
         attr.ino = ino;
+        self.insert(ino, parent, name, path, attr.clone(), etag, metadata_known);
+        attr
+    }
+
+    /// Put inode `ino` in the table (and the journal) at `path`, which it then holds.
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &mut self,
+        ino: u64,
+        parent: u64,
+        name: &str,
+        path: String,
+        attr: Attr,
+        etag: Option<ETag>,
+        metadata_known: bool,
+    ) {
         if let Some(journal) = &mut self.journal {
             journal.append(&Record::New {
                 ino,
@@ -206,15 +306,56 @@ impl InodeTable {
                 parent,
                 name: name.to_string(),
                 path: path.clone(),
-                attr: attr.clone(),
+                attr,
                 etag,
                 fetched: Instant::now(),
                 kernel_cached: None,
                 metadata_known,
+                lookups: 0,
             },
         );
         self.by_path.insert(path, ino);
-        attr
+        self.compact_journal_if_due();
+    }
+
+    /// Rewrite the journal from the table once it holds four times more records than inodes
+    /// (names come and go: created, forgotten, renamed), so it stays about the table's size.
+    fn compact_journal_if_due(&mut self) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        if journal.records() <= 4 * self.inodes.len() as u64 + 10_000 {
+            return;
+        }
+        let records: Vec<Record> = self
+            .inodes
+            .iter()
+            .filter(|(&ino, _)| ino != ROOT_INO)
+            .flat_map(|(&ino, inode)| {
+                let mut records = vec![Record::New {
+                    ino,
+                    parent: inode.parent,
+                    name: inode.name.clone(),
+                    kind: inode.attr.kind,
+                }];
+                if self.by_path.get(&inode.path) != Some(&ino) {
+                    records.push(Record::Gone { ino });
+                }
+                if inode.metadata_known {
+                    records.push(Record::Owner {
+                        ino,
+                        perm: inode.attr.perm,
+                        uid: inode.attr.uid,
+                        gid: inode.attr.gid,
+                    });
+                }
+                records
+            })
+            .collect();
+        let journal = self.journal.as_mut().expect("checked above");
+        if let Err(e) = journal.rewrite(records.into_iter()) {
+            tracing::warn!(error = %e, "cannot rewrite the inode journal; it goes on growing");
+        }
     }
 
     /// Forget the path (the inode number stays valid for open handles until forgotten).

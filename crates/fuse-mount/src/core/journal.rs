@@ -39,6 +39,8 @@ pub enum Record {
         uid: u32,
         gid: u32,
     },
+    /// The kernel forgot the inode: the number is free of meaning.
+    Forget { ino: u64 },
 }
 
 /// An inode as the journal knows it.
@@ -59,6 +61,8 @@ pub struct JournaledInode {
 pub struct InodeJournal {
     path: PathBuf,
     file: File,
+    /// Records written since the journal was last started or rewritten.
+    records: u64,
 }
 
 /// Device and inode number of a file: which file a path names right now.
@@ -83,7 +87,30 @@ impl InodeJournal {
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            records: 0,
         })
+    }
+
+    /// Records written since the journal was started or last rewritten.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Replace the journal by `records` (what the inode table holds now): a new file, renamed
+    /// over the old one, so a crash in the middle leaves the old journal whole.
+    pub fn rewrite(&mut self, records: impl Iterator<Item = Record>) -> std::io::Result<()> {
+        let fresh = self.path.with_extension("new");
+        let mut journal = Self::create(&fresh)?;
+        let mut lines = Vec::new();
+        for record in records {
+            serde_json::to_writer(&mut lines, &record).expect("records serialize");
+            lines.push(b'\n');
+        }
+        journal.file.write_all(&lines)?;
+        std::fs::rename(&fresh, &self.path)?;
+        self.file = journal.file;
+        self.records = 0;
+        Ok(())
     }
 
     /// Read the journal at `path` (a missing file is an empty journal), then start it again
@@ -129,6 +156,7 @@ impl InodeJournal {
     pub fn append(&mut self, record: &Record) {
         let mut line = serde_json::to_vec(record).expect("records serialize");
         line.push(b'\n');
+        self.records += 1;
         if let Err(e) = self.file.write_all(&line) {
             tracing::warn!(journal = %self.path.display(), error = %e, "cannot record an inode; a takeover after a crash would not know it");
         }
@@ -197,6 +225,9 @@ pub fn replay(reader: impl BufRead) -> Vec<JournaledInode> {
                     inode.linked = false;
                 }
             }
+            Record::Forget { ino } => {
+                inodes.remove(&ino);
+            }
         }
     }
     // An inode whose parent chain does not reach the root cannot be named.
@@ -240,6 +271,8 @@ mod tests {
             new(3, 2, "a\nfile with \"odd\" name", Kind::File),
             new(4, 1, "gone", Kind::File),
             Record::Gone { ino: 4 },
+            new(8, 1, "forgotten", Kind::File),
+            Record::Forget { ino: 8 },
             Record::Owner {
                 ino: 3,
                 perm: 0o600,

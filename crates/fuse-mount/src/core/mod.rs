@@ -183,6 +183,9 @@ struct Handle<S: ObjectStore> {
 
 type SharedFile<S> = Arc<tokio::sync::Mutex<FileState<S>>>;
 
+/// The inode table is not swept below this many inodes.
+const MIN_SWEEP: usize = 4096;
+
 /// Pages of a directory listed to answer a lookup in it (see `lookup`).
 const LOOKUP_LISTING_PAGES: usize = 2;
 
@@ -210,6 +213,10 @@ pub struct Fs<S: ObjectStore> {
     open_counts: Mutex<HashMap<u64, u32>>,
     handles: Mutex<HashMap<u64, Handle<S>>>,
     next_fh: AtomicU64,
+    /// Sweep the inode table when it grows past this many inodes...
+    sweep_at: std::sync::atomic::AtomicUsize,
+    /// ... and the last sweep is older than the attribute TTL (nothing gets stale faster).
+    last_sweep: Mutex<Option<Instant>>,
     /// Handles below this number are from the process this one took the mount over from.
     first_fh: u64,
 }
@@ -320,6 +327,8 @@ impl<S: ObjectStore> Fs<S> {
             open_counts: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(first_fh),
+            sweep_at: std::sync::atomic::AtomicUsize::new(MIN_SWEEP),
+            last_sweep: Mutex::new(None),
             first_fh,
             config,
         })
@@ -407,6 +416,70 @@ impl<S: ObjectStore> Fs<S> {
             },
         );
         *self.open_counts.lock().unwrap().entry(ino).or_default() += 1;
+    }
+
+    /// The kernel was given an entry of `attr` as `name` in `parent` (a lookup, create, mkdir,
+    /// symlink or readdirplus answer): it holds the inode until it forgets it.
+    pub fn entry_given(&self, parent: u64, name: &str, attr: &Attr) {
+        self.inodes.lock().unwrap().entry_given(parent, name, attr);
+    }
+
+    /// The kernel forgot `n` entries of `ino`; the inode goes once it holds none and no open
+    /// file or written data uses it.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut inodes = self.inodes.lock().unwrap();
+        if inodes.forget(ino, n) && !self.in_use(ino) {
+            inodes.drop_inode(ino);
+            drop(inodes);
+            self.listings.lock().unwrap().remove(&ino);
+        }
+    }
+
+    /// Whether an open handle or written data uses inode `ino`.
+    fn in_use(&self, ino: u64) -> bool {
+        self.files.lock().unwrap().contains_key(&ino)
+            || self.open_counts.lock().unwrap().contains_key(&ino)
+    }
+
+    /// How many inodes the table holds (the root included).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().unwrap().len()
+    }
+
+    /// Drop the inodes that only a listing brought in, now stale, once the table holds twice
+    /// as many as the kernel does (and at least `MIN_SWEEP`): listing a big tree must not keep
+    /// every name in memory. Each sweep costs one pass over the table, and the next one waits
+    /// until the table has grown again, so the cost per new inode stays constant.
+    fn sweep_inodes(&self) {
+        let sweep_at = self.sweep_at.load(Ordering::Relaxed);
+        let mut inodes = self.inodes.lock().unwrap();
+        if inodes.len() <= sweep_at {
+            return;
+        }
+        {
+            let mut last = self.last_sweep.lock().unwrap();
+            if last.is_some_and(|t| t.elapsed() < self.config.attr_ttl) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let stale = Instant::now()
+            .checked_sub(self.config.attr_ttl)
+            .unwrap_or_else(Instant::now);
+        let mut dropped = Vec::new();
+        for ino in inodes.unheld_before(stale) {
+            if !self.in_use(ino) {
+                inodes.drop_inode(ino);
+                dropped.push(ino);
+            }
+        }
+        self.sweep_at
+            .store((2 * inodes.held()).max(MIN_SWEEP), Ordering::Relaxed);
+        drop(inodes);
+        let mut listings = self.listings.lock().unwrap();
+        for ino in dropped {
+            listings.remove(&ino);
+        }
     }
 
     /// Forget the inode journal (clean unmount: nothing to take over).
@@ -860,6 +933,7 @@ impl<S: ObjectStore> Fs<S> {
             entries.push(DirEntry { name, attr });
         }
         drop(inodes);
+        self.sweep_inodes();
         let names = entries.iter().map(|e| e.name.clone()).collect();
         self.listings.lock().unwrap().insert(
             ino,

@@ -757,3 +757,88 @@ async fn the_last_close_leaves_no_staging_file_behind() {
     assert!(left.is_empty(), "left behind: {left:?}");
     drop(held);
 }
+
+/// The inode table holds what the kernel holds: an inode goes when the kernel forgets its last
+/// entry (not while a file is open), and inodes that only a listing brought in go once stale.
+#[tokio::test]
+async fn forgotten_and_stale_listed_inodes_leave_the_table() {
+    let (fx, store) = fixture();
+    let fs = &fx.fs;
+    write_file(fs, ROOT_INO, "a", b"x").await;
+    let a = fs.lookup(ROOT_INO, "a").await.unwrap();
+    fs.entry_given(ROOT_INO, "a", &a);
+    fs.entry_given(ROOT_INO, "a", &a);
+    fs.forget(a.ino, 1);
+    assert_eq!(fs.getattr(a.ino).await.unwrap().size, 1, "one entry left");
+    fs.forget(a.ino, 1);
+    assert!(matches!(fs.getattr(a.ino).await, Err(FsError::NotFound)));
+    // An entry given while the kernel's FORGET of an earlier one was dropping it: back under
+    // the same number.
+    fs.entry_given(ROOT_INO, "a", &a);
+    assert_eq!(fs.getattr(a.ino).await.unwrap().size, 1);
+    fs.forget(a.ino, 1);
+    // A new lookup after a forget gets a new number; an open file keeps its inode.
+    let again = fs.lookup(ROOT_INO, "a").await.unwrap();
+    assert_ne!(again.ino, a.ino);
+    fs.entry_given(ROOT_INO, "a", &again);
+    let fh = fs.open(again.ino, false, false).await.unwrap();
+    fs.forget(again.ino, 1);
+    assert_eq!(fs.read(fh, 0, 10).await.unwrap(), b"x".as_slice());
+    fs.release(fh).await.unwrap();
+
+    // 5,000 names seen in a listing and never given to the kernel: swept once stale.
+    let puts = (0..5000).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .put(&format!("vol/big/f{i}"), Bytes::new(), &UserMetadata::new())
+                .await
+                .unwrap()
+        }
+    });
+    futures::future::join_all(puts).await;
+    tokio::time::sleep(Duration::from_millis(250)).await; // the root's listing is stale
+    let big = fs.lookup(ROOT_INO, "big").await.unwrap();
+    assert_eq!(fs.readdir(big.ino).await.unwrap().len(), 5000);
+    assert!(fs.inode_count() > 5000);
+    tokio::time::sleep(Duration::from_millis(250)).await; // past the 200 ms TTL
+    fs.readdir(ROOT_INO).await.unwrap();
+    assert!(fs.inode_count() < 10, "{} inodes", fs.inode_count());
+    assert_eq!(
+        fs.readdir(big.ino).await.unwrap().len(),
+        5000,
+        "listed again"
+    );
+}
+
+/// The inode journal stays about the size of the table: names that come and go are rewritten
+/// away once the records outnumber the inodes four to one.
+#[tokio::test]
+async fn the_inode_journal_is_rewritten_when_names_come_and_go() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir).journal_inodes();
+    let journal = config.inode_journal.clone().unwrap();
+    let fs = Fs::new(store.clone(), config).unwrap();
+    let puts = (0..6000).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .put(&format!("vol/big/f{i}"), Bytes::new(), &UserMetadata::new())
+                .await
+                .unwrap()
+        }
+    });
+    futures::future::join_all(puts).await;
+    let big = fs.lookup(ROOT_INO, "big").await.unwrap();
+    fs.entry_given(ROOT_INO, "big", &big);
+    fs.readdir(big.ino).await.unwrap(); // 6,000 new inodes
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    fs.readdir(ROOT_INO).await.unwrap(); // the sweep forgets them: 12,000 records in all
+                                         // Rewritten once during the sweep; the forgets after that are appended.
+    let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+    assert!(lines < 3000, "{lines} lines for 12,000 records");
+    let (_, inodes) = journal::InodeJournal::take_over(&journal).unwrap();
+    assert_eq!(inodes.len(), 1, "only `big`: {inodes:?}");
+    assert_eq!(inodes[0].name, "big");
+}
