@@ -27,7 +27,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the Docker volume plugin: the volume API on a unix socket, one FUSE mount per
-    /// volume in use.
+    /// volume in use. A small supervisor process keeps the mounts alive when the worker
+    /// serving them crashes, and starts a new one; SIGHUP replaces the worker the same way
+    /// (from the binary now at this path), SIGTERM uploads, unmounts and stops.
     Serve(ServeArgs),
     /// Mount a bucket (or a prefix of it) at a directory, without Docker.
     Mount(MountArgs),
