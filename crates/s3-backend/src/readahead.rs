@@ -8,7 +8,15 @@
 //! quarters of it ahead). It is cut into requests of
 //! `request_size`, each its own GET, so a window of 64 MiB keeps 8 requests of 8 MiB in flight:
 //! one reader is then limited by the backend's bandwidth, not one request's latency. A read at
-//! another offset (a seek) drops the window to zero: random reads fetch only what they need.
+//! another offset (a seek) drops the window to zero.
+//!
+//! Random reads of an object that fits in a quarter of the disk tier also fetch, in the
+//! background and into the disk tier only, the rest of the `request_size` block around them:
+//! such a file ends up cached after at most its own size in transfers, and random readers of
+//! it (a database, fio) then read from disk instead of waiting for a request each. The read
+//! itself waits only for its own chunk, and the memory tier keeps what is read (a first try
+//! that put the blocks in memory evicted the chunks read again: docs/BENCHMARKS.md). Random
+//! reads of bigger objects, or without a disk tier, fetch only what they need.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -131,6 +139,7 @@ impl<S: ObjectStore> SequentialReader<S> {
             self.window = 0;
             self.prefetched_to =
                 end / self.cache.config().chunk_size * self.cache.config().chunk_size;
+            self.prefetch_neighbourhood(offset, end);
         }
         self.window_metric.set(self.window);
         self.next_offset = self.next_offset.max(end);
@@ -140,6 +149,30 @@ impl<S: ObjectStore> SequentialReader<S> {
         if self.window > 0 {
             self.prefetch_ahead(self.next_offset);
         }
+    }
+
+    /// Start fetching into the disk tier the `request_size` block around a random read of
+    /// `offset..end`, all but the chunks the read needs (it fetches those itself, without
+    /// waiting for the rest), if the object fits in a quarter of the disk tier.
+    fn prefetch_neighbourhood(&self, offset: u64, end: u64) {
+        let config = self.cache.config();
+        if config.disk_dir.is_none() {
+            return;
+        }
+        let chunk = config.chunk_size;
+        let block = self.config.request_size.max(chunk) / chunk * chunk;
+        if self.object.size > config.disk_bytes / 4 || self.object.size <= chunk || offset >= end {
+            return;
+        }
+        let first = offset / block * block / chunk;
+        let last = ((offset / block + 1) * block)
+            .min(self.object.size)
+            .div_ceil(chunk);
+        let (needed_from, needed_to) = (offset / chunk, end.div_ceil(chunk));
+        self.cache.prefetch_to_disk(
+            &self.object,
+            [first..needed_from.max(first), needed_to.min(last)..last],
+        );
     }
 
     /// The chunk cache this reader reads through.
@@ -200,20 +233,19 @@ mod tests {
         size: usize,
         memory: u64,
     ) -> (Arc<InMemoryStore>, SequentialReader<InMemoryStore>) {
+        reader_with(size, CacheConfig::default().memory_bytes(memory)).await
+    }
+
+    async fn reader_with(
+        size: usize,
+        cache: CacheConfig,
+    ) -> (Arc<InMemoryStore>, SequentialReader<InMemoryStore>) {
         let store = Arc::new(InMemoryStore::new("b"));
         let put = store
             .put("f", pattern(size, 1), &UserMetadata::new())
             .await
             .unwrap();
-        let cache = Arc::new(
-            ChunkCache::new(
-                store.clone(),
-                CacheConfig::default()
-                    .chunk_size(CHUNK)
-                    .memory_bytes(memory),
-            )
-            .unwrap(),
-        );
+        let cache = Arc::new(ChunkCache::new(store.clone(), cache.chunk_size(CHUNK)).unwrap());
         let object = ObjectVersion {
             key: "f".into(),
             etag: put.etag,
@@ -275,9 +307,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn random_reads_fetch_only_what_they_need() {
+    async fn random_reads_of_an_object_bigger_than_a_quarter_of_the_cache_fetch_only_what_they_need(
+    ) {
         let size = 256 * CHUNK as usize;
-        let (store, mut r) = reader(size, 1 << 30).await;
+        // 16 MiB object, 2 MiB cache (no disk tier).
+        let (store, mut r) = reader(size, 32 * CHUNK).await;
         let body = pattern(size, 1);
         for i in [200u64, 3, 150, 77, 12] {
             let got = r.read(i * CHUNK + 5, 100).await.unwrap();
@@ -289,6 +323,48 @@ mod tests {
         // The first read at 200 is not at the expected offset 0, so no read-ahead at all.
         assert_eq!(r.window(), 0);
         assert_eq!(store.request_count(Op::Get), 5);
+    }
+
+    #[tokio::test]
+    async fn random_reads_of_a_small_object_fetch_their_block_into_the_disk_tier() {
+        // 64 MiB object (reads more than 16 MiB apart are random), a 1 GiB disk tier; blocks
+        // of 4 chunks (the request size).
+        let size = 1024 * CHUNK as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheConfig::default()
+            .memory_bytes(1 << 30)
+            .disk(Some(dir.path().to_path_buf()), 1 << 30);
+        let (store, mut r) = reader_with(size, cache).await;
+        let body = pattern(size, 1);
+        let check = |got: Bytes, at: u64| {
+            assert_eq!(got, body.slice(at as usize..at as usize + got.len()));
+        };
+        // Each first read of a block: its own chunk, and the chunks before and after it in the
+        // block, in one request each.
+        for chunk in [901u64, 502] {
+            check(
+                r.read(chunk * CHUNK + 7, 100).await.unwrap(),
+                chunk * CHUNK + 7,
+            );
+            assert_eq!(r.window(), 0, "random, no read-ahead");
+        }
+        // (The background requests may not all be sent yet.)
+        assert!(store.request_count(Op::Get) <= 6);
+        // Later reads in those blocks: hits.
+        for chunk in [903u64, 500, 900, 503, 902, 501] {
+            check(
+                r.read(chunk * CHUNK + 9, 4096).await.unwrap(),
+                chunk * CHUNK + 9,
+            );
+        }
+        assert_eq!(store.request_count(Op::Get), 6);
+        // A read across chunks 99 and 100: those two for the read, 96..99 in the background.
+        check(
+            r.read(100 * CHUNK - 50, 100).await.unwrap(),
+            100 * CHUNK - 50,
+        );
+        check(r.read(97 * CHUNK, 10).await.unwrap(), 97 * CHUNK);
+        assert_eq!(store.request_count(Op::Get), 8);
     }
 
     #[tokio::test]

@@ -107,6 +107,11 @@ impl DiskCache {
             .join(format!("{}.{}", &name[2..], key.index))
     }
 
+    /// Whether a file for this chunk is cached (not checked: `get` checks).
+    pub fn contains(&self, key: &ChunkKey) -> bool {
+        self.inner.index.contains_key(&self.path_of(key))
+    }
+
     /// The chunk's data if a valid file for exactly this chunk is cached.
     pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
         let path = self.path_of(key);

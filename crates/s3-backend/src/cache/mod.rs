@@ -136,9 +136,20 @@ pub struct CacheStats {
 type ChunkFuture = Shared<BoxFuture<'static, StoreResult<Bytes>>>;
 type InflightMap = Arc<Mutex<HashMap<ChunkKey, ChunkFuture>>>;
 
+/// Where a fetched chunk goes.
+#[derive(Debug, Clone, Copy)]
+enum Tier {
+    MemoryAndDisk,
+    /// For later (a neighbourhood of a random read): memory holds what is read now.
+    DiskOnly,
+}
+
 /// Disk writes queued at most; beyond that a chunk is not written to disk (it is only a cache,
 /// and an unbounded queue would hold chunk buffers outside the memory budget).
 const MAX_PENDING_DISK_WRITES: usize = 16;
+/// Background fetches into the disk tier at once ([`ChunkCache::prefetch_to_disk`]); more are
+/// not started (they would only queue, holding memory).
+const MAX_DISK_PREFETCHES: usize = 4;
 
 /// The duty to answer the readers waiting for one chunk. Dropped unanswered (the fetching task
 /// was cancelled or panicked), it answers with an error and clears the in-flight entry, so no
@@ -183,6 +194,7 @@ pub struct CacheTiers {
     memory: moka::sync::Cache<ChunkKey, Bytes>,
     disk: Option<DiskCache>,
     disk_writes: Arc<tokio::sync::Semaphore>,
+    disk_prefetches: Arc<tokio::sync::Semaphore>,
     /// Sequential readers with a read-ahead window, over every cache sharing these tiers: they
     /// share the read-ahead part of the memory budget.
     sequential_readers: AtomicUsize,
@@ -216,6 +228,7 @@ impl CacheTiers {
             memory,
             disk,
             disk_writes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DISK_WRITES)),
+            disk_prefetches: Arc::new(tokio::sync::Semaphore::new(MAX_DISK_PREFETCHES)),
             sequential_readers: AtomicUsize::new(0),
         })
     }
@@ -390,7 +403,14 @@ impl<S: ObjectStore> ChunkCache<S> {
         let pending = self.inflight.lock().unwrap().get(&key).cloned();
         if let Some(pending) = pending {
             self.stats.joined_fetches.fetch_add(1, Ordering::Relaxed);
-            return pending.await;
+            let data = pending.await?;
+            // A fetch for the disk tier only (prefetch_to_disk) left memory alone; what is
+            // read now is kept there like any chunk read.
+            if !self.tiers.memory.contains_key(&key) {
+                self.tiers.memory.insert(key, data.clone());
+                self.tiers.memory.run_pending_tasks();
+            }
+            return Ok(data);
         }
         self.prefetch(object, index..index + 1);
         let pending = self.inflight.lock().unwrap().get(&key).cloned();
@@ -432,24 +452,7 @@ impl<S: ObjectStore> ChunkCache<S> {
                     }
                     continue;
                 }
-                let (tx, rx) = oneshot::channel();
-                let future = rx
-                    .map(|r| {
-                        r.unwrap_or_else(|_| {
-                            Err(StoreError::new(
-                                ErrorKind::Other,
-                                "the chunk fetch was cancelled",
-                            ))
-                        })
-                    })
-                    .boxed()
-                    .shared();
-                inflight.insert(key.clone(), future);
-                run.push(Ticket {
-                    key,
-                    tx: Some(tx),
-                    inflight: self.inflight.clone(),
-                });
+                run.push(self.new_ticket(&mut inflight, key));
             }
         }
         if !run.is_empty() {
@@ -460,6 +463,80 @@ impl<S: ObjectStore> ChunkCache<S> {
             let object = object.clone();
             tokio::spawn(async move { cache.fetch_run(&object, run).await });
         }
+    }
+
+    /// Register a fetch of chunk `key` in `inflight`, so readers of it wait for it.
+    fn new_ticket(&self, inflight: &mut HashMap<ChunkKey, ChunkFuture>, key: ChunkKey) -> Ticket {
+        let (tx, rx) = oneshot::channel();
+        let future = rx
+            .map(|r| {
+                r.unwrap_or_else(|_| {
+                    Err(StoreError::new(
+                        ErrorKind::Other,
+                        "the chunk fetch was cancelled",
+                    ))
+                })
+            })
+            .boxed()
+            .shared();
+        inflight.insert(key.clone(), future);
+        Ticket {
+            key,
+            tx: Some(tx),
+            inflight: self.inflight.clone(),
+        }
+    }
+
+    /// Start fetching, into the disk tier only, the chunks of `indices` that no tier has and
+    /// nobody is fetching, without waiting: data that may be read soon, which must not push
+    /// out of memory what is read now. Nothing without a disk tier, or while
+    /// `MAX_DISK_PREFETCHES` such fetches run.
+    pub fn prefetch_to_disk(
+        self: &Arc<Self>,
+        object: &ObjectVersion,
+        ranges: impl IntoIterator<Item = Range<u64>>,
+    ) {
+        let Some(disk) = &self.tiers.disk else {
+            return;
+        };
+        let Ok(permit) = self.tiers.disk_prefetches.clone().try_acquire_owned() else {
+            return;
+        };
+        let count = self.chunk_count(object.size);
+        let mut runs = Vec::new();
+        {
+            let mut inflight = self.inflight.lock().unwrap();
+            for range in ranges {
+                let mut run: Vec<Ticket> = Vec::new();
+                for index in range.start..range.end.min(count) {
+                    let key = self.key_of(object, index);
+                    if inflight.contains_key(&key)
+                        || self.tiers.memory.contains_key(&key)
+                        || disk.contains(&key)
+                    {
+                        if !run.is_empty() {
+                            runs.push(std::mem::take(&mut run));
+                        }
+                        continue;
+                    }
+                    run.push(self.new_ticket(&mut inflight, key));
+                }
+                if !run.is_empty() {
+                    runs.push(run);
+                }
+            }
+        }
+        if runs.is_empty() {
+            return;
+        }
+        let cache = Arc::clone(self);
+        let object = object.clone();
+        tokio::spawn(async move {
+            for run in runs {
+                cache.fetch_stretch(&object, run, Tier::DiskOnly).await;
+            }
+            drop(permit);
+        });
     }
 
     /// Fetch a run of consecutive chunks: each from disk if it is there, the rest with one
@@ -497,17 +574,18 @@ impl<S: ObjectStore> ChunkCache<S> {
                 .last()
                 .is_some_and(|last| last.index() + 1 != ticket.index())
             {
-                self.fetch_stretch(object, std::mem::take(&mut stretch))
+                self.fetch_stretch(object, std::mem::take(&mut stretch), Tier::MemoryAndDisk)
                     .await;
             }
             stretch.push(ticket);
         }
         if !stretch.is_empty() {
-            self.fetch_stretch(object, stretch).await;
+            self.fetch_stretch(object, stretch, Tier::MemoryAndDisk)
+                .await;
         }
     }
 
-    async fn fetch_stretch(&self, object: &ObjectVersion, stretch: Vec<Ticket>) {
+    async fn fetch_stretch(&self, object: &ObjectVersion, stretch: Vec<Ticket>, tier: Tier) {
         let first = stretch[0].index();
         let last = stretch[stretch.len() - 1].index();
         let range = self.chunk_range(object, first).start..self.chunk_range(object, last).end;
@@ -539,7 +617,10 @@ impl<S: ObjectStore> ChunkCache<S> {
                         self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
                         metrics().cache_misses.inc();
                         self.stats.fetched_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        self.deliver(ticket, Ok(data), true);
+                        match tier {
+                            Tier::MemoryAndDisk => self.deliver(ticket, Ok(data), true),
+                            Tier::DiskOnly => self.deliver_to_disk(ticket, data).await,
+                        }
                     }
                 }
             }
@@ -559,6 +640,18 @@ impl<S: ObjectStore> ChunkCache<S> {
                 self.deliver(ticket, Err(err.clone()), false);
             }
         }
+    }
+
+    /// Hand a chunk fetched for later to its waiters (a read that came meanwhile) and the disk
+    /// tier, not the memory tier.
+    /// Written before it is answered: a reader coming meanwhile waits for the fetch rather
+    /// than fetching the chunk again.
+    async fn deliver_to_disk(&self, ticket: Ticket, data: Bytes) {
+        if let Some(disk) = &self.tiers.disk {
+            let (disk, key, bytes) = (disk.clone(), ticket.key.clone(), data.clone());
+            let _ = tokio::task::spawn_blocking(move || disk.put(&key, &bytes)).await;
+        }
+        ticket.answer(Ok(data));
     }
 
     /// Hand a fetched chunk (or the error) to its waiters and the caches.
