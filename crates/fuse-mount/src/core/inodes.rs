@@ -10,7 +10,7 @@
 //! sweep once its attributes are stale. So the table holds what the kernel holds plus what was
 //! listed recently, not every name the mount has ever seen.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Instant, SystemTime};
 
 use common::ETag;
@@ -61,6 +61,19 @@ pub struct Inode {
     pub lookups: u64,
 }
 
+/// What a HEAD (or our own upload) taught about a file, kept after its inode goes, so that a
+/// listing showing the same ETag again confirms its mode and owner without a new HEAD.
+#[derive(Debug, Clone)]
+struct Remembered {
+    etag: ETag,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// Files remembered after their inodes went (about 100 bytes each); the oldest go first.
+const REMEMBERED: usize = 100_000;
+
 #[derive(Debug, Default)]
 pub struct InodeTable {
     next: u64,
@@ -68,6 +81,8 @@ pub struct InodeTable {
     by_path: HashMap<String, u64>,
     /// Where new numbers and renames are recorded, for a takeover after a crash.
     journal: Option<InodeJournal>,
+    remembered: HashMap<String, Remembered>,
+    remembered_order: VecDeque<String>,
 }
 
 impl InodeTable {
@@ -143,6 +158,11 @@ impl InodeTable {
         if let Some(inode) = self.inodes.remove(&ino) {
             if self.by_path.get(&inode.path) == Some(&ino) {
                 self.by_path.remove(&inode.path);
+                if let (true, Kind::File, Some(etag)) =
+                    (inode.metadata_known, inode.attr.kind, inode.etag.clone())
+                {
+                    self.remember(inode.path.clone(), etag, &inode.attr);
+                }
             }
             if let Some(journal) = &mut self.journal {
                 journal.append(&Record::Forget { ino });
@@ -378,6 +398,57 @@ impl InodeTable {
             uid: inode.attr.uid,
             gid: inode.attr.gid,
         });
+    }
+
+    fn remember(&mut self, path: String, etag: ETag, attr: &Attr) {
+        let remembered = Remembered {
+            etag,
+            perm: attr.perm,
+            uid: attr.uid,
+            gid: attr.gid,
+        };
+        self.remembered.insert(path.clone(), remembered);
+        self.remembered_order.push_back(path);
+        while self.remembered.len() > REMEMBERED {
+            match self.remembered_order.pop_front() {
+                Some(oldest) => {
+                    self.remembered.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// The inode of file `path` (`name` in `parent`) as a listing shows it (`attr`, `etag`),
+    /// with the mode and owner remembered from before its inode went, if its ETag is the same.
+    pub fn recall(
+        &mut self,
+        parent: u64,
+        name: &str,
+        path: &str,
+        attr: &Attr,
+        etag: &ETag,
+    ) -> Option<Attr> {
+        let remembered = self
+            .remembered
+            .get(path)
+            .filter(|r| &r.etag == etag)?
+            .clone();
+        self.remembered.remove(path);
+        let attr = Attr {
+            perm: remembered.perm,
+            uid: remembered.uid,
+            gid: remembered.gid,
+            ..attr.clone()
+        };
+        Some(self.upsert(
+            parent,
+            name,
+            path.to_string(),
+            attr,
+            Some(remembered.etag),
+            true,
+        ))
     }
 
     /// Delete the journal: a clean unmount leaves nothing to take over.

@@ -927,8 +927,14 @@ impl<S: ObjectStore> Fs<S> {
                     inode.fetched = Instant::now();
                     inode.attr.clone()
                 }
-                _ if trust_files => inodes.upsert(ino, &name, child, attr, Some(etag), false),
-                _ => attr,
+                _ => match inodes.recall(ino, &name, &child, &attr, &etag) {
+                    // Its inode went (the kernel forgot it), what a HEAD taught was kept.
+                    Some(recalled) => recalled,
+                    None if trust_files => {
+                        inodes.upsert(ino, &name, child, attr, Some(etag), false)
+                    }
+                    None => attr,
+                },
             };
             entries.push(DirEntry { name, attr });
         }

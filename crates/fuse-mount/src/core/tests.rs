@@ -842,3 +842,29 @@ async fn the_inode_journal_is_rewritten_when_names_come_and_go() {
     assert_eq!(inodes.len(), 1, "only `big`: {inodes:?}");
     assert_eq!(inodes[0].name, "big");
 }
+
+/// A file whose inode went (the kernel forgot it) is confirmed by the next listing without a
+/// HEAD when its ETag is unchanged: `stat` of many files after the kernel dropped its caches
+/// costs listings, not a request per file.
+#[tokio::test]
+async fn a_forgotten_file_is_confirmed_by_a_listing_without_a_head() {
+    let (fx, store) = fixture();
+    let fs = &fx.fs;
+    let (created, fh) = fs.create(ROOT_INO, "a", 0o600, 7, 8, false).await.unwrap();
+    fs.entry_given(ROOT_INO, "a", &created);
+    fs.write(fh, 0, b"xyz").await.unwrap();
+    fs.release(fh).await.unwrap();
+    fs.forget(created.ino, 1);
+    assert!(matches!(
+        fs.getattr(created.ino).await,
+        Err(FsError::NotFound)
+    ));
+    tokio::time::sleep(Duration::from_millis(250)).await; // past the TTL: the root is listed
+    let heads = store.request_count(Op::Head);
+    let again = fs.lookup(ROOT_INO, "a").await.unwrap();
+    assert_eq!(store.request_count(Op::Head), heads, "no HEAD");
+    assert_eq!(
+        (again.size, again.perm, again.uid, again.gid),
+        (3, 0o600, 7, 8)
+    );
+}
