@@ -54,6 +54,24 @@ async fn read_all<S: ObjectStore>(fs: &Fs<S>, ino: u64) -> Vec<u8> {
     out
 }
 
+/// `count` empty objects `<prefix>/f<n>`, put directly in the store.
+async fn put_empty_files(store: &Arc<InMemoryStore>, prefix: &str, count: usize) {
+    let puts = (0..count).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .put(
+                    &format!("{prefix}/f{i}"),
+                    Bytes::new(),
+                    &UserMetadata::new(),
+                )
+                .await
+                .unwrap()
+        }
+    });
+    futures::future::join_all(puts).await;
+}
+
 async fn body(store: &InMemoryStore, key: &str) -> Vec<u8> {
     let size = store.head(key).await.unwrap().size;
     store.get_range(key, 0..size, None).await.unwrap().to_vec()
@@ -787,16 +805,7 @@ async fn forgotten_and_stale_listed_inodes_leave_the_table() {
     fs.release(fh).await.unwrap();
 
     // 5,000 names seen in a listing and never given to the kernel: swept once stale.
-    let puts = (0..5000).map(|i| {
-        let store = store.clone();
-        async move {
-            store
-                .put(&format!("vol/big/f{i}"), Bytes::new(), &UserMetadata::new())
-                .await
-                .unwrap()
-        }
-    });
-    futures::future::join_all(puts).await;
+    put_empty_files(&store, "vol/big", 5000).await;
     tokio::time::sleep(Duration::from_millis(250)).await; // the root's listing is stale
     let big = fs.lookup(ROOT_INO, "big").await.unwrap();
     assert_eq!(fs.readdir(big.ino).await.unwrap().len(), 5000);
@@ -820,16 +829,7 @@ async fn the_inode_journal_is_rewritten_when_names_come_and_go() {
     let config = config(&dir).journal_inodes();
     let journal = config.inode_journal.clone().unwrap();
     let fs = Fs::new(store.clone(), config).unwrap();
-    let puts = (0..6000).map(|i| {
-        let store = store.clone();
-        async move {
-            store
-                .put(&format!("vol/big/f{i}"), Bytes::new(), &UserMetadata::new())
-                .await
-                .unwrap()
-        }
-    });
-    futures::future::join_all(puts).await;
+    put_empty_files(&store, "vol/big", 6000).await;
     let big = fs.lookup(ROOT_INO, "big").await.unwrap();
     fs.entry_given(ROOT_INO, "big", &big);
     fs.readdir(big.ino).await.unwrap(); // 6,000 new inodes

@@ -439,30 +439,40 @@ impl<S: ObjectStore> ChunkCache<S> {
     /// Start fetching the chunks of `indices` that are neither in memory nor being fetched,
     /// without waiting. Consecutive missing chunks share one ranged GET.
     pub fn prefetch(self: &Arc<Self>, object: &ObjectVersion, indices: Range<u64>) {
-        let indices = indices.start..indices.end.min(self.chunk_count(object.size));
-        let mut run: Vec<Ticket> = Vec::new();
-        let mut runs = Vec::new();
-        {
-            let mut inflight = self.inflight.lock().unwrap();
-            for index in indices {
-                let key = self.key_of(object, index);
-                if inflight.contains_key(&key) || self.tiers.memory.contains_key(&key) {
-                    if !run.is_empty() {
-                        runs.push(std::mem::take(&mut run));
-                    }
-                    continue;
-                }
-                run.push(self.new_ticket(&mut inflight, key));
-            }
-        }
-        if !run.is_empty() {
-            runs.push(run);
-        }
+        let runs = self.claim_runs(object, indices, |_| false);
         for run in runs {
             let cache = Arc::clone(self);
             let object = object.clone();
             tokio::spawn(async move { cache.fetch_run(&object, run).await });
         }
+    }
+
+    /// Claim the chunks of `indices` that are neither in memory, nor being fetched, nor
+    /// `skip`ped, as runs of consecutive chunks (one ranged GET each), registered in flight.
+    fn claim_runs(
+        &self,
+        object: &ObjectVersion,
+        indices: Range<u64>,
+        skip: impl Fn(&ChunkKey) -> bool,
+    ) -> Vec<Vec<Ticket>> {
+        let indices = indices.start..indices.end.min(self.chunk_count(object.size));
+        let mut run: Vec<Ticket> = Vec::new();
+        let mut runs = Vec::new();
+        let mut inflight = self.inflight.lock().unwrap();
+        for index in indices {
+            let key = self.key_of(object, index);
+            if inflight.contains_key(&key) || self.tiers.memory.contains_key(&key) || skip(&key) {
+                if !run.is_empty() {
+                    runs.push(std::mem::take(&mut run));
+                }
+                continue;
+            }
+            run.push(self.new_ticket(&mut inflight, key));
+        }
+        if !run.is_empty() {
+            runs.push(run);
+        }
+        runs
     }
 
     /// Register a fetch of chunk `key` in `inflight`, so readers of it wait for it.
@@ -502,30 +512,10 @@ impl<S: ObjectStore> ChunkCache<S> {
         let Ok(permit) = self.tiers.disk_prefetches.clone().try_acquire_owned() else {
             return;
         };
-        let count = self.chunk_count(object.size);
-        let mut runs = Vec::new();
-        {
-            let mut inflight = self.inflight.lock().unwrap();
-            for range in ranges {
-                let mut run: Vec<Ticket> = Vec::new();
-                for index in range.start..range.end.min(count) {
-                    let key = self.key_of(object, index);
-                    if inflight.contains_key(&key)
-                        || self.tiers.memory.contains_key(&key)
-                        || disk.contains(&key)
-                    {
-                        if !run.is_empty() {
-                            runs.push(std::mem::take(&mut run));
-                        }
-                        continue;
-                    }
-                    run.push(self.new_ticket(&mut inflight, key));
-                }
-                if !run.is_empty() {
-                    runs.push(run);
-                }
-            }
-        }
+        let runs: Vec<Vec<Ticket>> = ranges
+            .into_iter()
+            .flat_map(|range| self.claim_runs(object, range, |key| disk.contains(key)))
+            .collect();
         if runs.is_empty() {
             return;
         }
