@@ -254,12 +254,25 @@ impl<S: ObjectStore> FileState<S> {
                 if let Some(stream) = other {
                     stream.abort().await;
                 }
-                self.upload_staged(store, metadata, upload).await
+                self.upload_staged(store, metadata.clone(), upload).await
             }
         };
         match result {
             Ok(put) => {
                 self.dirty = false;
+                if self.size == 0 {
+                    // Nothing is staged: the next writes can stream again. Shells and dd
+                    // open, dup2 onto stdout and close the first descriptor, which commits
+                    // the still-empty file before a single byte is written.
+                    self.stream = Some(StreamingUpload::new(
+                        store.clone(),
+                        self.key.clone(),
+                        metadata,
+                        upload.clone(),
+                    ));
+                    self.stream_next = 0;
+                    self.ahead.clear();
+                }
                 Ok(Some(put))
             }
             Err(e) => {

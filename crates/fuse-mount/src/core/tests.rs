@@ -118,6 +118,34 @@ async fn sequential_writes_stream_as_multipart_and_random_writes_go_through_stag
 }
 
 #[tokio::test]
+async fn a_file_flushed_while_still_empty_streams_what_is_written_next() {
+    // `cmd > file` and dd: open, dup2 onto stdout, close the first descriptor (a flush of the
+    // empty file, which puts it), then write through stdout.
+    let (f, store) = fixture();
+    let (attr, fh) =
+        f.fs.create(ROOT_INO, "out", 0o644, 1000, 1000, false)
+            .await
+            .unwrap();
+    f.fs.flush(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/out").await, b"");
+    let data = common::conformance::pattern(10_000, 3);
+    for (i, piece) in data.chunks(1000).enumerate() {
+        f.fs.write(fh, (i * 1000) as u64, piece).await.unwrap();
+    }
+    // 9 parts are full; at most 4 may still be in flight.
+    assert!(
+        store.request_count(Op::UploadPart) >= 5,
+        "streamed while written, not at close: {} parts",
+        store.request_count(Op::UploadPart)
+    );
+    assert_eq!(store.pending_upload_count(), 1);
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/out").await, data);
+    assert_eq!(read_all(&f.fs, attr.ino).await, data);
+    assert_eq!(store.pending_upload_count(), 0);
+}
+
+#[tokio::test]
 async fn append_and_truncate_keep_the_existing_bytes() {
     let (f, store) = fixture();
     let attr = write_file(&f.fs, ROOT_INO, "log", b"one\n").await;

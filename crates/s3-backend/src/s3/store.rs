@@ -28,6 +28,8 @@ pub struct S3Store {
     endpoint: String,
     /// AWS needs a LocationConstraint outside us-east-1; other servers (Ceph RGW) refuse one.
     location_constraint: Option<String>,
+    /// See [`S3Config::signs_payloads`].
+    signs_payloads: bool,
 }
 
 impl S3Store {
@@ -49,6 +51,7 @@ impl S3Store {
             bucket: bucket.to_string(),
             endpoint: config.endpoint_display(),
             location_constraint,
+            signs_payloads: config.signs_payloads(),
         }
     }
 
@@ -328,16 +331,22 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &str, body: Bytes, metadata: &UserMetadata) -> StoreResult<PutResult> {
-        let out = self
+        let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .set_metadata(Some(metadata.clone().into_iter().collect()))
             .body(SdkByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| map_sdk_error(e, self.req("PutObject", key)))?;
+            .customize();
+        let out = if self.signs_payloads {
+            request
+        } else {
+            request.disable_payload_signing()
+        }
+        .send()
+        .await
+        .map_err(|e| map_sdk_error(e, self.req("PutObject", key)))?;
         Ok(PutResult {
             etag: etag(out.e_tag()),
         })
@@ -369,7 +378,7 @@ impl ObjectStore for S3Store {
         part_number: u32,
         body: Bytes,
     ) -> StoreResult<CompletedPart> {
-        let out = self
+        let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
@@ -377,9 +386,15 @@ impl ObjectStore for S3Store {
             .upload_id(&upload_id.0)
             .part_number(part_number as i32)
             .body(SdkByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| map_sdk_error(e, self.req("UploadPart", key)))?;
+            .customize();
+        let out = if self.signs_payloads {
+            request
+        } else {
+            request.disable_payload_signing()
+        }
+        .send()
+        .await
+        .map_err(|e| map_sdk_error(e, self.req("UploadPart", key)))?;
         Ok(CompletedPart {
             part_number,
             etag: etag(out.e_tag()),
