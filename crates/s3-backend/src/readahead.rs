@@ -17,6 +17,11 @@
 //! itself waits only for its own chunk, and the memory tier keeps what is read (a first try
 //! that put the blocks in memory evicted the chunks read again: docs/BENCHMARKS.md). Random
 //! reads of bigger objects, or without a disk tier, fetch only what they need.
+//!
+//! Read-ahead keeps its chunks on disk as well as in memory, except on the first sequential
+//! read of a big object in this process
+//! ([`ChunkCache::keeps_on_disk_when_streamed`]): a scan must not cost a disk write per byte
+//! nor push out of the disk tier what is read again.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +30,7 @@ use bytes::Bytes;
 use common::metrics::{metrics, GaugeShare};
 use common::{ObjectStore, StoreResult};
 
-use crate::cache::{ChunkCache, ObjectVersion};
+use crate::cache::{ChunkCache, ObjectVersion, Tier};
 
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -72,6 +77,8 @@ pub struct SequentialReader<S> {
     prefetched_to: u64,
     /// Counted in the cache's sequential readers (while the window is open).
     counted: bool,
+    /// Where read-ahead keeps its chunks, decided at the first read-ahead.
+    tier: Option<Tier>,
 }
 
 impl<S: ObjectStore> SequentialReader<S> {
@@ -85,6 +92,7 @@ impl<S: ObjectStore> SequentialReader<S> {
             window_metric: GaugeShare::new(&metrics().readahead_window_bytes, 0),
             prefetched_to: 0,
             counted: false,
+            tier: None,
         }
     }
 
@@ -188,10 +196,19 @@ impl<S: ObjectStore> SequentialReader<S> {
         let request = self.config.request_size.min(self.window).max(chunk) / chunk * chunk;
         let target = end.saturating_add(self.window).min(size);
         let mut from = self.prefetched_to.max(end / chunk * chunk);
+        let cache = &self.cache;
+        let object = &self.object;
+        let tier = *self.tier.get_or_insert_with(|| {
+            if cache.keeps_on_disk_when_streamed(object) {
+                Tier::MemoryAndDisk
+            } else {
+                Tier::MemoryOnly
+            }
+        });
         while from < target && (target - from >= request || target == size) {
             let to = (from + request).min(size);
             self.cache
-                .prefetch(&self.object, from / chunk..to.div_ceil(chunk));
+                .prefetch(&self.object, from / chunk..to.div_ceil(chunk), tier);
             from = to;
         }
         self.prefetched_to = from;
@@ -226,6 +243,7 @@ mod tests {
     use common::conformance::pattern;
     use common::memory::{InMemoryStore, Op};
     use common::UserMetadata;
+    use std::time::Duration;
 
     const CHUNK: u64 = 64 * 1024;
 
@@ -365,6 +383,58 @@ mod tests {
         );
         check(r.read(97 * CHUNK, 10).await.unwrap(), 97 * CHUNK);
         assert_eq!(store.request_count(Op::Get), 8);
+    }
+
+    #[tokio::test]
+    async fn a_big_object_read_sequentially_fills_the_disk_tier_from_its_second_read_on() {
+        let size = (crate::cache::SCAN_RESISTANT_ABOVE + 16 * CHUNK) as usize;
+        let dir = tempfile::tempdir().unwrap();
+        // A memory tier too small to hold the object: the second read fetches it again.
+        let cache = CacheConfig::default()
+            .memory_bytes(8 << 20)
+            .disk(Some(dir.path().to_path_buf()), 1 << 30);
+        let (_store, mut first) = reader_with(size, cache).await;
+        let body = pattern(size, 1);
+        async fn read_through(r: &mut SequentialReader<InMemoryStore>, body: &Bytes) {
+            let mut offset = 0;
+            while offset < body.len() as u64 {
+                let got = r.read(offset, 1 << 20).await.unwrap();
+                assert_eq!(
+                    got,
+                    body.slice(offset as usize..offset as usize + got.len())
+                );
+                offset += got.len() as u64;
+                // Let the disk writes keep up (they are skipped when many queue up).
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let disk_used =
+            |r: &SequentialReader<InMemoryStore>| r.cache().disk().unwrap().used_bytes();
+        read_through(&mut first, &body).await;
+        let after_first = disk_used(&first);
+        assert!(
+            after_first < size as u64 / 4,
+            "a first read keeps what it reads ahead in memory only: {after_first} bytes on disk"
+        );
+        let mut second = SequentialReader::new(
+            first.cache().clone(),
+            first.object().clone(),
+            first.config.clone(),
+        );
+        read_through(&mut second, &body).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after_second = disk_used(&second);
+        assert!(
+            after_second > size as u64 / 2,
+            "the second read fills the disk tier: {after_second} bytes on disk"
+        );
+        // Small objects are kept on disk from their first read.
+        let small = ObjectVersion {
+            key: "small".into(),
+            etag: first.object().etag.clone(),
+            size: crate::cache::SCAN_RESISTANT_ABOVE,
+        };
+        assert!(first.cache().keeps_on_disk_when_streamed(&small));
     }
 
     #[tokio::test]

@@ -73,7 +73,7 @@ struct ServeArgs {
     /// `<volume name>/` of it.
     #[arg(long, env = "S3VOL_DEFAULT_BUCKET")]
     default_bucket: Option<String>,
-    /// Hard cap of the disk chunk cache, all volumes together (e.g. 10GiB).
+    /// Hard cap of the disk chunk cache, all volumes together (e.g. 10GiB; 0 turns it off).
     #[arg(long, env = "S3VOL_CACHE_SIZE", default_value = "10GiB")]
     cache_size: ByteSize,
     /// Memory budget of cached chunks and read-ahead, all volumes together (e.g. 512MiB).
@@ -137,7 +137,7 @@ struct MountArgs {
         default_value = "/var/cache/s3vol"
     )]
     cache: PathBuf,
-    /// Hard cap of the disk chunk cache (e.g. 10GiB).
+    /// Hard cap of the disk chunk cache (e.g. 10GiB; 0 turns it off).
     #[arg(long, env = "S3VOL_CACHE_SIZE", default_value = "10GiB")]
     max_cache_size: ByteSize,
     /// Hard cap of memory for cached chunks and read-ahead (e.g. 512MiB).

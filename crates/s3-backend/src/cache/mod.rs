@@ -137,12 +137,20 @@ type ChunkFuture = Shared<BoxFuture<'static, StoreResult<Bytes>>>;
 type InflightMap = Arc<Mutex<HashMap<ChunkKey, ChunkFuture>>>;
 
 /// Where a fetched chunk goes.
-#[derive(Debug, Clone, Copy)]
-enum Tier {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
     MemoryAndDisk,
+    /// A first sequential read of a big object (see [`ChunkCache::keeps_on_disk_when_streamed`]).
+    MemoryOnly,
     /// For later (a neighbourhood of a random read): memory holds what is read now.
     DiskOnly,
 }
+
+/// Sequential reads of objects bigger than this fill the disk tier only from their second
+/// read on ([`ChunkCache::keeps_on_disk_when_streamed`]).
+pub const SCAN_RESISTANT_ABOVE: u64 = 64 << 20;
+/// Object versions remembered as read sequentially once, per cache.
+const STREAMED_REMEMBERED: u64 = 10_000;
 
 /// Disk writes queued at most; beyond that a chunk is not written to disk (it is only a cache,
 /// and an unbounded queue would hold chunk buffers outside the memory budget).
@@ -214,8 +222,9 @@ impl CacheTiers {
     /// per cache, not per tier).
     pub fn new(config: &CacheConfig) -> std::io::Result<Self> {
         let disk = match &config.disk_dir {
-            Some(dir) => Some(DiskCache::open(dir, config.disk_bytes)?),
-            None => None,
+            // A cap of 0 turns the disk tier off, rather than writing chunks only to drop them.
+            Some(dir) if config.disk_bytes > 0 => Some(DiskCache::open(dir, config.disk_bytes)?),
+            _ => None,
         };
         let memory = moka::sync::Cache::builder()
             .max_capacity(config.memory_tier_bytes())
@@ -259,6 +268,8 @@ pub struct ChunkCache<S> {
     tiers: Arc<CacheTiers>,
     inflight: InflightMap,
     stats: CacheStats,
+    /// Big object versions read sequentially once: (key, ETag).
+    streamed: moka::sync::Cache<(String, String), ()>,
 }
 
 impl<S> fmt::Debug for ChunkCache<S> {
@@ -301,6 +312,7 @@ impl<S: ObjectStore> ChunkCache<S> {
             tiers,
             inflight: Arc::new(Mutex::new(HashMap::new())),
             stats: CacheStats::default(),
+            streamed: moka::sync::Cache::new(STREAMED_REMEMBERED),
         }
     }
 
@@ -369,7 +381,7 @@ impl<S: ObjectStore> ChunkCache<S> {
             return Ok(chunk.slice(from..to));
         }
         // A read spanning chunks: fetch the missing ones in one request, then assemble.
-        self.prefetch(object, first..last + 1);
+        self.prefetch(object, first..last + 1, Tier::MemoryAndDisk);
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for index in first..=last {
             let chunk = self.chunk(object, index).await?;
@@ -412,7 +424,7 @@ impl<S: ObjectStore> ChunkCache<S> {
             }
             return Ok(data);
         }
-        self.prefetch(object, index..index + 1);
+        self.prefetch(object, index..index + 1, Tier::MemoryAndDisk);
         let pending = self.inflight.lock().unwrap().get(&key).cloned();
         match pending {
             Some(pending) => pending.await,
@@ -437,14 +449,34 @@ impl<S: ObjectStore> ChunkCache<S> {
     }
 
     /// Start fetching the chunks of `indices` that are neither in memory nor being fetched,
-    /// without waiting. Consecutive missing chunks share one ranged GET.
-    pub fn prefetch(self: &Arc<Self>, object: &ObjectVersion, indices: Range<u64>) {
+    /// without waiting, into `tier` (memory, and disk unless `MemoryOnly`). Consecutive
+    /// missing chunks share one ranged GET.
+    pub fn prefetch(self: &Arc<Self>, object: &ObjectVersion, indices: Range<u64>, tier: Tier) {
+        debug_assert!(tier != Tier::DiskOnly, "that is prefetch_to_disk");
         let runs = self.claim_runs(object, indices, |_| false);
         for run in runs {
             let cache = Arc::clone(self);
             let object = object.clone();
-            tokio::spawn(async move { cache.fetch_run(&object, run).await });
+            tokio::spawn(async move { cache.fetch_run(&object, run, tier).await });
         }
+    }
+
+    /// Whether a sequential read of `object` keeps what it fetches on disk as well as in
+    /// memory. Not the first such read (in this process) of an object over
+    /// [`SCAN_RESISTANT_ABOVE`]: a big file read once (a backup, a video, a log) would cost
+    /// a disk write per byte read, about a third of a cold read's time on the benchmark
+    /// machine (docs/BENCHMARKS.md), and push out of the disk tier what is read again. From
+    /// its second sequential read on, it is kept like any other.
+    pub fn keeps_on_disk_when_streamed(&self, object: &ObjectVersion) -> bool {
+        if object.size <= SCAN_RESISTANT_ABOVE {
+            return true;
+        }
+        let version = (object.key.clone(), object.etag.as_str().to_owned());
+        if self.streamed.contains_key(&version) {
+            return true;
+        }
+        self.streamed.insert(version, ());
+        false
     }
 
     /// Claim the chunks of `indices` that are neither in memory, nor being fetched, nor
@@ -531,7 +563,7 @@ impl<S: ObjectStore> ChunkCache<S> {
 
     /// Fetch a run of consecutive chunks: each from disk if it is there, the rest with one
     /// ranged GET, handing out every chunk as soon as it is complete.
-    async fn fetch_run(self: Arc<Self>, object: &ObjectVersion, run: Vec<Ticket>) {
+    async fn fetch_run(self: Arc<Self>, object: &ObjectVersion, run: Vec<Ticket>, tier: Tier) {
         let mut missing = Vec::new();
         for ticket in run {
             let on_disk = match &self.tiers.disk {
@@ -564,14 +596,13 @@ impl<S: ObjectStore> ChunkCache<S> {
                 .last()
                 .is_some_and(|last| last.index() + 1 != ticket.index())
             {
-                self.fetch_stretch(object, std::mem::take(&mut stretch), Tier::MemoryAndDisk)
+                self.fetch_stretch(object, std::mem::take(&mut stretch), tier)
                     .await;
             }
             stretch.push(ticket);
         }
         if !stretch.is_empty() {
-            self.fetch_stretch(object, stretch, Tier::MemoryAndDisk)
-                .await;
+            self.fetch_stretch(object, stretch, tier).await;
         }
     }
 
@@ -609,6 +640,7 @@ impl<S: ObjectStore> ChunkCache<S> {
                         self.stats.fetched_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                         match tier {
                             Tier::MemoryAndDisk => self.deliver(ticket, Ok(data), true),
+                            Tier::MemoryOnly => self.deliver(ticket, Ok(data), false),
                             Tier::DiskOnly => self.deliver_to_disk(ticket, data).await,
                         }
                     }

@@ -247,3 +247,24 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn a_disk_cap_of_zero_turns_the_disk_tier_off() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = object(store.as_ref(), "k", 3 * CHUNK as usize, 4).await;
+    let c = cache(
+        store.clone(),
+        small_chunks().disk(Some(dir.path().to_path_buf()), 0),
+    );
+    assert!(c.disk().is_none());
+    assert_eq!(
+        c.read(&o, 0, o.size).await.unwrap(),
+        pattern(o.size as usize, 4)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
