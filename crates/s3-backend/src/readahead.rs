@@ -405,7 +405,7 @@ mod tests {
                 );
                 offset += got.len() as u64;
                 // Let the disk writes keep up (they are skipped when many queue up).
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         let disk_used =

@@ -29,24 +29,34 @@ fn s3vol_at(endpoint: &str, env: &S3Env, args: &[&str], cache: &Path) -> Command
     cmd
 }
 
-/// A mount process of this test, killed (by its pid) if the test fails before it ends it.
-struct MountProcess(std::process::Child);
+/// A mount process of this test, killed (by its pid) if the test fails before it ends it,
+/// and its mount then detached: a killed FUSE daemon leaves a dead mount behind otherwise.
+struct MountProcess {
+    child: std::process::Child,
+    mountpoint: std::path::PathBuf,
+}
 
 impl MountProcess {
     fn id(&self) -> u32 {
-        self.0.id()
+        self.child.id()
     }
 
     fn wait(&mut self) -> std::process::ExitStatus {
-        self.0.wait().unwrap()
+        self.child.wait().unwrap()
     }
 }
 
 impl Drop for MountProcess {
     fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
         }
     }
 }
@@ -66,7 +76,10 @@ fn mount_foreground(
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let child = MountProcess(child);
+    let child = MountProcess {
+        child,
+        mountpoint: mnt.to_path_buf(),
+    };
     wait_until("mounted", || is_mounted(mnt));
     child
 }
@@ -266,7 +279,7 @@ fn sigkill_mid_write_leaves_the_old_version_and_the_next_start_cleans_up() {
     file.write_all(&new).unwrap();
     // SIGKILL straight from this process: `kill(1)` would be forked with the file open, and
     // the close of that copy at exec is a flush, which uploads the file.
-    child.0.kill().unwrap();
+    child.child.kill().unwrap();
     child.wait();
     drop(file);
 
