@@ -393,19 +393,21 @@ mod tests {
         let cache = CacheConfig::default()
             .memory_bytes(8 << 20)
             .disk(Some(dir.path().to_path_buf()), 1 << 30);
-        let (_store, mut first) = reader_with(size, cache).await;
+        let (store, mut first) = reader_with(size, cache).await;
         let body = pattern(size, 1);
         async fn read_through(r: &mut SequentialReader<InMemoryStore>, body: &Bytes) {
             let mut offset = 0;
             while offset < body.len() as u64 {
-                let got = r.read(offset, 1 << 20).await.unwrap();
+                // Reads of 4 chunks: bursts of deliveries stay within the 16 disk writes
+                // that may queue.
+                let got = r.read(offset, 4 * CHUNK).await.unwrap();
                 assert_eq!(
                     got,
                     body.slice(offset as usize..offset as usize + got.len())
                 );
                 offset += got.len() as u64;
                 // Let the disk writes keep up (they are skipped when many queue up).
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
         let disk_used =
@@ -416,8 +418,14 @@ mod tests {
             after_first < size as u64 / 4,
             "a first read keeps what it reads ahead in memory only: {after_first} bytes on disk"
         );
+        // Read again through another cache on the same tiers (the volume mounted again).
+        let again = ChunkCache::with_tiers(
+            store,
+            first.cache().config().clone(),
+            first.cache().tiers().clone(),
+        );
         let mut second = SequentialReader::new(
-            first.cache().clone(),
+            Arc::new(again),
             first.object().clone(),
             first.config.clone(),
         );

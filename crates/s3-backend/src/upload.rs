@@ -120,6 +120,16 @@ impl<S: ObjectStore> StreamingUpload<S> {
         self.bytes_written
     }
 
+    /// Replace the object's metadata, if nothing has been sent yet: the multipart upload
+    /// fixes it when it is created, at the first full part. Returns whether it was replaced.
+    pub fn set_metadata(&mut self, metadata: UserMetadata) -> bool {
+        if self.upload_id.is_some() {
+            return false;
+        }
+        self.metadata = metadata;
+        true
+    }
+
     /// Append `data`. Starts part uploads as parts fill; waits while too many are in flight.
     /// On error the upload is aborted and must not be used further.
     pub async fn write(&mut self, mut data: &[u8]) -> StoreResult<()> {
@@ -347,6 +357,24 @@ mod tests {
             store.get_range("small", 0..100, None).await.unwrap(),
             &b"hello world"[..]
         );
+    }
+
+    #[tokio::test]
+    async fn metadata_can_change_until_the_multipart_upload_begins() {
+        let store = Arc::new(InMemoryStore::new("b"));
+        let meta =
+            |mtime: &str| -> UserMetadata { [("mtime".to_string(), mtime.to_string())].into() };
+        let mut small = StreamingUpload::new(store.clone(), "small", meta("1"), config(1000));
+        small.write(b"hi").await.unwrap();
+        assert!(small.set_metadata(meta("2")));
+        small.finish().await.unwrap();
+        assert_eq!(store.head("small").await.unwrap().user_metadata, meta("2"));
+
+        let mut big = StreamingUpload::new(store.clone(), "big", meta("1"), config(1000));
+        big.write(&pattern(1500, 1)).await.unwrap();
+        assert!(!big.set_metadata(meta("2")), "the upload has begun");
+        big.finish().await.unwrap();
+        assert_eq!(store.head("big").await.unwrap().user_metadata, meta("1"));
     }
 
     #[tokio::test]

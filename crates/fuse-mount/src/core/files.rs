@@ -247,9 +247,14 @@ impl<S: ObjectStore> FileState<S> {
         let streamed_all =
             self.stream.is_some() && self.stream_next == self.size && self.ahead.is_empty();
         let result = match self.stream.take() {
-            // The stream carries the metadata the file was created with; changes since then
-            // abandoned it (see abandon_stream).
-            Some(stream) if streamed_all => stream.finish().await,
+            // A file smaller than a part is put now, with its metadata of now (its mtime is
+            // that of the last write). A multipart upload carries the metadata of when it
+            // began, at the first full part; changes of mode, owner or times since abandoned
+            // it (see abandon_stream).
+            Some(mut stream) if streamed_all => {
+                stream.set_metadata(metadata.clone());
+                stream.finish().await
+            }
             other => {
                 if let Some(stream) = other {
                     stream.abort().await;

@@ -23,6 +23,8 @@ use moka::notification::RemovalCause;
 use super::ChunkKey;
 
 const MAGIC: &[u8; 8] = b"S3VOLCH1";
+/// The folder of chunk files inside the disk tier's folder.
+const CHUNK_FOLDER: &str = "chunks-v1";
 
 /// A bounded folder of chunk files.
 #[derive(Debug, Clone)]
@@ -41,8 +43,16 @@ struct Inner {
 impl DiskCache {
     /// Open (or create) the cache in `dir`, keeping at most `max_bytes` of chunk files.
     /// Files already there count toward the cap; leftovers of interrupted writes are deleted.
+    /// Delete the chunk files a disk tier in `dir` holds (the disk tier is turned off).
+    pub fn remove(dir: &Path) -> io::Result<()> {
+        match fs::remove_dir_all(dir.join(CHUNK_FOLDER)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
-        let root = dir.join("chunks-v1");
+        let root = dir.join(CHUNK_FOLDER);
         fs::create_dir_all(&root)?;
         let index = moka::sync::Cache::builder()
             .max_capacity(max_bytes)

@@ -149,7 +149,7 @@ pub enum Tier {
 /// Sequential reads of objects bigger than this fill the disk tier only from their second
 /// read on ([`ChunkCache::keeps_on_disk_when_streamed`]).
 pub const SCAN_RESISTANT_ABOVE: u64 = 64 << 20;
-/// Object versions remembered as read sequentially once, per cache.
+/// Object versions remembered as read sequentially once, by all caches sharing the tiers.
 const STREAMED_REMEMBERED: u64 = 10_000;
 
 /// Disk writes queued at most; beyond that a chunk is not written to disk (it is only a cache,
@@ -203,6 +203,10 @@ pub struct CacheTiers {
     disk: Option<DiskCache>,
     disk_writes: Arc<tokio::sync::Semaphore>,
     disk_prefetches: Arc<tokio::sync::Semaphore>,
+    /// Big object versions read sequentially once: (source, key, ETag). Kept with the tiers,
+    /// not a volume's cache, so that a volume mounted again (Docker unmounts a volume when its
+    /// last container stops) still knows what it read.
+    streamed: moka::sync::Cache<(Arc<str>, String, String), ()>,
     /// Sequential readers with a read-ahead window, over every cache sharing these tiers: they
     /// share the read-ahead part of the memory budget.
     sequential_readers: AtomicUsize,
@@ -222,9 +226,14 @@ impl CacheTiers {
     /// per cache, not per tier).
     pub fn new(config: &CacheConfig) -> std::io::Result<Self> {
         let disk = match &config.disk_dir {
-            // A cap of 0 turns the disk tier off, rather than writing chunks only to drop them.
             Some(dir) if config.disk_bytes > 0 => Some(DiskCache::open(dir, config.disk_bytes)?),
-            _ => None,
+            Some(dir) => {
+                // A cap of 0 turns the disk tier off (rather than writing chunks only to drop
+                // them), and frees the space chunks of an earlier cap took.
+                DiskCache::remove(dir)?;
+                None
+            }
+            None => None,
         };
         let memory = moka::sync::Cache::builder()
             .max_capacity(config.memory_tier_bytes())
@@ -238,6 +247,7 @@ impl CacheTiers {
             disk,
             disk_writes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DISK_WRITES)),
             disk_prefetches: Arc::new(tokio::sync::Semaphore::new(MAX_DISK_PREFETCHES)),
+            streamed: moka::sync::Cache::new(STREAMED_REMEMBERED),
             sequential_readers: AtomicUsize::new(0),
         })
     }
@@ -268,8 +278,6 @@ pub struct ChunkCache<S> {
     tiers: Arc<CacheTiers>,
     inflight: InflightMap,
     stats: CacheStats,
-    /// Big object versions read sequentially once: (key, ETag).
-    streamed: moka::sync::Cache<(String, String), ()>,
 }
 
 impl<S> fmt::Debug for ChunkCache<S> {
@@ -312,7 +320,6 @@ impl<S: ObjectStore> ChunkCache<S> {
             tiers,
             inflight: Arc::new(Mutex::new(HashMap::new())),
             stats: CacheStats::default(),
-            streamed: moka::sync::Cache::new(STREAMED_REMEMBERED),
         }
     }
 
@@ -326,6 +333,11 @@ impl<S: ObjectStore> ChunkCache<S> {
 
     pub fn disk(&self) -> Option<&DiskCache> {
         self.tiers.disk()
+    }
+
+    /// The tiers this cache keeps its chunks in, to share with other caches.
+    pub fn tiers(&self) -> &Arc<CacheTiers> {
+        &self.tiers
     }
 
     /// Bytes of chunks held in memory now (by every cache sharing these tiers).
@@ -462,7 +474,8 @@ impl<S: ObjectStore> ChunkCache<S> {
     }
 
     /// Whether a sequential read of `object` keeps what it fetches on disk as well as in
-    /// memory. Not the first such read (in this process) of an object over
+    /// memory. Not the first such read (by any cache sharing these tiers, since they were
+    /// made: a process) of an object over
     /// [`SCAN_RESISTANT_ABOVE`]: a big file read once (a backup, a video, a log) would cost
     /// a disk write per byte read, about a third of a cold read's time on the benchmark
     /// machine (docs/BENCHMARKS.md), and push out of the disk tier what is read again. From
@@ -471,11 +484,15 @@ impl<S: ObjectStore> ChunkCache<S> {
         if object.size <= SCAN_RESISTANT_ABOVE {
             return true;
         }
-        let version = (object.key.clone(), object.etag.as_str().to_owned());
-        if self.streamed.contains_key(&version) {
+        let version = (
+            self.source.clone(),
+            object.key.clone(),
+            object.etag.as_str().to_owned(),
+        );
+        if self.tiers.streamed.contains_key(&version) {
             return true;
         }
-        self.streamed.insert(version, ());
+        self.tiers.streamed.insert(version, ());
         false
     }
 

@@ -253,6 +253,14 @@ async fn a_disk_cap_of_zero_turns_the_disk_tier_off() {
     let store = Arc::new(InMemoryStore::new("b"));
     let dir = tempfile::tempdir().unwrap();
     let o = object(store.as_ref(), "k", 3 * CHUNK as usize, 4).await;
+    // Chunks an earlier cap kept.
+    let before = cache(
+        store.clone(),
+        small_chunks().disk(Some(dir.path().to_path_buf()), 1 << 30),
+    );
+    before.disk().unwrap().put(&before.key_of(&o, 0), b"chunk");
+    assert!(before.disk().unwrap().used_bytes() > 0);
+    drop(before);
     let c = cache(
         store.clone(),
         small_chunks().disk(Some(dir.path().to_path_buf()), 0),
@@ -265,6 +273,6 @@ async fn a_disk_cap_of_zero_turns_the_disk_tier_off() {
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
-        "nothing written"
+        "the old chunks are gone, and nothing was written"
     );
 }

@@ -156,8 +156,8 @@ impl S3Config {
     }
 
     /// Whether uploads sign their bytes (SigV4 payload hash). Signing costs a SHA-256 of every
-    /// byte on both ends (a third of the CPU of a write on a two-core machine running its own
-    /// RGW) and only guards against bytes changed on the way. It is skipped where nothing can
+    /// byte on both ends (about a fifth of a 512 MiB write's time on a two-core machine running
+    /// its own RGW: docs/BENCHMARKS.md) and only guards against bytes changed on the way. It is skipped where nothing can
     /// change them unseen: over TLS (AWS S3 and `https://` endpoints) and over loopback.
     /// A plain `http://` endpoint on another host keeps signed payloads.
     pub fn signs_payloads(&self) -> bool {
