@@ -5,8 +5,9 @@
 //! - [`cache`]: the chunk cache in front of any store: memory tier on moka, disk tier with a hard
 //!   byte cap, one request per missing chunk however many readers want it.
 //! - [`readahead`]: per-file sequential read detection that fetches ahead in parallel.
-//! - [`upload`]: the streaming multipart uploader, and [`upload_journal`], its record of uploads
-//!   in progress so that a crash's leftovers are aborted at the next start.
+//! - [`upload`]: the streaming multipart uploader; [`upload_journal`], its record of uploads
+//!   in progress so that a crash's leftovers are aborted at the next start; [`write_budget`], the
+//!   memory its part buffers share.
 //!
 //! Everything but [`s3`] is generic over `ObjectStore`, so it is tested over the in-memory store.
 
@@ -15,5 +16,6 @@ pub mod readahead;
 pub mod s3;
 pub mod upload;
 pub mod upload_journal;
+pub mod write_budget;
 
 pub use s3::{CredentialsSource, PathStyle, S3Config, S3Store};

@@ -7,6 +7,9 @@
 //! that never fills a part is sent with one PUT at [`finish`](StreamingUpload::finish). Any
 //! failure aborts the multipart upload, so no orphaned parts are left in the bucket; dropping an
 //! unfinished upload aborts it too.
+//!
+//! With a [`WriteBudget`] in the config, buffers are taken from it as they fill and given back
+//! when their part is acknowledged; see [`write_budget`](crate::write_budget) for who waits.
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use common::{
 use tokio::task::JoinSet;
 
 use crate::upload_journal::UploadJournal;
+use crate::write_budget::{Reservation, WriteBudget};
 
 /// S3's limits on parts.
 const MIN_PART_SIZE: usize = 5 << 20;
@@ -33,6 +37,8 @@ pub struct UploadConfig {
     /// Where multipart uploads in progress are recorded, so a crash's leftovers are aborted at
     /// the next start.
     pub journal: Option<UploadJournal>,
+    /// The memory part buffers are taken from; unbounded without one.
+    pub budget: Option<WriteBudget>,
 }
 
 impl Default for UploadConfig {
@@ -41,6 +47,7 @@ impl Default for UploadConfig {
             part_size: 8 << 20,
             max_parts_in_flight: 4,
             journal: None,
+            budget: None,
         }
     }
 }
@@ -61,6 +68,11 @@ impl UploadConfig {
         self
     }
 
+    pub fn budget(mut self, budget: WriteBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Use any part size, for tests over the in-memory store (S3 refuses parts under 5 MiB).
     #[doc(hidden)]
     pub fn unchecked_part_size(mut self, bytes: usize) -> Self {
@@ -77,6 +89,11 @@ pub struct StreamingUpload<S: ObjectStore> {
     metadata: UserMetadata,
     config: UploadConfig,
     buffer: BytesMut,
+    /// The budget's memory for `buffer`.
+    reserved: Reservation,
+    /// Whether to wait for memory other uploads hold (an upload from a staging file), rather
+    /// than fail (a stream, which has its staging file to fall back on).
+    waits_for_memory: bool,
     upload_id: Option<UploadId>,
     /// The journal's record of `upload_id`, dropped once the upload is completed or aborted.
     record: Option<std::path::PathBuf>,
@@ -100,7 +117,9 @@ impl<S: ObjectStore> StreamingUpload<S> {
             store,
             key: key.into(),
             metadata,
-            buffer: BytesMut::with_capacity(config.part_size.min(1 << 20)),
+            buffer: BytesMut::new(),
+            reserved: Reservation::default(),
+            waits_for_memory: false,
             config,
             upload_id: None,
             record: None,
@@ -110,6 +129,13 @@ impl<S: ObjectStore> StreamingUpload<S> {
             bytes_written: 0,
             failed: None,
         }
+    }
+
+    /// Wait for memory held by other uploads instead of failing when the budget is used up:
+    /// for uploads that have no other way to send their bytes (from a staging file).
+    pub fn waiting_for_memory(mut self) -> Self {
+        self.waits_for_memory = true;
+        self
     }
 
     pub fn key(&self) -> &str {
@@ -131,7 +157,8 @@ impl<S: ObjectStore> StreamingUpload<S> {
     }
 
     /// Append `data`. Starts part uploads as parts fill; waits while too many are in flight.
-    /// On error the upload is aborted and must not be used further.
+    /// On error (also when a stream finds no memory for its buffer) the upload is aborted and
+    /// must not be used further.
     pub async fn write(&mut self, mut data: &[u8]) -> StoreResult<()> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
@@ -140,10 +167,19 @@ impl<S: ObjectStore> StreamingUpload<S> {
         while !data.is_empty() {
             let room = self.config.part_size - self.buffer.len();
             let take = room.min(data.len());
+            if let Err(e) = self.reserve(self.buffer.len() + take).await {
+                self.fail(e.clone()).await;
+                return Err(e);
+            }
+            if self.buffer.capacity() == 0 {
+                // The whole part at once: no regrowth copies. Pages are only touched (and
+                // counted against the budget) as the buffer fills.
+                self.buffer = BytesMut::with_capacity(self.config.part_size);
+            }
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.buffer.len() == self.config.part_size {
-                let part = self.buffer.split().freeze();
+                let part = std::mem::take(&mut self.buffer).freeze();
                 if let Err(e) = self.send_part(part).await {
                     self.fail(e.clone()).await;
                     return Err(e);
@@ -151,6 +187,46 @@ impl<S: ObjectStore> StreamingUpload<S> {
             }
         }
         Ok(())
+    }
+
+    /// Hold budget for a buffer of `len` bytes. A stream takes it in steps as its buffer fills
+    /// and, when other uploads hold the rest, waits for its own parts in flight only; an upload
+    /// from staging takes a whole part at once (two waiting with half a part each would wait
+    /// for each other forever).
+    async fn reserve(&mut self, len: usize) -> StoreResult<()> {
+        const STEP: u64 = 256 << 10;
+        let Some(budget) = self.config.budget.clone() else {
+            return Ok(());
+        };
+        let part = self.config.part_size as u64;
+        let have = self.reserved.bytes();
+        if len as u64 <= have {
+            return Ok(());
+        }
+        if self.waits_for_memory {
+            self.reserved.add(budget.take(part - have).await);
+            return Ok(());
+        }
+        let want = (len as u64).div_ceil(STEP).saturating_mul(STEP).min(part) - have;
+        loop {
+            if let Some(more) = budget.try_take(want) {
+                self.reserved.add(more);
+                return Ok(());
+            }
+            if self.in_flight.is_empty() {
+                return Err(StoreError::new(
+                    common::ErrorKind::Other,
+                    format!(
+                        "no memory left for write buffers ({} bytes of --memory-limit are free, \
+                         other files hold the rest): {:?} is uploaded from its staging file at \
+                         close instead of while it is written",
+                        budget.available(),
+                        self.key
+                    ),
+                ));
+            }
+            self.collect_one().await?;
+        }
     }
 
     async fn send_part(&mut self, body: Bytes) -> StoreResult<()> {
@@ -177,12 +253,16 @@ impl<S: ObjectStore> StreamingUpload<S> {
                 id
             }
         };
-        // Hand the part to its task before waiting, so a cancelled caller cannot lose it.
+        // Hand the part to its task before waiting, so a cancelled caller cannot lose it. Its
+        // memory goes back to the budget when the store has acknowledged it.
         let (store, key, part_number) = (self.store.clone(), self.key.clone(), self.next_part);
+        let memory = std::mem::take(&mut self.reserved);
         self.next_part += 1;
         self.in_flight.spawn(async move {
             let _in_flight = GaugeShare::new(&metrics().upload_parts_in_flight, 1);
-            store.upload_part(&key, &upload_id, part_number, body).await
+            let part = store.upload_part(&key, &upload_id, part_number, body).await;
+            drop(memory);
+            part
         });
         while self.in_flight.len() > self.config.max_parts_in_flight {
             self.collect_one().await?;
@@ -223,7 +303,7 @@ impl<S: ObjectStore> StreamingUpload<S> {
     }
 
     async fn finish_inner(&mut self) -> StoreResult<PutResult> {
-        let rest = self.buffer.split().freeze();
+        let rest = std::mem::take(&mut self.buffer).freeze();
         if self.upload_id.is_none() {
             return self.store.put(&self.key, rest, &self.metadata).await;
         }
@@ -341,6 +421,93 @@ mod tests {
         UploadConfig::default()
             .unchecked_part_size(part)
             .max_parts_in_flight(3)
+    }
+
+    /// Streams of one byte each, left open: they hold a part's memory each.
+    async fn idle_streams(
+        store: &Arc<InMemoryStore>,
+        config: &UploadConfig,
+        n: usize,
+    ) -> Vec<StreamingUpload<InMemoryStore>> {
+        let mut streams = Vec::new();
+        for i in 0..n {
+            let mut up = StreamingUpload::new(
+                store.clone(),
+                format!("idle{i}"),
+                UserMetadata::new(),
+                config.clone(),
+            );
+            up.write(&[1]).await.unwrap();
+            streams.push(up);
+        }
+        streams
+    }
+
+    #[tokio::test]
+    async fn a_stream_finding_no_memory_fails_with_a_reason_and_leaves_nothing() {
+        let store = Arc::new(InMemoryStore::new("b"));
+        let budget = WriteBudget::new(4000);
+        let config = config(1000).budget(budget.clone());
+        // Three parts of 1000 fill the shared 3000; the last 1000 is kept for staging files.
+        let idle = idle_streams(&store, &config, 3).await;
+        let mut late = StreamingUpload::new(store.clone(), "late", UserMetadata::new(), config);
+        let err = late.write(&pattern(2500, 1)).await.unwrap_err();
+        assert!(
+            err.message().contains("no memory left for write buffers")
+                && err.message().contains("late"),
+            "{err}"
+        );
+        assert_eq!(store.pending_upload_count(), 0);
+        for up in idle {
+            up.finish().await.unwrap();
+        }
+        assert_eq!(budget.available(), 4000, "every byte given back");
+        assert!(!store.keys().contains(&"late".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_stream_short_of_memory_waits_for_its_own_parts() {
+        let store = Arc::new(InMemoryStore::new("b"));
+        // Shared: 3 parts, fewer than the 3 in flight plus the one filling that it would use.
+        let budget = WriteBudget::new(4000);
+        let mut up = StreamingUpload::new(
+            store.clone(),
+            "big",
+            UserMetadata::new(),
+            config(1000).budget(budget.clone()),
+        );
+        let body = pattern(20_000, 4);
+        for piece in body.chunks(700) {
+            up.write(piece).await.unwrap();
+            assert!(
+                budget.available() >= 1000,
+                "a stream took the reserved part"
+            );
+        }
+        up.finish().await.unwrap();
+        assert_eq!(store.get_range("big", 0..20_000, None).await.unwrap(), body);
+        assert_eq!(budget.available(), 4000);
+    }
+
+    #[tokio::test]
+    async fn an_upload_from_staging_waits_for_memory_instead_of_failing() {
+        let store = Arc::new(InMemoryStore::new("b"));
+        let budget = WriteBudget::new(4000);
+        let config = config(1000).budget(budget.clone());
+        let idle = idle_streams(&store, &config, 3).await;
+        let mut staged = StreamingUpload::new(store.clone(), "staged", UserMetadata::new(), config)
+            .waiting_for_memory();
+        let body = pattern(5500, 5);
+        let finished = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            staged.write(&body).await?;
+            staged.finish().await
+        });
+        finished.await.expect("it got the reserved part").unwrap();
+        assert_eq!(
+            store.get_range("staged", 0..5500, None).await.unwrap(),
+            body
+        );
+        drop(idle);
     }
 
     #[tokio::test]

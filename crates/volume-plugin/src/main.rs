@@ -76,7 +76,8 @@ struct ServeArgs {
     /// Hard cap of the disk chunk cache, all volumes together (e.g. 10GiB; 0 turns it off).
     #[arg(long, env = "S3VOL_CACHE_SIZE", default_value = "10GiB")]
     cache_size: ByteSize,
-    /// Memory budget of cached chunks and read-ahead, all volumes together (e.g. 512MiB).
+    /// Memory budget of cached chunks, read-ahead and write buffers, all volumes together
+    /// (e.g. 512MiB).
     #[arg(long, env = "S3VOL_MEMORY_LIMIT", default_value = "512MiB")]
     memory_limit: ByteSize,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477); off when unset.
@@ -140,7 +141,7 @@ struct MountArgs {
     /// Hard cap of the disk chunk cache (e.g. 10GiB; 0 turns it off).
     #[arg(long, env = "S3VOL_CACHE_SIZE", default_value = "10GiB")]
     max_cache_size: ByteSize,
-    /// Hard cap of memory for cached chunks and read-ahead (e.g. 512MiB).
+    /// Hard cap of memory for cached chunks, read-ahead and write buffers (e.g. 512MiB).
     #[arg(long, env = "S3VOL_MEMORY_LIMIT", default_value = "512MiB")]
     memory_limit: ByteSize,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477); off when unset.

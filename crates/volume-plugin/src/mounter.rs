@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use common::metered::{MeteredStore, StoreCounters};
 use fuse_mount::{Fs, FsConfig, MountHandle, MountOptions};
 use s3_backend::cache::{CacheConfig, CacheTiers};
+use s3_backend::upload::UploadConfig;
 use s3_backend::S3Store;
 use serde_json::{json, Map, Value};
 
@@ -164,6 +165,8 @@ impl FuseMounter {
         } else {
             config.cache(CacheConfig::default().memory_bytes(UNCACHED_MEMORY))
         };
+        // Every volume's upload buffers, cached or not, come out of the one memory budget.
+        config = config.upload(UploadConfig::default().budget(self.tiers.write_budget().clone()));
         let store = Arc::new(MeteredStore::new(store));
         let counters = store.counters().clone();
         let fs = match live {

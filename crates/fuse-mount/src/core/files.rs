@@ -155,7 +155,7 @@ impl<S: ObjectStore> FileState<S> {
         if self.stream.is_some() {
             if let Err(reason) = self.feed_stream(offset, data).await {
                 // The staging file has everything: commit will upload it instead.
-                tracing::debug!(key = %self.key, reason, "not streaming this file any more");
+                tracing::debug!(key = %self.key, %reason, "not streaming this file any more");
                 self.abandon_stream().await;
             }
         }
@@ -164,19 +164,16 @@ impl<S: ObjectStore> FileState<S> {
 
     /// Hand `data` (written at `offset`) to the stream, in order: directly when it continues
     /// the stream, else later from the staging file once the gap before it is written.
-    async fn feed_stream(&mut self, offset: u64, data: &[u8]) -> Result<(), &'static str> {
+    async fn feed_stream(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
         /// Out-of-order bytes tolerated before giving up on streaming (random writes).
         const MAX_AHEAD: u64 = 64 << 20;
         let end = offset + data.len() as u64;
         if offset < self.stream_next {
-            return Err("rewrite of bytes already streamed");
+            return Err("rewrite of bytes already streamed".into());
         }
         let stream = self.stream.as_mut().expect("checked by the caller");
         if offset == self.stream_next {
-            stream
-                .write(data)
-                .await
-                .map_err(|_| "stream upload failed")?;
+            stream.write(data).await.map_err(|e| e.to_string())?;
             self.stream_next = end;
         } else {
             let slot = self.ahead.entry(offset).or_insert(end);
@@ -191,20 +188,22 @@ impl<S: ObjectStore> FileState<S> {
             if stop <= self.stream_next {
                 continue;
             }
-            let mut buf = vec![0u8; (stop - self.stream_next) as usize];
-            self.staging
-                .read_exact_at(&mut buf, self.stream_next)
-                .map_err(|_| "staging read failed")?;
-            let stream = self.stream.as_mut().expect("checked by the caller");
-            stream
-                .write(&buf)
-                .await
-                .map_err(|_| "stream upload failed")?;
-            self.stream_next = stop;
+            // In pieces: the range may be up to MAX_AHEAD long, and the stream's own buffer
+            // is what the memory budget counts.
+            let mut buf = vec![0u8; (stop - self.stream_next).min(1 << 20) as usize];
+            while self.stream_next < stop {
+                let len = (stop - self.stream_next).min(buf.len() as u64) as usize;
+                self.staging
+                    .read_exact_at(&mut buf[..len], self.stream_next)
+                    .map_err(|e| format!("staging read failed: {e}"))?;
+                let stream = self.stream.as_mut().expect("checked by the caller");
+                stream.write(&buf[..len]).await.map_err(|e| e.to_string())?;
+                self.stream_next += len as u64;
+            }
         }
         let waiting: u64 = self.ahead.iter().map(|(s, e)| e - s).sum();
         if waiting > MAX_AHEAD {
-            return Err("too much written out of order");
+            return Err("too much written out of order".into());
         }
         Ok(())
     }
@@ -294,10 +293,13 @@ impl<S: ObjectStore> FileState<S> {
         metadata: UserMetadata,
         upload: &UploadConfig,
     ) -> common::StoreResult<PutResult> {
+        // No other way to send these bytes: wait for memory rather than fail.
         let mut up =
-            StreamingUpload::new(store.clone(), self.key.clone(), metadata, upload.clone());
+            StreamingUpload::new(store.clone(), self.key.clone(), metadata, upload.clone())
+                .waiting_for_memory();
         let mut offset = 0;
-        let piece = upload.part_size as u64;
+        // Small pieces: the part buffers are the upload's, within the memory budget.
+        let piece = 1 << 20;
         let mut buf = vec![0u8; piece as usize];
         while offset < self.size {
             let len = (self.size - offset).min(piece) as usize;

@@ -317,6 +317,9 @@ impl<S: ObjectStore> Fs<S> {
             None => ChunkCache::new(store.clone(), config.cache.clone())
                 .map_err(|e| FsError::Local(format!("cannot open the cache folder: {e}")))?,
         };
+        if config.upload.budget.is_none() {
+            config.upload.budget = Some(cache.tiers().write_budget().clone());
+        }
         Ok(Self {
             store,
             cache: Arc::new(cache),

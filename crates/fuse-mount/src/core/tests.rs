@@ -146,6 +146,49 @@ async fn a_file_flushed_while_still_empty_streams_what_is_written_next() {
 }
 
 #[tokio::test]
+async fn a_file_written_while_other_files_hold_the_write_buffers_is_uploaded_at_close() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    // Room for 4 parts: 3 shared by streams, 1 kept for uploads from staging files.
+    let budget = s3_backend::write_budget::WriteBudget::new(4 * 1024);
+    let upload = UploadConfig::default()
+        .unchecked_part_size(1024)
+        .budget(budget.clone());
+    let fs = Fs::new(store.clone(), config(&dir).upload(upload)).unwrap();
+    let mut open = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (attr, fh) = fs
+            .create(ROOT_INO, name, 0o644, 1000, 1000, false)
+            .await
+            .unwrap();
+        fs.write(fh, 0, name.repeat(100).as_bytes()).await.unwrap();
+        open.push((attr, fh, name.repeat(100).into_bytes()));
+    }
+    let (late, fh) = fs
+        .create(ROOT_INO, "late", 0o644, 1000, 1000, false)
+        .await
+        .unwrap();
+    let data = common::conformance::pattern(10_000, 7);
+    for (i, piece) in data.chunks(1000).enumerate() {
+        fs.write(fh, (i * 1000) as u64, piece).await.unwrap();
+    }
+    assert_eq!(
+        store.request_count(Op::UploadPart),
+        0,
+        "no memory for its parts, so it is not streamed"
+    );
+    fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/late").await, data);
+    assert_eq!(read_all(&fs, late.ino).await, data);
+    for (attr, fh, want) in open {
+        fs.release(fh).await.unwrap();
+        assert_eq!(read_all(&fs, attr.ino).await, want);
+    }
+    assert_eq!(budget.available(), 4 * 1024, "every buffer given back");
+    assert_eq!(store.pending_upload_count(), 0);
+}
+
+#[tokio::test]
 async fn append_and_truncate_keep_the_existing_bytes() {
     let (f, store) = fixture();
     let attr = write_file(&f.fs, ROOT_INO, "log", b"one\n").await;

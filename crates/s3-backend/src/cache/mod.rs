@@ -27,6 +27,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::TryStreamExt;
 use tokio::sync::oneshot;
 
+use crate::write_budget::WriteBudget;
 pub use disk::DiskCache;
 
 /// Identifies one chunk of one object version.
@@ -64,8 +65,9 @@ pub struct ObjectVersion {
 pub struct CacheConfig {
     /// Size of a chunk; reads and cache entries are aligned to it.
     pub chunk_size: u64,
-    /// Memory budget of the cache: the memory tier holds up to 5/8 of it (see
-    /// [`memory_tier_bytes`](Self::memory_tier_bytes)), read-ahead in flight the rest.
+    /// The memory budget (`--memory-limit`), of which the memory tier holds up to half (see
+    /// [`memory_tier_bytes`](Self::memory_tier_bytes)); read-ahead in flight and upload
+    /// buffers have their own shares.
     pub memory_bytes: u64,
     /// Folder of the disk tier; `None` disables it.
     pub disk_dir: Option<PathBuf>,
@@ -89,12 +91,19 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// The part of the memory budget the memory tier may fill: 5/8. The rest is kept for data
-    /// on its way in (read-ahead fetches in flight, a quarter of the budget for all readers together)
+    /// The part of the memory budget the memory tier may fill: half. The rest is kept for data
+    /// on its way in (read-ahead fetches in flight, a quarter of the budget for all readers
+    /// together), on its way out ([`write_buffer_bytes`](Self::write_buffer_bytes), an eighth)
     /// and the HTTP client's and allocator's overhead (an eighth), so the whole stays within
-    /// the budget (3/4 was measured 4 MiB over a 256 MiB budget).
+    /// the budget (a tier of 3/4 was measured 4 MiB over a 256 MiB budget).
     pub fn memory_tier_bytes(&self) -> u64 {
-        self.memory_bytes / 8 * 5
+        self.memory_bytes / 2
+    }
+
+    /// The part of the memory budget for upload part buffers, all files being written
+    /// together: an eighth (a [`WriteBudget`](crate::write_budget::WriteBudget) of this size).
+    pub fn write_buffer_bytes(&self) -> u64 {
+        self.memory_bytes / 8
     }
 
     pub fn chunk_size(mut self, bytes: u64) -> Self {
@@ -210,6 +219,9 @@ pub struct CacheTiers {
     /// Sequential readers with a read-ahead window, over every cache sharing these tiers: they
     /// share the read-ahead part of the memory budget.
     sequential_readers: AtomicUsize,
+    /// The memory budget's share for upload buffers, kept here so that every volume sharing
+    /// the tiers shares it too.
+    write_budget: WriteBudget,
 }
 
 impl fmt::Debug for CacheTiers {
@@ -249,6 +261,7 @@ impl CacheTiers {
             disk_prefetches: Arc::new(tokio::sync::Semaphore::new(MAX_DISK_PREFETCHES)),
             streamed: moka::sync::Cache::new(STREAMED_REMEMBERED),
             sequential_readers: AtomicUsize::new(0),
+            write_budget: WriteBudget::new(config.write_buffer_bytes()),
         })
     }
 
@@ -260,6 +273,11 @@ impl CacheTiers {
 
     pub fn disk(&self) -> Option<&DiskCache> {
         self.disk.as_ref()
+    }
+
+    /// The memory for upload buffers of every volume sharing these tiers.
+    pub fn write_budget(&self) -> &WriteBudget {
+        &self.write_budget
     }
 
     /// Put the tiers' sizes into the process metrics (before they are read).
