@@ -71,6 +71,11 @@ pub struct Metrics {
     pub readahead_window_bytes: Gauge,
     /// Multipart parts being uploaded now.
     pub upload_parts_in_flight: Gauge,
+    /// Bytes of the memory budget held by upload part buffers.
+    pub write_buffer_bytes: Gauge,
+    /// Files that stopped streaming for lack of memory for their part buffers (uploaded from
+    /// their staging file at close instead).
+    pub uploads_short_of_memory: Counter,
     /// FUSE operations served, by operation.
     pub fuse_ops: Family<OpLabels, Counter>,
     /// FUSE operations answered with an error, by operation and errno.
@@ -146,6 +151,18 @@ impl Metrics {
                 "upload_parts_in_flight",
                 "Multipart upload parts being sent now",
                 Gauge::default(),
+            ),
+            write_buffer_bytes: registered(
+                &mut r,
+                "write_buffer_bytes",
+                "Bytes of the memory budget held by upload part buffers",
+                Gauge::default(),
+            ),
+            uploads_short_of_memory: registered(
+                &mut r,
+                "uploads_short_of_memory",
+                "Files not streamed further for lack of memory for part buffers (uploaded at close)",
+                Counter::default(),
             ),
             fuse_ops: registered(
                 &mut r,

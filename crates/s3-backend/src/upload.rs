@@ -91,9 +91,12 @@ pub struct StreamingUpload<S: ObjectStore> {
     buffer: BytesMut,
     /// The budget's memory for `buffer`.
     reserved: Reservation,
-    /// Whether to wait for memory other uploads hold (an upload from a staging file), rather
-    /// than fail (a stream, which has its staging file to fall back on).
-    waits_for_memory: bool,
+    /// For an upload from a staging file, its size: such an upload waits for memory other
+    /// uploads hold rather than fail (a stream has its staging file to fall back on), and
+    /// takes no more than the rest of the object needs.
+    waits_for_memory: Option<u64>,
+    /// Bytes handed to part uploads so far.
+    sent: u64,
     upload_id: Option<UploadId>,
     /// The journal's record of `upload_id`, dropped once the upload is completed or aborted.
     record: Option<std::path::PathBuf>,
@@ -119,7 +122,8 @@ impl<S: ObjectStore> StreamingUpload<S> {
             metadata,
             buffer: BytesMut::new(),
             reserved: Reservation::default(),
-            waits_for_memory: false,
+            waits_for_memory: None,
+            sent: 0,
             config,
             upload_id: None,
             record: None,
@@ -131,10 +135,10 @@ impl<S: ObjectStore> StreamingUpload<S> {
         }
     }
 
-    /// Wait for memory held by other uploads instead of failing when the budget is used up:
-    /// for uploads that have no other way to send their bytes (from a staging file).
-    pub fn waiting_for_memory(mut self) -> Self {
-        self.waits_for_memory = true;
+    /// Wait for memory instead of failing when the budget is used up: for uploads of `size`
+    /// bytes that have no other way to send them (from a staging file).
+    pub fn waiting_for_memory(mut self, size: u64) -> Self {
+        self.waits_for_memory = Some(size);
         self
     }
 
@@ -191,8 +195,8 @@ impl<S: ObjectStore> StreamingUpload<S> {
 
     /// Hold budget for a buffer of `len` bytes. A stream takes it in steps as its buffer fills
     /// and, when other uploads hold the rest, waits for its own parts in flight only; an upload
-    /// from staging takes a whole part at once (two waiting with half a part each would wait
-    /// for each other forever).
+    /// from staging takes its whole next part at once (two waiting with half a part each would
+    /// wait for each other forever).
     async fn reserve(&mut self, len: usize) -> StoreResult<()> {
         const STEP: u64 = 256 << 10;
         let Some(budget) = self.config.budget.clone() else {
@@ -203,8 +207,9 @@ impl<S: ObjectStore> StreamingUpload<S> {
         if len as u64 <= have {
             return Ok(());
         }
-        if self.waits_for_memory {
-            self.reserved.add(budget.take(part - have).await);
+        if let Some(size) = self.waits_for_memory {
+            let next_part = size.saturating_sub(self.sent).max(len as u64).min(part);
+            self.reserved.add(budget.take(next_part - have).await);
             return Ok(());
         }
         let want = (len as u64).div_ceil(STEP).saturating_mul(STEP).min(part) - have;
@@ -214,13 +219,14 @@ impl<S: ObjectStore> StreamingUpload<S> {
                 return Ok(());
             }
             if self.in_flight.is_empty() {
+                metrics().uploads_short_of_memory.inc();
                 return Err(StoreError::new(
                     common::ErrorKind::Other,
                     format!(
                         "no memory left for write buffers ({} bytes of --memory-limit are free, \
                          other files hold the rest): {:?} is uploaded from its staging file at \
                          close instead of while it is written",
-                        budget.available(),
+                        budget.available_to_streams(),
                         self.key
                     ),
                 ));
@@ -258,6 +264,7 @@ impl<S: ObjectStore> StreamingUpload<S> {
         let (store, key, part_number) = (self.store.clone(), self.key.clone(), self.next_part);
         let memory = std::mem::take(&mut self.reserved);
         self.next_part += 1;
+        self.sent += body.len() as u64;
         self.in_flight.spawn(async move {
             let _in_flight = GaugeShare::new(&metrics().upload_parts_in_flight, 1);
             let part = store.upload_part(&key, &upload_id, part_number, body).await;
@@ -458,6 +465,7 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.pending_upload_count(), 0);
+        assert!(metrics().uploads_short_of_memory.get() >= 1);
         for up in idle {
             up.finish().await.unwrap();
         }
@@ -495,9 +503,9 @@ mod tests {
         let budget = WriteBudget::new(4000);
         let config = config(1000).budget(budget.clone());
         let idle = idle_streams(&store, &config, 3).await;
-        let mut staged = StreamingUpload::new(store.clone(), "staged", UserMetadata::new(), config)
-            .waiting_for_memory();
         let body = pattern(5500, 5);
+        let mut staged = StreamingUpload::new(store.clone(), "staged", UserMetadata::new(), config)
+            .waiting_for_memory(body.len() as u64);
         let finished = tokio::time::timeout(std::time::Duration::from_secs(5), async {
             staged.write(&body).await?;
             staged.finish().await
@@ -508,6 +516,27 @@ mod tests {
             body
         );
         drop(idle);
+    }
+
+    #[tokio::test]
+    async fn an_upload_from_staging_holds_no_more_than_its_size() {
+        let store = Arc::new(InMemoryStore::new("b"));
+        let budget = WriteBudget::new(4000);
+        let config = config(1000).budget(budget.clone());
+        let _idle = idle_streams(&store, &config, 3).await;
+        // Two small files closed at once both fit in the reserved 1000 bytes.
+        let mut first =
+            StreamingUpload::new(store.clone(), "a", UserMetadata::new(), config.clone())
+                .waiting_for_memory(400);
+        first.write(&[1; 400]).await.unwrap();
+        let mut second = StreamingUpload::new(store.clone(), "b", UserMetadata::new(), config)
+            .waiting_for_memory(400);
+        tokio::time::timeout(std::time::Duration::from_secs(1), second.write(&[2; 400]))
+            .await
+            .expect("the first holds only its 400 bytes")
+            .unwrap();
+        first.finish().await.unwrap();
+        second.finish().await.unwrap();
     }
 
     #[tokio::test]

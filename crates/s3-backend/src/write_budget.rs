@@ -7,12 +7,18 @@
 //!   finish; with none left, it stops streaming (its staging file holds every byte, and it is
 //!   uploaded from there at close). A file open and idle with a part half filled may hold its
 //!   buffer for as long as it stays open, so nothing may wait for it.
-//! - An upload from a staging file (at close) may wait, and a quarter of the budget is kept for
-//!   such uploads alone. They hold memory only while they read and send, so a close always
-//!   gets its turn.
+//! - An upload from a staging file (at close) may wait, but only for the quarter of the budget
+//!   kept for such uploads alone: they hold memory only while they read and send, so a close
+//!   always gets its turn. Waiting on the shared part too would let a waiting close take every
+//!   byte streams give back (a semaphore hands released permits to its waiters first), and
+//!   every stream would stop.
+//!
+//! A part bigger than the reserved quarter (a budget under 256 MiB with 8 MiB parts) takes the
+//! whole reserve and runs alone: memory may then pass the write budget by the difference.
 
 use std::sync::Arc;
 
+use common::metrics::{metrics, GaugeShare};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Memory for part buffers in bytes, handed out as semaphore permits of one byte each.
@@ -40,6 +46,11 @@ impl WriteBudget {
         (self.shared.available_permits() + self.reserved.available_permits()) as u64
     }
 
+    /// Bytes a stream could take now.
+    pub fn available_to_streams(&self) -> u64 {
+        self.shared.available_permits() as u64
+    }
+
     /// `bytes` of the shared part if they are free now.
     pub(crate) fn try_take(&self, bytes: u64) -> Option<Reservation> {
         let permit = self
@@ -50,14 +61,19 @@ impl WriteBudget {
         Some(Reservation::of(permit, bytes))
     }
 
-    /// `bytes`, from the shared part or the reserved one, whichever has them first. A request
-    /// bigger than the reserved part takes all of it from there (and so runs alone).
+    /// `bytes` of the shared part if they are free now, else of the reserved part, waiting
+    /// for them. A request bigger than the reserved part takes all of it (and so runs alone).
     pub(crate) async fn take(&self, bytes: u64) -> Reservation {
+        if let Some(free) = self.try_take(bytes) {
+            return free;
+        }
         let from_reserved = bytes.min(self.reserved_bytes);
-        let permit = tokio::select! {
-            Ok(permit) = self.shared.clone().acquire_many_owned(request(bytes)) => permit,
-            Ok(permit) = self.reserved.clone().acquire_many_owned(request(from_reserved)) => permit,
-        };
+        let permit = self
+            .reserved
+            .clone()
+            .acquire_many_owned(request(from_reserved))
+            .await
+            .expect("the budget's semaphores are never closed");
         Reservation::of(permit, bytes)
     }
 }
@@ -75,15 +91,17 @@ fn request(bytes: u64) -> u32 {
 /// Memory held for one upload's buffers; given back when dropped.
 #[derive(Debug, Default)]
 pub(crate) struct Reservation {
-    permits: Vec<OwnedSemaphorePermit>,
+    /// The budget's permits, each with its share of the process metric.
+    permits: Vec<(OwnedSemaphorePermit, GaugeShare)>,
     /// What the holder may use (a request bigger than the reserved part holds less).
     bytes: u64,
 }
 
 impl Reservation {
     fn of(permit: OwnedSemaphorePermit, bytes: u64) -> Self {
+        let held = GaugeShare::new(&metrics().write_buffer_bytes, permit.num_permits() as u64);
         Self {
-            permits: vec![permit],
+            permits: vec![(permit, held)],
             bytes,
         }
     }
@@ -137,6 +155,25 @@ mod tests {
         assert_eq!(budget.available(), 0);
         drop(staged);
         assert_eq!(budget.available(), 25);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_upload_leaves_what_streams_give_back_to_streams() {
+        let budget = WriteBudget::new(100);
+        let streams = budget.try_take(75).unwrap();
+        let staged = budget.take(25).await;
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.take(25).await.bytes() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(streams);
+        assert!(
+            budget.try_take(75).is_some(),
+            "the waiting upload took memory streams gave back"
+        );
+        drop(staged);
+        assert_eq!(waiting.await.unwrap(), 25);
     }
 
     #[tokio::test]

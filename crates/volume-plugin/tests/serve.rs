@@ -291,6 +291,8 @@ fn volumes_mount_over_the_socket_and_their_files_are_objects() {
         "s3vol_store_request_seconds_bucket{le=",
         "s3vol_cache_bytes{tier=\"memory\"}",
         "s3vol_upload_parts_in_flight 0",
+        // Every part buffer given back once the file is uploaded.
+        "s3vol_write_buffer_bytes 0",
     ] {
         assert!(
             metrics.contains(expected),
@@ -597,7 +599,8 @@ fn mounts_outlive_crashes_of_the_worker() {
     assert_eq!(
         String::from_utf8_lossy(&get("live/log.txt")),
         expected_log,
-        "the log holds every line once, in order"
+        "the log holds every line once, in order; the plugin's log:\n{}",
+        log(dir.path())
     );
     for i in 0..done {
         assert_eq!(

@@ -139,6 +139,9 @@ impl<S: ObjectStore> FileState<S> {
     /// a new process under a name that may belong to another file by then.
     pub fn detach(&mut self) {
         self.detached = true;
+        // Never completed: dropping the stream aborts it and gives its memory back now.
+        self.ahead.clear();
+        self.stream = None;
         let _ = std::fs::remove_file(self.staging_path.with_extension("key"));
     }
 
@@ -296,7 +299,7 @@ impl<S: ObjectStore> FileState<S> {
         // No other way to send these bytes: wait for memory rather than fail.
         let mut up =
             StreamingUpload::new(store.clone(), self.key.clone(), metadata, upload.clone())
-                .waiting_for_memory();
+                .waiting_for_memory(self.size);
         let mut offset = 0;
         // Small pieces: the part buffers are the upload's, within the memory budget.
         let piece = 1 << 20;

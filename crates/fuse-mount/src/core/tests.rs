@@ -189,6 +189,39 @@ async fn a_file_written_while_other_files_hold_the_write_buffers_is_uploaded_at_
 }
 
 #[tokio::test]
+async fn a_file_unlinked_while_written_gives_its_write_buffers_back() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let budget = s3_backend::write_budget::WriteBudget::new(64 * 1024);
+    let upload = UploadConfig::default()
+        .unchecked_part_size(1024)
+        .budget(budget.clone());
+    let fs = Fs::new(store.clone(), config(&dir).upload(upload)).unwrap();
+    let (_, fh) = fs
+        .create(ROOT_INO, "tmp", 0o644, 1000, 1000, false)
+        .await
+        .unwrap();
+    fs.write(fh, 0, &common::conformance::pattern(3500, 2))
+        .await
+        .unwrap();
+    assert!(
+        budget.available() < 64 * 1024,
+        "the stream holds a part buffer"
+    );
+    fs.unlink(ROOT_INO, "tmp").await.unwrap();
+    // Its parts' tasks are aborted; they give their memory back when next polled.
+    for _ in 0..100 {
+        if budget.available() == 64 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(budget.available(), 64 * 1024, "held by a file that is gone");
+    fs.release(fh).await.unwrap();
+    assert!(!store.keys().iter().any(|k| k.ends_with("tmp")));
+}
+
+#[tokio::test]
 async fn append_and_truncate_keep_the_existing_bytes() {
     let (f, store) = fixture();
     let attr = write_file(&f.fs, ROOT_INO, "log", b"one\n").await;
