@@ -18,7 +18,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::core::{Attr, DirEntry, Fs, FsError, Kind, SetAttr};
+use crate::core::{Attr, DirEntry, Fs, FsError, IfExists, Kind, SetAttr};
 
 /// Serves an [`Fs`] to the kernel.
 #[derive(Debug)]
@@ -502,8 +502,14 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             Err(e) => return reply.error(e),
         };
         let (uid, gid, ttl) = (req.uid(), req.gid(), self.ttl);
-        let exclusive = flags & libc::O_EXCL != 0;
-        spawn_reply!(self, "create", reply, fs => fs.create(parent.0, &name, mode & !umask, uid, gid, exclusive).await, |created| {
+        let if_exists = if flags & libc::O_EXCL != 0 {
+            IfExists::Fail
+        } else if flags & libc::O_TRUNC != 0 {
+            IfExists::Truncate
+        } else {
+            IfExists::Open
+        };
+        spawn_reply!(self, "create", reply, fs => fs.create(parent.0, &name, mode & !umask, uid, gid, if_exists).await, |created| {
             let (attr, fh) = created;
             fs.entry_given(parent.0, &name, &attr);
             reply.created(&ttl, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty())

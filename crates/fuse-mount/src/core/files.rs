@@ -44,6 +44,9 @@ pub struct FileState<S: ObjectStore> {
 
 static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
 
+/// Extension of a staging file while the object's bytes are copied into it.
+const FILLING: &str = "filling";
+
 /// A unique name for the next staging or recovery file of this process: pid, start time (a
 /// restarted worker can get a dead one's pid) and a counter.
 fn unique_suffix() -> String {
@@ -73,17 +76,23 @@ impl<S: ObjectStore> FileState<S> {
             .map_err(|e| local(e, "cannot create the staging folder", dir))?;
         let name = format!("{}.staging", unique_suffix());
         let staging_path = dir.join(name);
-        std::fs::write(staging_path.with_extension("key"), key)
-            .map_err(|e| local(e, "cannot write the key of staging file", &staging_path))?;
+        // Filled under another name and renamed only once it holds the object's bytes: a
+        // process taking the mount over after a crash adopts every `.staging` file as the
+        // file's content, and one caught before its copy would upload zeros in its place.
+        let filling = staging_path.with_extension(FILLING);
         let staging = File::options()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(&staging_path)
-            .map_err(|e| local(e, "cannot create staging file", &staging_path))?;
+            .open(&filling)
+            .map_err(|e| local(e, "cannot create staging file", &filling))?;
         staging
             .write_all_at(initial, 0)
-            .map_err(|e| local(e, "cannot write staging file", &staging_path))?;
+            .map_err(|e| local(e, "cannot write staging file", &filling))?;
+        std::fs::write(staging_path.with_extension("key"), key)
+            .map_err(|e| local(e, "cannot write the key of staging file", &staging_path))?;
+        std::fs::rename(&filling, &staging_path)
+            .map_err(|e| local(e, "cannot rename staging file", &filling))?;
         Ok(Self {
             key: key.to_string(),
             staging_path,
@@ -390,6 +399,10 @@ pub fn rescue_leftover_staging(
             && !path.with_extension("staging").exists()
         {
             // Written just before a crash that came before its staging file.
+            let _ = std::fs::remove_file(&path);
+        } else if path.extension().is_some_and(|ext| ext == FILLING) {
+            // A copy of an object's bytes a crash interrupted: nothing written through the
+            // mount is in it yet.
             let _ = std::fs::remove_file(&path);
         }
     }

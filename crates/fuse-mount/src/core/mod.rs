@@ -157,6 +157,17 @@ pub struct Leftovers {
     pub uploads: LeftoverUploads,
 }
 
+/// What [`Fs::create`] does when the name exists already: open(2)'s `O_EXCL` and `O_TRUNC`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfExists {
+    /// `O_EXCL`: fail with `Exists`.
+    Fail,
+    /// Open the file as it is.
+    Open,
+    /// `O_TRUNC`: open it emptied.
+    Truncate,
+}
+
 /// Attribute changes of `setattr`; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct SetAttr {
@@ -1297,12 +1308,24 @@ impl<S: ObjectStore> Fs<S> {
         mode: u32,
         uid: u32,
         gid: u32,
-        exclusive: bool,
+        if_exists: IfExists,
     ) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         match self.lookup(parent, name).await {
-            Ok(attr) if exclusive || attr.kind == Kind::Dir => return Err(FsError::Exists),
-            Ok(_) | Err(FsError::NotFound) => {}
+            Ok(attr) if if_exists == IfExists::Fail || attr.kind == Kind::Dir => {
+                return Err(FsError::Exists)
+            }
+            Ok(attr) => {
+                // The kernel asks to create only names it believes absent, but another
+                // client may have made the object since (or, after a take-over, the
+                // kernel's entry was stale). open(2) then opens the file: emptying it
+                // without O_TRUNC would lose its bytes (an appending log kept only zeros).
+                let fh = self
+                    .open(attr.ino, true, if_exists == IfExists::Truncate)
+                    .await?;
+                return Ok((self.getattr(attr.ino).await?, fh));
+            }
+            Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
         let path = join(&self.dir_path(parent)?, name);

@@ -164,7 +164,9 @@ async fn apply(fs: &Fs<InMemoryStore>, store: &InMemoryStore, op: &Op) -> FsResu
         Op::Create(f, data) => {
             let (dir, name) = split(FILES[*f]);
             let parent = dir_ino(fs, dir).await?;
-            let (_, fh) = fs.create(parent, name, 0o644, 0, 0, false).await?;
+            let (_, fh) = fs
+                .create(parent, name, 0o644, 0, 0, IfExists::Truncate)
+                .await?;
             fs.write(fh, 0, data).await?;
             fs.release(fh).await
         }

@@ -31,7 +31,7 @@ fn fixture() -> (Fixture<InMemoryStore>, Arc<InMemoryStore>) {
 
 async fn write_file<S: ObjectStore>(fs: &Fs<S>, parent: u64, name: &str, data: &[u8]) -> Attr {
     let (attr, fh) = fs
-        .create(parent, name, 0o640, 1000, 1000, false)
+        .create(parent, name, 0o640, 1000, 1000, IfExists::Truncate)
         .await
         .unwrap();
     fs.write(fh, 0, data).await.unwrap();
@@ -123,7 +123,7 @@ async fn a_file_flushed_while_still_empty_streams_what_is_written_next() {
     // empty file, which puts it), then write through stdout.
     let (f, store) = fixture();
     let (attr, fh) =
-        f.fs.create(ROOT_INO, "out", 0o644, 1000, 1000, false)
+        f.fs.create(ROOT_INO, "out", 0o644, 1000, 1000, IfExists::Truncate)
             .await
             .unwrap();
     f.fs.flush(fh).await.unwrap();
@@ -158,14 +158,14 @@ async fn a_file_written_while_other_files_hold_the_write_buffers_is_uploaded_at_
     let mut open = Vec::new();
     for name in ["a", "b", "c"] {
         let (attr, fh) = fs
-            .create(ROOT_INO, name, 0o644, 1000, 1000, false)
+            .create(ROOT_INO, name, 0o644, 1000, 1000, IfExists::Truncate)
             .await
             .unwrap();
         fs.write(fh, 0, name.repeat(100).as_bytes()).await.unwrap();
         open.push((attr, fh, name.repeat(100).into_bytes()));
     }
     let (late, fh) = fs
-        .create(ROOT_INO, "late", 0o644, 1000, 1000, false)
+        .create(ROOT_INO, "late", 0o644, 1000, 1000, IfExists::Truncate)
         .await
         .unwrap();
     let data = common::conformance::pattern(10_000, 7);
@@ -198,7 +198,7 @@ async fn a_file_unlinked_while_written_gives_its_write_buffers_back() {
         .budget(budget.clone());
     let fs = Fs::new(store.clone(), config(&dir).upload(upload)).unwrap();
     let (_, fh) = fs
-        .create(ROOT_INO, "tmp", 0o644, 1000, 1000, false)
+        .create(ROOT_INO, "tmp", 0o644, 1000, 1000, IfExists::Truncate)
         .await
         .unwrap();
     fs.write(fh, 0, &common::conformance::pattern(3500, 2))
@@ -219,6 +219,46 @@ async fn a_file_unlinked_while_written_gives_its_write_buffers_back() {
     assert_eq!(budget.available(), 64 * 1024, "held by a file that is gone");
     fs.release(fh).await.unwrap();
     assert!(!store.keys().iter().any(|k| k.ends_with("tmp")));
+}
+
+#[tokio::test]
+async fn create_of_a_name_another_client_made_meanwhile_opens_it() {
+    // The kernel sends CREATE for a name it believes absent; the object appeared since.
+    let (f, store) = fixture();
+    assert!(matches!(
+        f.fs.lookup(ROOT_INO, "log").await,
+        Err(FsError::NotFound)
+    ));
+    store
+        .put(
+            "vol/log",
+            Bytes::from_static(b"line 0\n"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await; // past the negative TTL
+    let (attr, fh) =
+        f.fs.create(ROOT_INO, "log", 0o644, 1000, 1000, IfExists::Open)
+            .await
+            .unwrap();
+    assert_eq!(attr.size, 7, "opened as it is");
+    f.fs.write(fh, attr.size, b"line 1\n").await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/log").await, b"line 0\nline 1\n");
+    // O_TRUNC empties it; O_EXCL refuses it.
+    let (attr, fh) =
+        f.fs.create(ROOT_INO, "log", 0o644, 1000, 1000, IfExists::Truncate)
+            .await
+            .unwrap();
+    assert_eq!(attr.size, 0);
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/log").await, b"");
+    assert!(matches!(
+        f.fs.create(ROOT_INO, "log", 0o644, 1000, 1000, IfExists::Fail)
+            .await,
+        Err(FsError::Exists)
+    ));
 }
 
 #[tokio::test]
@@ -523,7 +563,7 @@ async fn a_failed_upload_is_eio_and_the_data_is_kept() {
     let fs = Fs::new(store.clone(), config(&dir)).unwrap();
     store.fail_always(Op::Put, ErrorKind::AccessDenied);
     let (_, fh) = fs
-        .create(ROOT_INO, "precious", 0o644, 0, 0, false)
+        .create(ROOT_INO, "precious", 0o644, 0, 0, IfExists::Truncate)
         .await
         .unwrap();
     fs.write(fh, 0, b"do not lose me").await.unwrap();
@@ -548,7 +588,7 @@ async fn a_crash_leaves_nothing_half_done_and_the_next_start_recovers() {
     let crashed = Fs::new(store.clone(), config(&dir)).unwrap();
     write_file(&crashed, ROOT_INO, "safe", b"closed before the crash").await;
     let (_, fh) = crashed
-        .create(ROOT_INO, "big", 0o644, 0, 0, false)
+        .create(ROOT_INO, "big", 0o644, 0, 0, IfExists::Truncate)
         .await
         .unwrap();
     let unacknowledged = common::conformance::pattern(5000, 9);
@@ -604,7 +644,7 @@ async fn a_read_only_volume_refuses_writes_with_erofs() {
         libc::EROFS
     );
     assert_eq!(
-        fs.create(ROOT_INO, "g", 0o644, 0, 0, false)
+        fs.create(ROOT_INO, "g", 0o644, 0, 0, IfExists::Truncate)
             .await
             .unwrap_err()
             .errno(),
@@ -641,7 +681,7 @@ async fn writes_slightly_out_of_order_still_stream() {
     let (f, store) = fixture();
     let data: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8).collect();
     let (attr, fh) =
-        f.fs.create(ROOT_INO, "ooo", 0o644, 0, 0, false)
+        f.fs.create(ROOT_INO, "ooo", 0o644, 0, 0, IfExists::Truncate)
             .await
             .unwrap();
     // Pieces of 512 bytes, each pair swapped, as parallel FUSE writes may arrive.
@@ -811,7 +851,7 @@ async fn a_takeover_keeps_inode_numbers_handles_and_staged_writes() {
     old.unlink(ROOT_INO, "gone").await.unwrap();
     // Open, written and not closed when the process dies.
     let (open, fh) = old
-        .create(docs.ino, "open.txt", 0o600, 1000, 1000, false)
+        .create(docs.ino, "open.txt", 0o600, 1000, 1000, IfExists::Truncate)
         .await
         .unwrap();
     old.write(fh, 0, b"staged, ").await.unwrap();
@@ -853,6 +893,37 @@ async fn a_takeover_keeps_inode_numbers_handles_and_staged_writes() {
     );
 }
 
+/// A crash while the object's bytes were being copied into a new staging file (the first write
+/// of an append) leaves that copy unfinished: the process taking over must fetch the object
+/// again, not adopt the copy (it uploaded zeros in place of a log's earlier lines).
+#[tokio::test]
+async fn a_takeover_does_not_adopt_a_staging_file_whose_copy_was_cut_short() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir).journal_inodes();
+    let old = Fs::new(store.clone(), config.clone()).unwrap();
+    let log = write_file(&old, ROOT_INO, "log", b"line 0\n").await;
+    let fh = old.open(log.ino, true, false).await.unwrap();
+    let staging_dir = config.staging_dir.clone();
+    std::mem::forget(old);
+    // What FileState::new leaves when killed between its copy and the rename.
+    std::fs::write(staging_dir.join("1-2-3.filling"), b"lin").unwrap();
+    std::fs::write(staging_dir.join("1-2-3.key"), "vol/log").unwrap();
+
+    let new = Fs::take_over(store.clone(), config).await.unwrap();
+    new.recover_leftovers().await;
+    new.take_up_handle(fh, log.ino);
+    new.write(fh, 7, b"line 1\n").await.unwrap();
+    new.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/log").await, b"line 0\nline 1\n");
+    let left: Vec<_> = std::fs::read_dir(&staging_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the staging folder: {left:?}");
+}
+
 /// The last close removes the staging file even while another task still holds the file's
 /// state (a getattr reading its size): a file left behind would be taken for a crash's leftover
 /// at the next start, or taken over as a file being written.
@@ -861,7 +932,7 @@ async fn the_last_close_leaves_no_staging_file_behind() {
     let (fx, store) = fixture();
     let (attr, fh) = fx
         .fs
-        .create(ROOT_INO, "f", 0o644, 1000, 1000, false)
+        .create(ROOT_INO, "f", 0o644, 1000, 1000, IfExists::Truncate)
         .await
         .unwrap();
     fx.fs.write(fh, 0, b"data").await.unwrap();
@@ -954,7 +1025,10 @@ async fn the_inode_journal_is_rewritten_when_names_come_and_go() {
 async fn a_forgotten_file_is_confirmed_by_a_listing_without_a_head() {
     let (fx, store) = fixture();
     let fs = &fx.fs;
-    let (created, fh) = fs.create(ROOT_INO, "a", 0o600, 7, 8, false).await.unwrap();
+    let (created, fh) = fs
+        .create(ROOT_INO, "a", 0o600, 7, 8, IfExists::Truncate)
+        .await
+        .unwrap();
     fs.entry_given(ROOT_INO, "a", &created);
     fs.write(fh, 0, b"xyz").await.unwrap();
     fs.release(fh).await.unwrap();
