@@ -1312,7 +1312,8 @@ impl<S: ObjectStore> Fs<S> {
     ) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         match self.lookup(parent, name).await {
-            Ok(attr) if if_exists == IfExists::Fail || attr.kind == Kind::Dir => {
+            // (A directory or symlink the kernel did not know of: not a file to open here.)
+            Ok(attr) if if_exists == IfExists::Fail || attr.kind != Kind::File => {
                 return Err(FsError::Exists)
             }
             Ok(attr) => {

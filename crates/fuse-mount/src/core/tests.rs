@@ -259,6 +259,15 @@ async fn create_of_a_name_another_client_made_meanwhile_opens_it() {
             .await,
         Err(FsError::Exists)
     ));
+    // Not a file: nothing to open here.
+    f.fs.symlink(ROOT_INO, "link", "log", 1000, 1000)
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.fs.create(ROOT_INO, "link", 0o644, 1000, 1000, IfExists::Open)
+            .await,
+        Err(FsError::Exists)
+    ));
 }
 
 #[tokio::test]
