@@ -199,14 +199,14 @@ impl<S: ObjectStore> StreamingUpload<S> {
     /// wait for each other forever).
     async fn reserve(&mut self, len: usize) -> StoreResult<()> {
         const STEP: u64 = 256 << 10;
-        let Some(budget) = self.config.budget.clone() else {
-            return Ok(());
-        };
-        let part = self.config.part_size as u64;
         let have = self.reserved.bytes();
         if len as u64 <= have {
             return Ok(());
         }
+        let Some(budget) = self.config.budget.clone() else {
+            return Ok(());
+        };
+        let part = self.config.part_size as u64;
         if let Some(size) = self.waits_for_memory {
             let next_part = size.saturating_sub(self.sent).max(len as u64).min(part);
             self.reserved.add(budget.take(next_part - have).await);

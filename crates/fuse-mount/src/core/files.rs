@@ -44,6 +44,32 @@ pub struct FileState<S: ObjectStore> {
 
 static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
 
+/// Hand `range` of staging file `staging` (at `path`) to `up`, in pieces of 1 MiB: the
+/// upload's own part buffers are what the memory budget counts, and a range may be long.
+async fn send_staged<S: ObjectStore>(
+    staging: &File,
+    path: &Path,
+    range: std::ops::Range<u64>,
+    up: &mut StreamingUpload<S>,
+) -> common::StoreResult<()> {
+    let mut buf = vec![0u8; (range.end - range.start).min(1 << 20) as usize];
+    let mut offset = range.start;
+    while offset < range.end {
+        let len = (range.end - offset).min(buf.len() as u64) as usize;
+        staging
+            .read_exact_at(&mut buf[..len], offset)
+            .map_err(|e| {
+                common::StoreError::new(
+                    common::ErrorKind::Other,
+                    format!("cannot read staging file {}: {e}", path.display()),
+                )
+            })?;
+        up.write(&buf[..len]).await?;
+        offset += len as u64;
+    }
+    Ok(())
+}
+
 /// Extension of a staging file while the object's bytes are copied into it.
 const FILLING: &str = "filling";
 
@@ -200,18 +226,16 @@ impl<S: ObjectStore> FileState<S> {
             if stop <= self.stream_next {
                 continue;
             }
-            // In pieces: the range may be up to MAX_AHEAD long, and the stream's own buffer
-            // is what the memory budget counts.
-            let mut buf = vec![0u8; (stop - self.stream_next).min(1 << 20) as usize];
-            while self.stream_next < stop {
-                let len = (stop - self.stream_next).min(buf.len() as u64) as usize;
-                self.staging
-                    .read_exact_at(&mut buf[..len], self.stream_next)
-                    .map_err(|e| format!("staging read failed: {e}"))?;
-                let stream = self.stream.as_mut().expect("checked by the caller");
-                stream.write(&buf[..len]).await.map_err(|e| e.to_string())?;
-                self.stream_next += len as u64;
-            }
+            let stream = self.stream.as_mut().expect("checked by the caller");
+            send_staged(
+                &self.staging,
+                &self.staging_path,
+                self.stream_next..stop,
+                stream,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            self.stream_next = stop;
         }
         let waiting: u64 = self.ahead.iter().map(|(s, e)| e - s).sum();
         if waiting > MAX_AHEAD {
@@ -309,26 +333,7 @@ impl<S: ObjectStore> FileState<S> {
         let mut up =
             StreamingUpload::new(store.clone(), self.key.clone(), metadata, upload.clone())
                 .waiting_for_memory(self.size);
-        let mut offset = 0;
-        // Small pieces: the part buffers are the upload's, within the memory budget.
-        let piece = 1 << 20;
-        let mut buf = vec![0u8; piece as usize];
-        while offset < self.size {
-            let len = (self.size - offset).min(piece) as usize;
-            self.staging
-                .read_exact_at(&mut buf[..len], offset)
-                .map_err(|e| {
-                    common::StoreError::new(
-                        common::ErrorKind::Other,
-                        format!(
-                            "cannot read staging file {}: {e}",
-                            self.staging_path.display()
-                        ),
-                    )
-                })?;
-            up.write(&buf[..len]).await?;
-            offset += len as u64;
-        }
+        send_staged(&self.staging, &self.staging_path, 0..self.size, &mut up).await?;
         up.finish().await
     }
 
