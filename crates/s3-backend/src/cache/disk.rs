@@ -2,9 +2,10 @@
 //! kept across restarts.
 //!
 //! Each file starts with a header naming the chunk it holds (bucket, key, ETag, index), the data
-//! length and a CRC32C of the data. A read checks all of it, so a file that was truncated by a
-//! crash, corrupted on disk, or named by a hash collision is dropped and reported as a miss,
-//! never served. Files are written to a temporary name and renamed, so a crash leaves either the
+//! length and a CRC32C of each 64 KiB block of the data. A read checks the header and the blocks
+//! it returns, so a file that was truncated by a crash, corrupted on disk, or named by a hash
+//! collision is dropped and reported as a miss, never served. Per-block checksums let a small
+//! read (a 4 KiB random read) load and check one block instead of the whole chunk. Files are written to a temporary name and renamed, so a crash leaves either the
 //! whole chunk or a `*.tmp` file that the next start deletes.
 //!
 //! The index of files is a moka cache weighted by file size with the byte cap as capacity; its
@@ -12,6 +13,8 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,9 +25,13 @@ use moka::notification::RemovalCause;
 
 use super::ChunkKey;
 
-const MAGIC: &[u8; 8] = b"S3VOLCH1";
+const MAGIC: &[u8; 8] = b"S3VOLCH2";
 /// The folder of chunk files inside the disk tier's folder.
-const CHUNK_FOLDER: &str = "chunks-v1";
+const CHUNK_FOLDER: &str = "chunks-v2";
+/// Folders of earlier file formats: deleted on open, their files are not read any more.
+const OLD_CHUNK_FOLDERS: &[&str] = &["chunks-v1"];
+/// The data of a chunk file is checked in blocks of this size, each with its own CRC32C.
+const BLOCK: usize = 64 << 10;
 
 /// A bounded folder of chunk files.
 #[derive(Debug, Clone)]
@@ -45,13 +52,16 @@ impl DiskCache {
     /// Files already there count toward the cap; leftovers of interrupted writes are deleted.
     /// Delete the chunk files a disk tier in `dir` holds (the disk tier is turned off).
     pub fn remove(dir: &Path) -> io::Result<()> {
-        match fs::remove_dir_all(dir.join(CHUNK_FOLDER)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        OLD_CHUNK_FOLDERS
+            .iter()
+            .chain([&CHUNK_FOLDER])
+            .try_for_each(|folder| remove_folder(&dir.join(folder)))
     }
 
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+        for old in OLD_CHUNK_FOLDERS {
+            remove_folder(&dir.join(old))?;
+        }
         let root = dir.join(CHUNK_FOLDER);
         fs::create_dir_all(&root)?;
         let index = moka::sync::Cache::builder()
@@ -128,24 +138,70 @@ impl DiskCache {
         self.inner.index.get(&path)?;
         let file = match fs::read(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Deleted behind our back (folder removed): forget it.
-                self.inner.index.invalidate(&path);
-                return None;
-            }
-            // Transient (EMFILE, EIO): a miss, but keep the file.
-            Err(_) => return None,
+            Err(e) => return self.read_failed(&path, &e),
         };
-        match decode(&file, key) {
+        match decode(file, key) {
             Some(data) => Some(data),
-            None => {
-                self.inner.corrupt_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(path = %path.display(), "dropping a corrupt or truncated cached chunk");
-                // The eviction listener deletes the file.
-                self.inner.index.invalidate(&path);
-                None
-            }
+            None => self.drop_corrupt(&path),
         }
+    }
+
+    /// Bytes `part` of the chunk, `chunk_len` bytes long, if a valid file for exactly this
+    /// chunk is cached. Reads and checks only the blocks that hold `part`.
+    pub fn get_part(&self, key: &ChunkKey, chunk_len: usize, part: Range<usize>) -> Option<Bytes> {
+        assert!(
+            part.start < part.end && part.end <= chunk_len,
+            "{part:?} of {chunk_len}"
+        );
+        let path = self.path_of(key);
+        self.inner.index.get(&path)?;
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) => return self.read_failed(&path, &e),
+        };
+        let expected = prefix_head(key, chunk_len);
+        let prefix_len = expected.len() + 4 * chunk_len.div_ceil(BLOCK);
+        let blocks = part.start / BLOCK..part.end.div_ceil(BLOCK);
+        let data_at = blocks.start * BLOCK..(blocks.end * BLOCK).min(chunk_len);
+        let mut prefix = vec![0; prefix_len];
+        let mut data = vec![0; data_at.len()];
+        let read = file.metadata().and_then(|meta| {
+            if meta.len() != (prefix_len + chunk_len) as u64 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            file.read_exact_at(&mut prefix, 0)?;
+            file.read_exact_at(&mut data, (prefix_len + data_at.start) as u64)
+        });
+        match read {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return self.drop_corrupt(&path),
+            Err(e) => return self.read_failed(&path, &e),
+        }
+        let crcs = prefix.strip_prefix(expected.as_slice());
+        let intact =
+            crcs.is_some_and(|crcs| blocks_intact(&data, &crcs[4 * blocks.start..4 * blocks.end]));
+        if !intact {
+            return self.drop_corrupt(&path);
+        }
+        Some(Bytes::from(data).slice(part.start - data_at.start..part.end - data_at.start))
+    }
+
+    /// A chunk file that could not be read is a miss. One deleted behind our back (folder
+    /// removed) is forgotten; after a transient error (EMFILE, EIO) the file is kept.
+    fn read_failed(&self, path: &Path, error: &io::Error) -> Option<Bytes> {
+        if error.kind() == io::ErrorKind::NotFound {
+            self.inner.index.invalidate(path);
+        }
+        None
+    }
+
+    /// A corrupt or truncated chunk file is a miss, counted and deleted.
+    fn drop_corrupt(&self, path: &Path) -> Option<Bytes> {
+        self.inner.corrupt_dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(path = %path.display(), "dropping a corrupt or truncated cached chunk");
+        // The eviction listener deletes the file.
+        self.inner.index.invalidate(path);
+        None
     }
 
     /// Store a chunk. Failures (disk full, folder deleted) are counted and logged, not returned:
@@ -207,6 +263,13 @@ fn write_atomically(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     result
 }
 
+fn remove_folder(folder: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(folder) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn header(key: &ChunkKey) -> Vec<u8> {
     let mut h = Vec::new();
     for part in [
@@ -221,20 +284,37 @@ fn header(key: &ChunkKey) -> Vec<u8> {
     h
 }
 
-/// Everything in a chunk file before the data: magic, header, data length, CRC32C of the data.
-fn file_prefix(key: &ChunkKey, data: &[u8]) -> Vec<u8> {
+/// What a chunk file for `key` holding `len` bytes starts with: magic, header, data length.
+fn prefix_head(key: &ChunkKey, len: usize) -> Vec<u8> {
     let header = header(key);
-    let mut prefix = Vec::with_capacity(MAGIC.len() + 4 + header.len() + 12);
-    prefix.extend_from_slice(MAGIC);
-    prefix.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    prefix.extend_from_slice(&header);
-    prefix.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    prefix.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    let mut head = Vec::with_capacity(MAGIC.len() + 4 + header.len() + 8);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    head.extend_from_slice(&header);
+    head.extend_from_slice(&(len as u64).to_le_bytes());
+    head
+}
+
+/// Everything in a chunk file before the data: [`prefix_head`], then the CRC32C of each block.
+fn file_prefix(key: &ChunkKey, data: &[u8]) -> Vec<u8> {
+    let mut prefix = prefix_head(key, data.len());
+    for block in data.chunks(BLOCK) {
+        prefix.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
+    }
     prefix
 }
 
+/// Whether each `BLOCK` of `data` matches its CRC32C in `crcs`.
+fn blocks_intact(data: &[u8], crcs: &[u8]) -> bool {
+    data.chunks(BLOCK).len() == crcs.len() / 4
+        && data
+            .chunks(BLOCK)
+            .zip(crcs.chunks_exact(4))
+            .all(|(block, crc)| crc32c::crc32c(block).to_le_bytes() == crc)
+}
+
 /// The data of `file` if it is a complete, intact chunk file for `key`.
-fn decode(file: &[u8], key: &ChunkKey) -> Option<Bytes> {
+fn decode(file: Vec<u8>, key: &ChunkKey) -> Option<Bytes> {
     let rest = file.strip_prefix(MAGIC.as_slice())?;
     let (len, rest) = rest.split_first_chunk::<4>()?;
     let header_len = u32::from_le_bytes(*len) as usize;
@@ -243,13 +323,18 @@ fn decode(file: &[u8], key: &ChunkKey) -> Option<Bytes> {
     }
     let rest = &rest[header_len..];
     let (len, rest) = rest.split_first_chunk::<8>()?;
-    let (crc, data) = rest.split_first_chunk::<4>()?;
-    if data.len() as u64 != u64::from_le_bytes(*len)
-        || crc32c::crc32c(data) != u32::from_le_bytes(*crc)
-    {
+    let data_len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+    let crcs_len = 4 * data_len.div_ceil(BLOCK);
+    if rest.len() != crcs_len.checked_add(data_len)? {
         return None;
     }
-    Some(Bytes::copy_from_slice(data))
+    let (crcs, data) = rest.split_at(crcs_len);
+    if !blocks_intact(data, crcs) {
+        return None;
+    }
+    let data_start = file.len() - data_len;
+    // The file's buffer becomes the chunk: no copy.
+    Some(Bytes::from(file).slice(data_start..))
 }
 
 #[cfg(test)]
@@ -305,6 +390,65 @@ mod tests {
     }
 
     #[test]
+    fn a_part_is_read_from_the_blocks_that_hold_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 4 << 20).unwrap();
+        // Two and a half blocks: the last block is short.
+        let data: Vec<u8> = (0..BLOCK * 5 / 2).map(|i| (i % 251) as u8).collect();
+        cache.put(&key(0), &data);
+        let len = data.len();
+        for part in [
+            0..1,
+            0..4096,
+            BLOCK - 10..BLOCK + 10,
+            BLOCK..2 * BLOCK,
+            2 * BLOCK + 5..len,
+            0..len,
+        ] {
+            let got = cache.get_part(&key(0), len, part.clone()).unwrap();
+            assert_eq!(&got[..], &data[part.clone()], "{part:?}");
+        }
+        assert!(cache.get_part(&key(1), len, 0..10).is_none());
+        assert_eq!(cache.corrupt_dropped(), 0);
+        // A file of another length than the chunk's is not that chunk: dropped.
+        assert!(cache.get_part(&key(0), len + 1, 0..10).is_none());
+        assert_eq!(cache.corrupt_dropped(), 1);
+    }
+
+    #[test]
+    fn a_part_in_a_corrupt_block_is_dropped_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 4 << 20).unwrap();
+        let data = vec![3u8; 2 * BLOCK];
+        cache.put(&key(0), &data);
+        let path = cache.path_of(&key(0));
+        let mut file = fs::read(&path).unwrap();
+        *file.last_mut().unwrap() ^= 1;
+        fs::write(&path, file).unwrap();
+        // The first block is intact and is served; the second is not.
+        assert_eq!(
+            &cache.get_part(&key(0), data.len(), 0..100).unwrap()[..],
+            &data[..100]
+        );
+        assert!(cache
+            .get_part(&key(0), data.len(), BLOCK..BLOCK + 100)
+            .is_none());
+        assert!(!path.exists(), "the corrupt file was kept");
+        assert!(cache.get(&key(0)).is_none());
+    }
+
+    #[test]
+    fn files_of_the_earlier_format_are_deleted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("chunks-v1/ab");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join("cd.0"), vec![0u8; 4096]).unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        assert!(!dir.path().join("chunks-v1").exists());
+        assert_eq!(cache.used_bytes(), 0);
+    }
+
+    #[test]
     fn stays_under_the_byte_cap() {
         let dir = tempfile::tempdir().unwrap();
         let cap = 64 * 1024;
@@ -338,7 +482,7 @@ mod tests {
         drop(cache);
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
         assert!(!tmp.exists());
-        fs::remove_dir_all(dir.path().join("chunks-v1")).unwrap();
+        fs::remove_dir_all(dir.path().join(CHUNK_FOLDER)).unwrap();
         assert!(cache.get(&key(0)).is_none());
         // Writing recreates the folder.
         cache.put(&key(1), b"y");

@@ -405,9 +405,13 @@ impl<S: ObjectStore> ChunkCache<S> {
         let cs = self.config.chunk_size;
         let (first, last) = (offset / cs, (end - 1) / cs);
         if first == last {
+            let part = (offset - first * cs) as usize..(end - first * cs) as usize;
+            if let Some(data) = self.part_from_disk(object, first, part.clone()).await {
+                return Ok(data);
+            }
             let chunk = self.chunk(object, first).await?;
-            let from = ((offset - first * cs) as usize).min(chunk.len());
-            let to = ((end - first * cs) as usize).min(chunk.len());
+            let from = part.start.min(chunk.len());
+            let to = part.end.min(chunk.len());
             return Ok(chunk.slice(from..to));
         }
         // A read spanning chunks: fetch the missing ones in one request, then assemble.
@@ -420,6 +424,47 @@ impl<S: ObjectStore> ChunkCache<S> {
             out.extend_from_slice(&chunk[from..to]);
         }
         Ok(out.freeze())
+    }
+
+    /// Bytes `part` of chunk `index`, when only the disk tier has the chunk and `part` is
+    /// less than all of it: read from the blocks of the chunk file that hold `part`, and not
+    /// kept in memory. A random reader of an object bigger than the memory tier would
+    /// otherwise load a whole chunk from disk, check it and push another out of memory, for
+    /// every small read.
+    async fn part_from_disk(
+        &self,
+        object: &ObjectVersion,
+        index: u64,
+        part: Range<usize>,
+    ) -> Option<Bytes> {
+        let disk = self.tiers.disk.as_ref()?;
+        let chunk_len = {
+            let range = self.chunk_range(object, index);
+            (range.end - range.start) as usize
+        };
+        let key = self.key_of(object, index);
+        if part.len() >= chunk_len
+            || self.tiers.memory.contains_key(&key)
+            || self.inflight.lock().unwrap().contains_key(&key)
+            || !disk.contains(&key)
+        {
+            return None;
+        }
+        let disk = disk.clone();
+        let data = tokio::task::spawn_blocking(move || disk.get_part(&key, chunk_len, part))
+            .await
+            .ok()
+            .flatten()?;
+        self.count_disk_hit();
+        Some(data)
+    }
+
+    fn count_disk_hit(&self) {
+        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        metrics()
+            .cache_hits
+            .get_or_create(&TierLabels { tier: "disk" })
+            .inc();
     }
 
     /// One whole chunk, from wherever it is.
@@ -614,11 +659,7 @@ impl<S: ObjectStore> ChunkCache<S> {
             let want = self.chunk_range(object, ticket.index());
             match on_disk {
                 Some(data) if data.len() as u64 == want.end - want.start => {
-                    self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-                    metrics()
-                        .cache_hits
-                        .get_or_create(&TierLabels { tier: "disk" })
-                        .inc();
+                    self.count_disk_hit();
                     self.deliver(ticket, Ok(data), false);
                 }
                 _ => missing.push(ticket),

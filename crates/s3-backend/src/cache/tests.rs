@@ -219,6 +219,40 @@ async fn the_disk_tier_serves_a_new_cache_without_requests() {
 }
 
 #[tokio::test]
+async fn a_small_read_of_a_chunk_only_on_disk_reads_its_blocks_and_leaves_memory_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(InMemoryStore::new("b"));
+    // Chunks of 256 KiB: four blocks of the disk tier each.
+    let chunk = 4 * CHUNK;
+    let obj = object(&*store, "f", 2 * chunk as usize, 9).await;
+    let config = small_chunks()
+        .chunk_size(chunk)
+        .disk(Some(dir.path().into()), 1 << 30);
+    let first = cache(store.clone(), config.clone());
+    first.read(&obj, 0, 2 * chunk).await.unwrap();
+    for _ in 0..100 {
+        if first.disk().unwrap().used_bytes() >= 2 * chunk {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(first);
+    let second = cache(store.clone(), config);
+    let requests = store.request_count(Op::Get);
+    let body = pattern(2 * chunk as usize, 9);
+    for (offset, len) in [(chunk + 5, 4096), (100, 200_000), (2 * chunk - 10, 10)] {
+        let got = second.read(&obj, offset, len).await.unwrap();
+        assert_eq!(got, body.slice(offset as usize..(offset + len) as usize));
+    }
+    assert_eq!(store.request_count(Op::Get), requests);
+    assert_eq!(second.stats().disk_hits.load(Ordering::Relaxed), 3);
+    assert_eq!(second.memory_used(), 0, "parts were kept in memory");
+    // A read of a whole chunk loads it into memory, as before.
+    second.read(&obj, 0, chunk).await.unwrap();
+    assert_eq!(second.memory_used(), chunk);
+}
+
+#[tokio::test]
 async fn a_failed_fetch_is_reported_and_the_next_read_retries() {
     let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
     let obj = object(&*store, "f", 4 * CHUNK as usize, 7).await;
