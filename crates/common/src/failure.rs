@@ -180,6 +180,25 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
         self.inner.list_multipart_uploads(prefix).await
     }
 
+    fn max_copy_size(&self) -> u64 {
+        self.inner.max_copy_size()
+    }
+
+    async fn upload_part_copy(
+        &self,
+        src: &str,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+        dst: &str,
+        upload_id: &UploadId,
+        part_number: u32,
+    ) -> StoreResult<CompletedPart> {
+        self.check(Op::UploadPartCopy)?;
+        self.inner
+            .upload_part_copy(src, range, if_match, dst, upload_id, part_number)
+            .await
+    }
+
     async fn copy(
         &self,
         src: &str,

@@ -45,6 +45,7 @@ pub enum Op {
     CompleteMultipart,
     AbortMultipart,
     ListMultipart,
+    UploadPartCopy,
     Copy,
     Delete,
 }
@@ -61,6 +62,7 @@ pub struct InMemoryStore {
     bucket: String,
     state: Mutex<State>,
     next_upload: AtomicU64,
+    max_copy_size: u64,
 }
 
 fn md5_hex(data: &[u8]) -> String {
@@ -73,7 +75,14 @@ impl InMemoryStore {
             bucket: bucket.into(),
             state: Mutex::new(State::default()),
             next_upload: AtomicU64::new(1),
+            max_copy_size: 5 << 30,
         }
+    }
+
+    /// Refuse to `copy` sources bigger than `bytes` in one request, as S3 does above 5 GiB.
+    pub fn with_max_copy_size(mut self, bytes: u64) -> Self {
+        self.max_copy_size = bytes;
+        self
     }
 
     /// How many requests of kind `op` were made so far.
@@ -100,6 +109,61 @@ impl InMemoryStore {
         let mut state = self.lock();
         *state.counts.entry(op).or_default() += 1;
         state
+    }
+
+    /// Bytes `range` of `key`, as a ranged GET with `if_match` returns them.
+    fn read(
+        state: &State,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+    ) -> StoreResult<Bytes> {
+        let obj = state
+            .objects
+            .get(key)
+            .ok_or_else(|| StoreError::not_found(key))?;
+        if let Some(etag) = if_match {
+            if *etag != obj.etag {
+                return Err(StoreError::new(
+                    ErrorKind::PreconditionFailed,
+                    format!("object {key:?} changed: its ETag is no longer {etag}"),
+                ));
+            }
+        }
+        let len = obj.body.len() as u64;
+        if range.start > range.end || (range.start >= len && !(range.start == 0 && range.end == 0))
+        {
+            return Err(StoreError::new(
+                ErrorKind::InvalidRange,
+                format!("range {range:?} is outside object {key:?} of {len} bytes"),
+            ));
+        }
+        Ok(obj
+            .body
+            .slice(range.start as usize..range.end.min(len) as usize))
+    }
+
+    /// Store `body` as part `part_number` of upload `upload_id` of `key`.
+    fn add_part(
+        state: &mut State,
+        key: &str,
+        upload_id: &UploadId,
+        part_number: u32,
+        body: Bytes,
+    ) -> StoreResult<CompletedPart> {
+        if !(1..=10_000).contains(&part_number) {
+            return Err(StoreError::invalid_input(format!(
+                "part number {part_number} is outside 1..=10000"
+            )));
+        }
+        let upload = state
+            .uploads
+            .get_mut(&upload_id.0)
+            .filter(|u| u.key == key)
+            .ok_or_else(|| no_such_upload(upload_id))?;
+        let etag = ETag::new(format!("\"{}\"", md5_hex(&body)));
+        upload.parts.insert(part_number, (body, etag.clone()));
+        Ok(CompletedPart { part_number, etag })
     }
 
     fn insert(state: &mut State, key: &str, body: Bytes, etag: ETag, metadata: UserMetadata) {
@@ -158,32 +222,7 @@ impl ObjectStore for InMemoryStore {
         range: Range<u64>,
         if_match: Option<&ETag>,
     ) -> StoreResult<ByteStream> {
-        let body = {
-            let state = self.counted(Op::Get);
-            let obj = state
-                .objects
-                .get(key)
-                .ok_or_else(|| StoreError::not_found(key))?;
-            if let Some(etag) = if_match {
-                if *etag != obj.etag {
-                    return Err(StoreError::new(
-                        ErrorKind::PreconditionFailed,
-                        format!("object {key:?} changed: its ETag is no longer {etag}"),
-                    ));
-                }
-            }
-            let len = obj.body.len() as u64;
-            if range.start > range.end
-                || (range.start >= len && !(range.start == 0 && range.end == 0))
-            {
-                return Err(StoreError::new(
-                    ErrorKind::InvalidRange,
-                    format!("range {range:?} is outside object {key:?} of {len} bytes"),
-                ));
-            }
-            obj.body
-                .slice(range.start as usize..range.end.min(len) as usize)
-        };
+        let body = Self::read(&self.counted(Op::Get), key, range, if_match)?;
         Ok(Box::pin(futures::stream::once(async move { Ok(body) })))
     }
 
@@ -273,19 +312,21 @@ impl ObjectStore for InMemoryStore {
         body: Bytes,
     ) -> StoreResult<CompletedPart> {
         let mut state = self.counted(Op::UploadPart);
-        if !(1..=10_000).contains(&part_number) {
-            return Err(StoreError::invalid_input(format!(
-                "part number {part_number} is outside 1..=10000"
-            )));
-        }
-        let upload = state
-            .uploads
-            .get_mut(&upload_id.0)
-            .filter(|u| u.key == key)
-            .ok_or_else(|| no_such_upload(upload_id))?;
-        let etag = ETag::new(format!("\"{}\"", md5_hex(&body)));
-        upload.parts.insert(part_number, (body, etag.clone()));
-        Ok(CompletedPart { part_number, etag })
+        Self::add_part(&mut state, key, upload_id, part_number, body)
+    }
+
+    async fn upload_part_copy(
+        &self,
+        src: &str,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+        dst: &str,
+        upload_id: &UploadId,
+        part_number: u32,
+    ) -> StoreResult<CompletedPart> {
+        let mut state = self.counted(Op::UploadPartCopy);
+        let body = Self::read(&state, src, range, if_match)?;
+        Self::add_part(&mut state, dst, upload_id, part_number, body)
     }
 
     async fn complete_multipart(
@@ -352,6 +393,10 @@ impl ObjectStore for InMemoryStore {
         Ok(uploads)
     }
 
+    fn max_copy_size(&self) -> u64 {
+        self.max_copy_size
+    }
+
     async fn copy(
         &self,
         src: &str,
@@ -365,6 +410,13 @@ impl ObjectStore for InMemoryStore {
             .get(src)
             .cloned()
             .ok_or_else(|| StoreError::not_found(src))?;
+        if obj.body.len() as u64 > self.max_copy_size {
+            return Err(StoreError::invalid_input(format!(
+                "{src:?} ({} bytes) is larger than a copy source may be ({} bytes)",
+                obj.body.len(),
+                self.max_copy_size
+            )));
+        }
         let metadata = metadata.cloned().unwrap_or(obj.metadata);
         Self::insert(&mut state, dst, obj.body, obj.etag.clone(), metadata);
         Ok(PutResult { etag: obj.etag })

@@ -212,6 +212,27 @@ impl<S: ObjectStore> ObjectStore for MeteredStore<S> {
         )
     }
 
+    fn max_copy_size(&self) -> u64 {
+        self.inner.max_copy_size()
+    }
+
+    async fn upload_part_copy(
+        &self,
+        src: &str,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+        dst: &str,
+        upload_id: &UploadId,
+        part_number: u32,
+    ) -> StoreResult<CompletedPart> {
+        metered!(
+            self,
+            "upload_part_copy",
+            self.inner
+                .upload_part_copy(src, range, if_match, dst, upload_id, part_number)
+        )
+    }
+
     async fn copy(
         &self,
         src: &str,

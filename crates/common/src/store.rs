@@ -219,7 +219,27 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// Unfinished multipart uploads of keys under `prefix`.
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>>;
 
-    /// Server-side copy of `src` to `dst`. With `metadata`, the copy gets it instead of the
+    /// The largest source [`copy`](Self::copy) takes (S3: 5 GiB). Bigger objects are copied
+    /// with [`upload_part_copy`](Self::upload_part_copy).
+    fn max_copy_size(&self) -> u64 {
+        5 << 30
+    }
+
+    /// Server-side copy of bytes `range` of `src` (of version `if_match`, else
+    /// `PreconditionFailed`) into part `part_number` of the multipart upload `upload_id` of
+    /// `dst` (UploadPartCopy). The same size rules as [`upload_part`](Self::upload_part) apply.
+    async fn upload_part_copy(
+        &self,
+        src: &str,
+        range: Range<u64>,
+        if_match: Option<&ETag>,
+        dst: &str,
+        upload_id: &UploadId,
+        part_number: u32,
+    ) -> StoreResult<CompletedPart>;
+
+    /// Server-side copy of `src` to `dst`, in one request: sources up to
+    /// [`max_copy_size`](Self::max_copy_size). With `metadata`, the copy gets it instead of the
     /// source's user metadata.
     async fn copy(
         &self,

@@ -154,3 +154,56 @@ async fn the_cache_never_serves_an_overwritten_object_from_old_chunks() {
     let err = cache.read(&obj1, 2 * MIB as u64, 10).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PreconditionFailed, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_in_parts_is_the_same_object_with_its_metadata() {
+    let env = require_s3!();
+    let store = env.new_bucket("copyparts").await;
+    let body = pattern(12 * MIB + 321, 13);
+    let metadata: UserMetadata = [("mode".to_string(), "33188".to_string())].into();
+    store.put("src", body.clone(), &metadata).await.unwrap();
+    let source = store.head("src").await.unwrap();
+    // Parts of 5 MiB (S3's smallest) stand in for the 512 MiB parts of a copy over 5 GiB.
+    s3_backend::copy::copy_in_parts(&store, &source, "dst", None, 5 * MIB as u64, None)
+        .await
+        .unwrap();
+    let head = store.head("dst").await.unwrap();
+    assert!(head.etag.as_str().ends_with("-3\""), "{}", head.etag);
+    assert_eq!(head.user_metadata, metadata);
+    assert!(store.get_range("dst", 0..head.size, None).await.unwrap() == body);
+    // Onto itself with new metadata, as chmod does.
+    let chmod: UserMetadata = [("mode".to_string(), "33261".to_string())].into();
+    let head = store.head("dst").await.unwrap();
+    s3_backend::copy::copy_in_parts(&store, &head, "dst", Some(&chmod), 5 * MIB as u64, None)
+        .await
+        .unwrap();
+    assert_eq!(store.head("dst").await.unwrap().user_metadata, chmod);
+    assert!(store.get_range("dst", 0..head.size, None).await.unwrap() == body);
+    assert!(store.list_multipart_uploads("").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_in_parts_of_a_source_replaced_meanwhile_is_refused() {
+    let env = require_s3!();
+    let store = env.new_bucket("copystale").await;
+    store
+        .put("src", pattern(11 * MIB, 1), &UserMetadata::new())
+        .await
+        .unwrap();
+    let before = store.head("src").await.unwrap();
+    store
+        .put("src", pattern(11 * MIB, 2), &UserMetadata::new())
+        .await
+        .unwrap();
+    // RGW copies the parts from the new version (it ignores x-amz-copy-source-if-match on
+    // UploadPartCopy); the ETag check after the parts refuses to complete such a copy.
+    let err = s3_backend::copy::copy_in_parts(&store, &before, "dst", None, 5 * MIB as u64, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PreconditionFailed, "{err}");
+    assert_eq!(
+        store.head("dst").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert!(store.list_multipart_uploads("").await.unwrap().is_empty());
+}

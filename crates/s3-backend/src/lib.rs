@@ -8,10 +8,12 @@
 //! - [`upload`]: the streaming multipart uploader; [`upload_journal`], its record of uploads
 //!   in progress so that a crash's leftovers are aborted at the next start; [`write_budget`], the
 //!   memory its part buffers share.
+//! - [`copy`]: server-side copies of any size (one CopyObject, or parts copied by the server).
 //!
 //! Everything but [`s3`] is generic over `ObjectStore`, so it is tested over the in-memory store.
 
 pub mod cache;
+pub mod copy;
 pub mod readahead;
 pub mod s3;
 pub mod upload;

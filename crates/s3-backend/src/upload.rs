@@ -3,7 +3,10 @@
 //!
 //! Bytes are buffered up to `part_size`; each full part is uploaded in the background while the
 //! writer goes on, with at most `max_parts_in_flight` at once (the writer waits when that many
-//! are pending, which bounds memory to about `(max_parts_in_flight + 1) * part_size`). An object
+//! are pending, which bounds memory to about `(max_parts_in_flight + 1) * part_size`). The part
+//! size doubles after every 1,000 parts, so that an object of unknown length fits in S3's
+//! 10,000 parts up to S3's 5 TiB limit (with fixed 8 MiB parts it would stop at 78 GiB); objects
+//! up to 7.8 GiB use `part_size` only. An object
 //! that never fills a part is sent with one PUT at [`finish`](StreamingUpload::finish). Any
 //! failure aborts the multipart upload, so no orphaned parts are left in the bucket; dropping an
 //! unfinished upload aborts it too.
@@ -25,12 +28,24 @@ use crate::write_budget::{Reservation, WriteBudget};
 
 /// S3's limits on parts.
 const MIN_PART_SIZE: usize = 5 << 20;
+const MAX_PART_SIZE: usize = 5 << 30;
 const MAX_PARTS: u32 = 10_000;
+/// The part size doubles after every this many parts: 10,000 parts then hold 1,023 times
+/// this many base parts (8 TiB with 8 MiB), more than S3's largest object.
+const PARTS_PER_SIZE: u32 = 1_000;
+
+/// The size of part `part_number` (from 1) of an upload whose first parts are `base` bytes.
+fn part_size_of(base: usize, part_number: u32) -> usize {
+    let doublings = (part_number.saturating_sub(1) / PARTS_PER_SIZE).min(30);
+    base.saturating_mul(1 << doublings)
+        .min(MAX_PART_SIZE.max(base))
+}
 
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct UploadConfig {
-    /// Size of each part but the last (at least 5 MiB, S3's minimum).
+    /// Size of the first 1,000 parts (at least 5 MiB, S3's minimum); each further 1,000 are
+    /// twice as big as the ones before.
     pub part_size: usize,
     /// Parts uploaded at the same time.
     pub max_parts_in_flight: usize,
@@ -169,7 +184,8 @@ impl<S: ObjectStore> StreamingUpload<S> {
         }
         self.bytes_written += data.len() as u64;
         while !data.is_empty() {
-            let room = self.config.part_size - self.buffer.len();
+            let part_size = self.part_size();
+            let room = part_size - self.buffer.len();
             let take = room.min(data.len());
             if let Err(e) = self.reserve(self.buffer.len() + take).await {
                 self.fail(e.clone()).await;
@@ -178,11 +194,11 @@ impl<S: ObjectStore> StreamingUpload<S> {
             if self.buffer.capacity() == 0 {
                 // The whole part at once: no regrowth copies. Pages are only touched (and
                 // counted against the budget) as the buffer fills.
-                self.buffer = BytesMut::with_capacity(self.config.part_size);
+                self.buffer = BytesMut::with_capacity(part_size);
             }
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
-            if self.buffer.len() == self.config.part_size {
+            if self.buffer.len() == part_size {
                 let part = std::mem::take(&mut self.buffer).freeze();
                 if let Err(e) = self.send_part(part).await {
                     self.fail(e.clone()).await;
@@ -191,6 +207,11 @@ impl<S: ObjectStore> StreamingUpload<S> {
             }
         }
         Ok(())
+    }
+
+    /// The size of the part being filled.
+    fn part_size(&self) -> usize {
+        part_size_of(self.config.part_size, self.next_part)
     }
 
     /// Hold budget for a buffer of `len` bytes. A stream takes it in steps as its buffer fills
@@ -206,7 +227,7 @@ impl<S: ObjectStore> StreamingUpload<S> {
         let Some(budget) = self.config.budget.clone() else {
             return Ok(());
         };
-        let part = self.config.part_size as u64;
+        let part = self.part_size() as u64;
         if let Some(size) = self.waits_for_memory {
             let next_part = size.saturating_sub(self.sent).max(len as u64).min(part);
             self.reserved.add(budget.take(next_part - have).await);
@@ -238,8 +259,8 @@ impl<S: ObjectStore> StreamingUpload<S> {
     async fn send_part(&mut self, body: Bytes) -> StoreResult<()> {
         if self.next_part > MAX_PARTS {
             return Err(StoreError::invalid_input(format!(
-                "{:?} is too large for {MAX_PARTS} parts of {} bytes; use a larger part size",
-                self.key, self.config.part_size
+                "{:?} is too large for S3: {} bytes so far fill its {MAX_PARTS} parts",
+                self.key, self.sent
             )));
         }
         let upload_id = match &self.upload_id {
@@ -422,6 +443,38 @@ mod tests {
             ErrorKind::AccessDenied
         );
         assert!(store.inner().keys().is_empty(), "a partial object was made");
+    }
+
+    #[test]
+    fn parts_double_after_every_thousand_up_to_five_gib() {
+        let mib = 1 << 20;
+        assert_eq!(part_size_of(8 * mib, 1), 8 * mib);
+        assert_eq!(part_size_of(8 * mib, 1000), 8 * mib);
+        assert_eq!(part_size_of(8 * mib, 1001), 16 * mib);
+        assert_eq!(part_size_of(8 * mib, 10_000), 4096 * mib);
+        assert_eq!(part_size_of(64 * mib, 10_000), MAX_PART_SIZE);
+        let total: u64 = (1..=MAX_PARTS)
+            .map(|n| part_size_of(8 * mib, n) as u64)
+            .sum();
+        assert!(total > 5 << 40, "10,000 parts hold only {total} bytes");
+    }
+
+    #[tokio::test]
+    async fn an_object_longer_than_ten_thousand_first_parts_is_uploaded_whole() {
+        let store = Arc::new(InMemoryStore::new("b"));
+        // Parts of 1 byte, then 2, 4, 8 and 16: 20,000 bytes are 4,313 parts, not 20,000.
+        let mut up = StreamingUpload::new(store.clone(), "big", UserMetadata::new(), config(1));
+        let body = pattern(20_000, 3);
+        for piece in body.chunks(777) {
+            up.write(piece).await.unwrap();
+        }
+        let put = up.finish().await.unwrap();
+        assert!(
+            put.etag.as_str().ends_with("-4313\""),
+            "{}",
+            put.etag.as_str()
+        );
+        assert_eq!(store.get_range("big", 0..20_000, None).await.unwrap(), body);
     }
 
     fn config(part: usize) -> UploadConfig {

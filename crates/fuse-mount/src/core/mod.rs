@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use common::{ErrorKind, ListParams, ObjectMeta, ObjectStore, UserMetadata};
+use common::{ErrorKind, ListParams, ObjectMeta, ObjectStore, PutResult, UserMetadata};
 use s3_backend::cache::{CacheConfig, CacheTiers, ChunkCache, ObjectVersion};
 use s3_backend::readahead::{ReadaheadConfig, SequentialReader};
 use s3_backend::upload::UploadConfig;
@@ -1284,8 +1284,8 @@ impl<S: ObjectStore> Fs<S> {
                         .etag
                 }
                 Kind::File | Kind::Symlink => {
-                    self.store
-                        .copy(&self.key(&path), &self.key(&path), Some(&metadata))
+                    let key = self.key(&path);
+                    self.copy_object(&key, attr.size, &key, Some(&metadata))
                         .await?
                         .etag
                 }
@@ -1475,29 +1475,24 @@ impl<S: ObjectStore> Fs<S> {
                 format!("{}/", self.key(&from)),
                 format!("{}/", self.key(&to)),
             );
-            let mut keys = Vec::new();
+            let mut objects = Vec::new();
             let mut token = None;
             loop {
                 let page = self
                     .store
                     .list(&ListParams::new(src_prefix.clone()).continuation_token(token))
                     .await?;
-                keys.extend(page.objects.into_iter().map(|o| o.key));
+                objects.extend(page.objects.into_iter().map(|o| (o.key, o.size)));
                 token = page.next_continuation_token;
                 if token.is_none() {
                     break;
                 }
             }
-            for key in &keys {
-                self.store
-                    .copy(
-                        key,
-                        &format!("{dst_prefix}{}", &key[src_prefix.len()..]),
-                        None,
-                    )
-                    .await?;
+            for (key, size) in &objects {
+                let dst_key = format!("{dst_prefix}{}", &key[src_prefix.len()..]);
+                self.copy_object(key, *size, &dst_key, None).await?;
             }
-            for key in &keys {
+            for (key, _) in &objects {
                 self.store.delete(key).await?;
             }
         } else {
@@ -1506,7 +1501,11 @@ impl<S: ObjectStore> Fs<S> {
             if self.file_state(src.ino).is_some() && self.store.head(&src_key).await.is_err() {
                 // Created but never committed: nothing to move in the store yet.
             } else {
-                self.store.copy(&src_key, &dst_key, None).await?;
+                // The size the commit just wrote, if the file was being written.
+                let size = self
+                    .inode_path(src.ino)
+                    .map_or(src.size, |(_, attr)| attr.size);
+                self.copy_object(&src_key, size, &dst_key, None).await?;
                 self.store.delete(&src_key).await?;
             }
             if let Some(state) = self.file_state(src.ino) {
@@ -1524,6 +1523,25 @@ impl<S: ObjectStore> Fs<S> {
         self.note_name(parent, name, false);
         self.note_name(new_parent, new_name, true);
         Ok(())
+    }
+
+    /// Server-side copy of `src`, `size` bytes as last seen, to `dst`, whatever its size.
+    async fn copy_object(
+        &self,
+        src: &str,
+        size: u64,
+        dst: &str,
+        metadata: Option<&UserMetadata>,
+    ) -> FsResult<PutResult> {
+        Ok(s3_backend::copy::copy_object(
+            &*self.store,
+            src,
+            size,
+            dst,
+            metadata,
+            self.config.upload.journal.as_ref(),
+        )
+        .await?)
     }
 
     async fn commit_all_below(&self, dir: &str) -> FsResult<()> {

@@ -1055,3 +1055,33 @@ async fn a_forgotten_file_is_confirmed_by_a_listing_without_a_head() {
         (3, 0o600, 7, 8)
     );
 }
+
+#[tokio::test]
+async fn files_bigger_than_one_copy_request_takes_are_renamed_and_chmodded_by_parts() {
+    // S3 copies at most 5 GiB in one request; this store at most 4 KiB.
+    let store = Arc::new(InMemoryStore::new("b").with_max_copy_size(4096));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::new(store.clone(), config(&dir)).unwrap();
+    let data = common::conformance::pattern(10_000, 5);
+    let d = fs.mkdir(ROOT_INO, "d", 0o755, 1000, 1000).await.unwrap();
+    let attr = write_file(&fs, d.ino, "big", &data).await;
+    fs.setattr(
+        attr.ino,
+        SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    fs.rename(d.ino, "big", d.ino, "moved").await.unwrap();
+    fs.rename(ROOT_INO, "d", ROOT_INO, "e").await.unwrap();
+    assert_eq!(body(&store, "vol/e/moved").await, data);
+    let meta = store.head("vol/e/moved").await.unwrap().user_metadata;
+    assert_eq!(meta["mode"], (S_IFREG | 0o600).to_string());
+    assert!(store.head("vol/d/big").await.is_err());
+    assert!(store.head("vol/d/moved").await.is_err());
+    // chmod, rename of the file, rename of its folder: three copies of three parts each.
+    assert_eq!(store.request_count(Op::UploadPartCopy), 9);
+    assert_eq!(store.pending_upload_count(), 0);
+}
