@@ -396,6 +396,69 @@ fn eight_readers_under_a_small_memory_limit_stay_within_it() {
 }
 
 #[test]
+fn appending_to_a_big_file_under_a_small_memory_limit_stays_within_it() {
+    const BUDGET: u64 = 64 << 20;
+    const FILE: usize = 160 << 20;
+    let Some(env) = S3Env::from_env() else { return };
+    let bucket = bucket(&env, "cli-append");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(s3_store(&env, &bucket));
+    let body = common::conformance::pattern(FILE, 7);
+    rt.block_on(common::ObjectStore::put(
+        &store,
+        "log",
+        body.clone(),
+        &Default::default(),
+    ))
+    .unwrap();
+    let (mnt, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut child = mount_foreground(
+        &env,
+        &bucket,
+        mnt.path(),
+        cache.path(),
+        &["--memory-limit", "64MiB"],
+    );
+    let started = peak_rss(child.id());
+    // `>>`: the first write to an existing object copies it into the staging file.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.path().join("log"))
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"one more line\n").unwrap();
+    drop(file);
+    let peak = peak_rss(child.id());
+    eprintln!(
+        "append to a 160 MiB file, 64 MiB budget: peak RSS {} MiB (at start {} MiB)",
+        peak >> 20,
+        started >> 20
+    );
+    let got = rt
+        .block_on(common::ObjectStore::get_range(
+            &store,
+            "log",
+            0..FILE as u64 + 14,
+            None,
+        ))
+        .unwrap();
+    assert!(
+        got.len() == FILE + 14 && got[..FILE] == body[..],
+        "log stored wrong"
+    );
+    assert_eq!(&got[FILE..], b"one more line\n");
+    // The object went through the staging file in pieces: before, it was held in memory
+    // whole while it was copied there (160 MiB over the budget).
+    assert!(
+        peak - started <= BUDGET,
+        "RSS grew by {} MiB, more than the {} MiB budget",
+        (peak - started) >> 20,
+        BUDGET >> 20
+    );
+    send_signal(child.id(), "TERM");
+    assert!(child.wait().success());
+}
+
+#[test]
 fn six_writers_under_a_small_memory_limit_stay_within_it() {
     const BUDGET: u64 = 64 << 20;
     const FILE: usize = 128 << 20;

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use common::store::ByteStream;
 use common::{ObjectStore, PutResult, UserMetadata};
+use futures::TryStreamExt;
 use s3_backend::upload::{StreamingUpload, UploadConfig};
 
 use super::error::{FsError, FsResult};
@@ -70,6 +72,23 @@ async fn send_staged<S: ObjectStore>(
     Ok(())
 }
 
+/// Write `body`, which must be `size` bytes, at the start of `file` (at `path`).
+async fn copy_into(file: &File, path: &Path, mut body: ByteStream, size: u64) -> FsResult<()> {
+    let mut offset = 0u64;
+    while let Some(piece) = body.try_next().await? {
+        file.write_all_at(&piece, offset)
+            .map_err(|e| local(e, "cannot write staging file", path))?;
+        offset += piece.len() as u64;
+    }
+    if offset != size {
+        return Err(FsError::Store(common::StoreError::new(
+            common::ErrorKind::Network,
+            format!("the object store sent {offset} bytes of an object of {size}"),
+        )));
+    }
+    Ok(())
+}
+
 /// Extension of a staging file while the object's bytes are copied into it.
 const FILLING: &str = "filling";
 
@@ -90,12 +109,13 @@ fn local(e: std::io::Error, what: &str, path: &Path) -> FsError {
 }
 
 impl<S: ObjectStore> FileState<S> {
-    /// A staging file in `dir` holding `initial` (the object's current bytes, or nothing).
-    /// With `stream`, writes from offset 0 are streamed to `key` as they come.
-    pub fn new(
+    /// A staging file in `dir` holding `initial`, the object's current `size` bytes as they
+    /// come from the store (written piece by piece: a big object never sits in memory), or
+    /// nothing. With `stream`, writes from offset 0 are streamed to `key` as they come.
+    pub async fn new(
         dir: &Path,
         key: &str,
-        initial: &[u8],
+        initial: Option<(ByteStream, u64)>,
         stream: Option<StreamingUpload<S>>,
     ) -> FsResult<Self> {
         std::fs::create_dir_all(dir)
@@ -112,9 +132,16 @@ impl<S: ObjectStore> FileState<S> {
             .create_new(true)
             .open(&filling)
             .map_err(|e| local(e, "cannot create staging file", &filling))?;
-        staging
-            .write_all_at(initial, 0)
-            .map_err(|e| local(e, "cannot write staging file", &filling))?;
+        let size = match initial {
+            Some((body, size)) => match copy_into(&staging, &filling, body, size).await {
+                Ok(()) => size,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&filling);
+                    return Err(e);
+                }
+            },
+            None => 0,
+        };
         std::fs::write(staging_path.with_extension("key"), key)
             .map_err(|e| local(e, "cannot write the key of staging file", &staging_path))?;
         std::fs::rename(&filling, &staging_path)
@@ -123,9 +150,9 @@ impl<S: ObjectStore> FileState<S> {
             key: key.to_string(),
             staging_path,
             staging,
-            size: initial.len() as u64,
+            size,
             dirty: false,
-            stream: if initial.is_empty() { stream } else { None },
+            stream: if size == 0 { stream } else { None },
             stream_next: 0,
             ahead: BTreeMap::new(),
             detached: false,

@@ -1037,7 +1037,7 @@ impl<S: ObjectStore> Fs<S> {
         };
         let key = self.key(&path);
         let initial = if empty || attr.size == 0 {
-            Bytes::new()
+            None
         } else {
             let etag = self
                 .inodes
@@ -1045,11 +1045,13 @@ impl<S: ObjectStore> Fs<S> {
                 .unwrap()
                 .get(ino)
                 .and_then(|i| i.etag.clone());
-            self.store
-                .get_range(&key, 0..attr.size, etag.as_ref())
-                .await?
+            let body = self
+                .store
+                .get_stream(&key, 0..attr.size, etag.as_ref())
+                .await?;
+            Some((body, attr.size))
         };
-        let stream = initial.is_empty().then(|| {
+        let stream = initial.is_none().then(|| {
             s3_backend::upload::StreamingUpload::new(
                 self.store.clone(),
                 key.clone(),
@@ -1057,7 +1059,7 @@ impl<S: ObjectStore> Fs<S> {
                 self.config.upload.clone(),
             )
         });
-        let state = FileState::new(&self.config.staging_dir, &key, &initial, stream)?;
+        let state = FileState::new(&self.config.staging_dir, &key, initial, stream).await?;
         let mut files = self.files.lock().unwrap();
         // Another task may have made it meanwhile; keep the first.
         Ok(files
