@@ -509,7 +509,11 @@ async fn symlinks_and_chmod_are_stored_like_s3fs() {
         store.head("vol/ln").await.unwrap().user_metadata["mode"],
         (S_IFLNK | 0o777).to_string()
     );
+    let (heads, gets) = (store.request_count(Op::Head), store.request_count(Op::Get));
     assert_eq!(f.fs.readlink(link.ino).await.unwrap(), "target/file");
+    // One request, not a HEAD and a GET.
+    assert_eq!(store.request_count(Op::Head), heads);
+    assert_eq!(store.request_count(Op::Get), gets + 1);
 
     let file = write_file(&f.fs, ROOT_INO, "f", b"data").await;
     f.fs.setattr(
