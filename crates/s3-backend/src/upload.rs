@@ -14,12 +14,13 @@
 //! With a [`WriteBudget`] in the config, buffers are taken from it as they fill and given back
 //! when their part is acknowledged; see [`write_budget`](crate::write_budget) for who waits.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use common::metrics::{metrics, GaugeShare};
 use common::{
-    CompletedPart, ObjectStore, PutResult, StoreError, StoreResult, UploadId, UserMetadata,
+    CompletedPart, ETag, ObjectStore, PutResult, StoreError, StoreResult, UploadId, UserMetadata,
 };
 use tokio::task::JoinSet;
 
@@ -256,30 +257,90 @@ impl<S: ObjectStore> StreamingUpload<S> {
         }
     }
 
-    async fn send_part(&mut self, body: Bytes) -> StoreResult<()> {
+    /// Make the next parts of the object a copy, by the store, of bytes `range` of `src` as
+    /// version `etag` (UploadPartCopy): no byte passes through here. Only before anything is
+    /// written; the range must be at least 5 MiB on S3 (it is cut into pieces of up to
+    /// 512 MiB of equal size). On error the upload is aborted, as with `write`.
+    pub async fn copy(&mut self, src: &str, range: Range<u64>, etag: &ETag) -> StoreResult<()> {
+        const PIECE: u64 = 512 << 20;
+        assert!(
+            self.buffer.is_empty(),
+            "copied parts come before written bytes"
+        );
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        let len = range.end.saturating_sub(range.start);
+        let piece = len.div_ceil(len.div_ceil(PIECE).max(1));
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + piece).min(range.end);
+            if let Err(e) = self.send_copy(src, start..end, etag).await {
+                self.fail(e.clone()).await;
+                return Err(e);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    async fn send_copy(&mut self, src: &str, range: Range<u64>, etag: &ETag) -> StoreResult<()> {
+        let upload_id = self.next_part_upload_id().await?;
+        let (store, key, part_number) = (self.store.clone(), self.key.clone(), self.next_part);
+        let (src, etag) = (src.to_string(), etag.clone());
+        self.next_part += 1;
+        self.sent += range.end - range.start;
+        self.bytes_written += range.end - range.start;
+        self.in_flight.spawn(async move {
+            let _in_flight = GaugeShare::new(&metrics().upload_parts_in_flight, 1);
+            store
+                .upload_part_copy(&src, range, Some(&etag), &key, &upload_id, part_number)
+                .await
+        });
+        while self.in_flight.len() > self.config.max_parts_in_flight {
+            self.collect_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Wait until every part sent so far is acknowledged.
+    pub async fn settle(&mut self) -> StoreResult<()> {
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.collect_one().await {
+                self.fail(e.clone()).await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The upload's ID, starting it if this is the first part; refuses a part past S3's last.
+    async fn next_part_upload_id(&mut self) -> StoreResult<UploadId> {
         if self.next_part > MAX_PARTS {
             return Err(StoreError::invalid_input(format!(
                 "{:?} is too large for S3: {} bytes so far fill its {MAX_PARTS} parts",
                 self.key, self.sent
             )));
         }
-        let upload_id = match &self.upload_id {
-            Some(id) => id.clone(),
-            None => {
-                let id = self
-                    .store
-                    .create_multipart(&self.key, &self.metadata)
-                    .await?;
-                self.upload_id = Some(id.clone());
-                self.record = self.config.journal.as_ref().and_then(|journal| {
-                    journal
-                        .record(&self.key, &id)
-                        .map_err(|e| tracing::warn!(key = %self.key, error = %e, "cannot record a multipart upload in the journal; a crash would leave it behind"))
-                        .ok()
-                });
-                id
-            }
-        };
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let id = self
+            .store
+            .create_multipart(&self.key, &self.metadata)
+            .await?;
+        self.upload_id = Some(id.clone());
+        self.record = self.config.journal.as_ref().and_then(|journal| {
+            journal
+                .record(&self.key, &id)
+                .map_err(|e| tracing::warn!(key = %self.key, error = %e, "cannot record a multipart upload in the journal; a crash would leave it behind"))
+                .ok()
+        });
+        Ok(id)
+    }
+
+    async fn send_part(&mut self, body: Bytes) -> StoreResult<()> {
+        let upload_id = self.next_part_upload_id().await?;
         // Hand the part to its task before waiting, so a cancelled caller cannot lose it. Its
         // memory goes back to the budget when the store has acknowledged it.
         let (store, key, part_number) = (self.store.clone(), self.key.clone(), self.next_part);

@@ -446,6 +446,12 @@ fn appending_to_a_big_file_under_a_small_memory_limit_stays_within_it() {
         "log stored wrong"
     );
     assert_eq!(&got[FILE..], b"one more line\n");
+    // Two parts: the 160 MiB the store copied from the old version, and the line.
+    let etag = rt
+        .block_on(common::ObjectStore::head(&store, "log"))
+        .unwrap()
+        .etag;
+    assert!(etag.as_str().ends_with("-2\""), "{etag}");
     // The object went through the staging file in pieces: before, it was held in memory
     // whole while it was copied there (160 MiB over the budget).
     assert!(

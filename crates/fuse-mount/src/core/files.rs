@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::store::ByteStream;
-use common::{ObjectStore, PutResult, UserMetadata};
+use common::{ETag, ObjectStore, PutResult, UserMetadata};
 use futures::TryStreamExt;
 use s3_backend::upload::{StreamingUpload, UploadConfig};
 
@@ -42,6 +42,13 @@ pub struct FileState<S: ObjectStore> {
     ahead: BTreeMap<u64, u64>,
     /// The file was unlinked while open: its bytes must not be uploaded any more.
     pub detached: bool,
+    /// The object version the staging file started from (or last committed) and its size:
+    /// the bytes below `unchanged_below` are still that version's, and a commit has the store
+    /// copy them instead of uploading them again (an append to a big file sends the new bytes
+    /// only).
+    base: Option<(ETag, u64)>,
+    /// No byte below this offset was written or truncated since `base`.
+    unchanged_below: u64,
 }
 
 static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
@@ -115,7 +122,7 @@ impl<S: ObjectStore> FileState<S> {
     pub async fn new(
         dir: &Path,
         key: &str,
-        initial: Option<(ByteStream, u64)>,
+        initial: Option<(ByteStream, u64, Option<ETag>)>,
         stream: Option<StreamingUpload<S>>,
     ) -> FsResult<Self> {
         std::fs::create_dir_all(dir)
@@ -132,15 +139,15 @@ impl<S: ObjectStore> FileState<S> {
             .create_new(true)
             .open(&filling)
             .map_err(|e| local(e, "cannot create staging file", &filling))?;
-        let size = match initial {
-            Some((body, size)) => match copy_into(&staging, &filling, body, size).await {
-                Ok(()) => size,
+        let (size, base) = match initial {
+            Some((body, size, etag)) => match copy_into(&staging, &filling, body, size).await {
+                Ok(()) => (size, etag.map(|etag| (etag, size))),
                 Err(e) => {
                     let _ = std::fs::remove_file(&filling);
                     return Err(e);
                 }
             },
-            None => 0,
+            None => (0, None),
         };
         std::fs::write(staging_path.with_extension("key"), key)
             .map_err(|e| local(e, "cannot write the key of staging file", &staging_path))?;
@@ -156,6 +163,8 @@ impl<S: ObjectStore> FileState<S> {
             stream_next: 0,
             ahead: BTreeMap::new(),
             detached: false,
+            base,
+            unchanged_below: u64::MAX,
         })
     }
 
@@ -181,6 +190,8 @@ impl<S: ObjectStore> FileState<S> {
             stream_next: 0,
             ahead: BTreeMap::new(),
             detached: false,
+            base: None,
+            unchanged_below: 0,
         })
     }
 
@@ -195,6 +206,8 @@ impl<S: ObjectStore> FileState<S> {
             tracing::warn!(staging = %self.staging_path.display(), error = %e, "cannot record the new key of a staging file");
         }
         self.key = key;
+        // The version it started from was under the old name.
+        self.base = None;
     }
 
     /// The file was unlinked while open: its bytes must never be uploaded, nor taken over by
@@ -217,6 +230,7 @@ impl<S: ObjectStore> FileState<S> {
             .map_err(|e| local(e, "cannot write staging file", &self.staging_path))?;
         self.size = self.size.max(offset + data.len() as u64);
         self.dirty = true;
+        self.unchanged_below = self.unchanged_below.min(offset);
         if self.stream.is_some() {
             if let Err(reason) = self.feed_stream(offset, data).await {
                 // The staging file has everything: commit will upload it instead.
@@ -292,6 +306,7 @@ impl<S: ObjectStore> FileState<S> {
         }
         self.size = size;
         self.dirty = true;
+        self.unchanged_below = self.unchanged_below.min(size);
         Ok(())
     }
 
@@ -327,6 +342,8 @@ impl<S: ObjectStore> FileState<S> {
         match result {
             Ok(put) => {
                 self.dirty = false;
+                self.base = Some((put.etag.clone(), self.size));
+                self.unchanged_below = u64::MAX;
                 if self.size == 0 {
                     // Nothing is staged: the next writes can stream again. Shells and dd
                     // open, dup2 onto stdout and close the first descriptor, which commits
@@ -356,11 +373,63 @@ impl<S: ObjectStore> FileState<S> {
         metadata: UserMetadata,
         upload: &UploadConfig,
     ) -> common::StoreResult<PutResult> {
+        // Copying is worth it (and S3 accepts the copied parts) from a part's size on.
+        let unchanged = self.base.as_ref().map_or(0, |(_, size)| {
+            self.unchanged_below.min(*size).min(self.size)
+        });
+        if unchanged >= upload.part_size as u64 {
+            match self
+                .upload_with_copy(store, metadata.clone(), upload, unchanged)
+                .await
+            {
+                Ok(put) => return Ok(put),
+                // The base changed in the store (another client), or the copy failed: send
+                // everything, as without a base.
+                Err(e) => {
+                    tracing::debug!(key = %self.key, error = %e, "cannot copy the unchanged bytes; uploading all of them")
+                }
+            }
+        }
         // No other way to send these bytes: wait for memory rather than fail.
         let mut up =
             StreamingUpload::new(store.clone(), self.key.clone(), metadata, upload.clone())
                 .waiting_for_memory(self.size);
         send_staged(&self.staging, &self.staging_path, 0..self.size, &mut up).await?;
+        up.finish().await
+    }
+
+    /// Upload the staged bytes with the first `unchanged` copied by the store from the base
+    /// version. Ceph RGW ignores the ETag condition on copied parts, so the base's ETag is
+    /// checked once they are done: a base another client replaced meanwhile is an error, not
+    /// a mix of two versions.
+    async fn upload_with_copy(
+        &self,
+        store: &Arc<S>,
+        metadata: UserMetadata,
+        upload: &UploadConfig,
+        unchanged: u64,
+    ) -> common::StoreResult<PutResult> {
+        let (etag, _) = self.base.as_ref().expect("checked by the caller");
+        let mut up =
+            StreamingUpload::new(store.clone(), self.key.clone(), metadata, upload.clone())
+                .waiting_for_memory(self.size);
+        up.copy(&self.key, 0..unchanged, etag).await?;
+        up.settle().await?;
+        let now = store.head(&self.key).await?.etag;
+        if now != *etag {
+            up.abort().await;
+            return Err(common::StoreError::new(
+                common::ErrorKind::PreconditionFailed,
+                format!("{:?} changed in the store since it was opened", self.key),
+            ));
+        }
+        send_staged(
+            &self.staging,
+            &self.staging_path,
+            unchanged..self.size,
+            &mut up,
+        )
+        .await?;
         up.finish().await
     }
 

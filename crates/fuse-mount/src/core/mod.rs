@@ -1049,7 +1049,7 @@ impl<S: ObjectStore> Fs<S> {
                 .store
                 .get_stream(&key, 0..attr.size, etag.as_ref())
                 .await?;
-            Some((body, attr.size))
+            Some((body, attr.size, etag))
         };
         let stream = initial.is_none().then(|| {
             s3_backend::upload::StreamingUpload::new(

@@ -1089,3 +1089,40 @@ async fn files_bigger_than_one_copy_request_takes_are_renamed_and_chmodded_by_pa
     assert_eq!(store.request_count(Op::UploadPartCopy), 9);
     assert_eq!(store.pending_upload_count(), 0);
 }
+
+#[tokio::test]
+async fn an_append_to_a_big_file_sends_the_new_bytes_and_the_store_copies_the_rest() {
+    let (f, store) = fixture();
+    let mut want = common::conformance::pattern(10_000, 8).to_vec();
+    let attr = write_file(&f.fs, ROOT_INO, "log", &want).await;
+    for line in [&b"first line\n"[..], b"second line\n"] {
+        let (copies, parts) = (
+            store.request_count(Op::UploadPartCopy),
+            store.request_count(Op::UploadPart),
+        );
+        let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+        f.fs.write(fh, want.len() as u64, line).await.unwrap();
+        f.fs.release(fh).await.unwrap();
+        want.extend_from_slice(line);
+        assert_eq!(body(&store, "vol/log").await, want);
+        // The 10,000 bytes before the line are copied by the store; only the line is sent.
+        assert_eq!(store.request_count(Op::UploadPartCopy), copies + 1);
+        assert_eq!(store.request_count(Op::UploadPart), parts + 1);
+    }
+    // Replaced by another client between the first write and the close: nothing is copied
+    // from the other version; the staged bytes are uploaded whole (the last close wins).
+    let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+    f.fs.write(fh, want.len() as u64, b"third\n").await.unwrap();
+    want.extend_from_slice(b"third\n");
+    store
+        .put(
+            "vol/log",
+            Bytes::from_static(b"other"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/log").await, want);
+    assert_eq!(store.pending_upload_count(), 0);
+}
