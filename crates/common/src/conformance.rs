@@ -355,7 +355,7 @@ pub async fn copy_keeps_or_replaces_metadata(store: &dyn ObjectStore, prefix: &s
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
 
-pub async fn upload_part_copy_copies_ranges_of_one_version(store: &dyn ObjectStore, prefix: &str) {
+pub async fn upload_part_copy_copies_ranges_into_parts(store: &dyn ObjectStore, prefix: &str) {
     let src = format!("{prefix}copy-src");
     let dst = format!("{prefix}copy-dst");
     let body = pattern((5 << 20) + 1000, 9);
@@ -466,7 +466,7 @@ macro_rules! store_conformance_tests {
             multipart_upload_assembles_parts_with_metadata,
             aborted_upload_leaves_nothing,
             copy_keeps_or_replaces_metadata,
-            upload_part_copy_copies_ranges_of_one_version,
+            upload_part_copy_copies_ranges_into_parts,
             delete_is_idempotent,
             keys_with_odd_characters_round_trip,
         );

@@ -35,11 +35,36 @@ pub async fn copy_object<S: ObjectStore + ?Sized>(
 ) -> StoreResult<PutResult> {
     let limit = store.max_copy_size();
     if size <= limit {
-        return store.copy(src, dst, metadata).await;
+        match store.copy(src, dst, metadata).await {
+            Ok(put) => return Ok(put),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(e),
+            // `size` may be stale: another client may have made the source bigger since.
+            Err(e) => {
+                let source = store.head(src).await?;
+                if source.size <= limit {
+                    return Err(e);
+                }
+                let part_size = part_size(&source, limit);
+                return copy_in_parts(store, &source, dst, metadata, part_size, journal).await;
+            }
+        }
     }
     let source = store.head(src).await?;
-    let part_size = PART_SIZE.min(limit).max(source.size.div_ceil(MAX_PARTS));
-    copy_in_parts(store, &source, dst, metadata, part_size, journal).await
+    copy_in_parts(
+        store,
+        &source,
+        dst,
+        metadata,
+        part_size(&source, limit),
+        journal,
+    )
+    .await
+}
+
+/// Parts of `PART_SIZE` (no bigger than one copy request takes), more when 10,000 of them
+/// would not hold the source.
+fn part_size(source: &ObjectMeta, limit: u64) -> u64 {
+    PART_SIZE.min(limit).max(source.size.div_ceil(MAX_PARTS))
 }
 
 /// Copy `source` to `dst` as a multipart upload of parts of `part_size` bytes.
@@ -68,7 +93,7 @@ pub async fn copy_in_parts<S: ObjectStore + ?Sized>(
         start..(start + part_size).min(source.size)
     });
     let result = async {
-        let parts: Vec<CompletedPart> = futures::stream::iter(ranges.enumerate())
+        let parts: StoreResult<Vec<CompletedPart>> = futures::stream::iter(ranges.enumerate())
             .map(|(i, range)| {
                 store.upload_part_copy(
                     &source.key,
@@ -81,7 +106,10 @@ pub async fn copy_in_parts<S: ObjectStore + ?Sized>(
             })
             .buffered(PARTS_IN_FLIGHT)
             .try_collect()
-            .await?;
+            .await;
+        // A source replaced meanwhile can fail a part in other ways than with
+        // PreconditionFailed (a range past its new end), or not at all on Ceph RGW, which
+        // ignores the ETag condition on parts: its ETag decides.
         let now = store.head(&source.key).await?;
         if now.etag != source.etag {
             return Err(StoreError::new(
@@ -92,12 +120,18 @@ pub async fn copy_in_parts<S: ObjectStore + ?Sized>(
                 ),
             ));
         }
-        store.complete_multipart(dst, &upload_id, &parts).await
+        store.complete_multipart(dst, &upload_id, &parts?).await
     }
     .await;
     let settled = match &result {
         Ok(_) => true,
-        Err(_) => store.abort_multipart(dst, &upload_id).await.is_ok(),
+        Err(_) => match store.abort_multipart(dst, &upload_id).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(key = %dst, error = %e, "could not abort a failed multipart copy; the next start aborts it if it was journaled");
+                false
+            }
+        },
     };
     if let (true, Some(record)) = (settled, record) {
         UploadJournal::forget(&record);
@@ -183,6 +217,51 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::PreconditionFailed, "{err}");
         assert!(store.head("moved").await.is_err());
         assert_eq!(store.pending_upload_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_source_replaced_while_parts_ignore_the_etag_is_caught_before_completing() {
+        // As on Ceph RGW: the parts copy the new version, the ETag check refuses the result.
+        let store = InMemoryStore::new("b")
+            .with_max_copy_size(1000)
+            .ignoring_part_copy_conditions();
+        store
+            .put("big", pattern(4500, 1), &meta("1"))
+            .await
+            .unwrap();
+        let before = store.head("big").await.unwrap();
+        store
+            .put("big", pattern(4500, 2), &meta("1"))
+            .await
+            .unwrap();
+        let err = copy_in_parts(&store, &before, "moved", None, 1000, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PreconditionFailed, "{err}");
+        assert_eq!(
+            store.request_count(Op::UploadPartCopy),
+            5,
+            "the parts were copied"
+        );
+        assert!(store.head("moved").await.is_err());
+        assert_eq!(store.pending_upload_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_source_that_grew_past_the_copy_limit_since_it_was_listed_is_copied_in_parts() {
+        let store = InMemoryStore::new("b").with_max_copy_size(1000);
+        store
+            .put("big", pattern(4500, 4), &meta("1"))
+            .await
+            .unwrap();
+        // The caller saw it at 900 bytes.
+        copy_object(&store, "big", 900, "moved", None, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_range("moved", 0..4500, None).await.unwrap(),
+            pattern(4500, 4)
+        );
     }
 
     #[tokio::test]

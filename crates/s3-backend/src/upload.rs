@@ -1,12 +1,13 @@
 //! The streaming uploader: bytes written in order become one object, sent while they are
 //! written as a multipart upload with several parts in flight.
 //!
-//! Bytes are buffered up to `part_size`; each full part is uploaded in the background while the
-//! writer goes on, with at most `max_parts_in_flight` at once (the writer waits when that many
-//! are pending, which bounds memory to about `(max_parts_in_flight + 1) * part_size`). The part
-//! size doubles after every 1,000 parts, so that an object of unknown length fits in S3's
-//! 10,000 parts up to S3's 5 TiB limit (with fixed 8 MiB parts it would stop at 78 GiB); objects
-//! up to 7.8 GiB use `part_size` only. An object
+//! Bytes are buffered up to the part size; each full part is uploaded in the background while
+//! the writer goes on, with at most `max_parts_in_flight` at once (the writer waits when that
+//! many are pending, which bounds memory to about `max_parts_in_flight + 1` parts). For a
+//! stream of unknown length the part size doubles after every 1,000 parts, so that it fits in
+//! S3's 10,000 parts up to S3's 5 TiB limit (with fixed 8 MiB parts it would stop at 78 GiB);
+//! objects up to 7.8 GiB use `part_size` only. An upload of known size (from a staging file)
+//! uses one part size, the smallest that fits. An object
 //! that never fills a part is sent with one PUT at [`finish`](StreamingUpload::finish). Any
 //! failure aborts the multipart upload, so no orphaned parts are left in the bucket; dropping an
 //! unfinished upload aborts it too.
@@ -210,9 +211,17 @@ impl<S: ObjectStore> StreamingUpload<S> {
         Ok(())
     }
 
-    /// The size of the part being filled.
+    /// The size of the part being filled. An upload whose size is known (from a staging
+    /// file) uses one size, the smallest that fits in 10,000 parts: its parts take memory
+    /// from the budget whole, so they stay as small as they can.
     fn part_size(&self) -> usize {
-        part_size_of(self.config.part_size, self.next_part)
+        match self.waits_for_memory {
+            Some(size) => {
+                let fits = usize::try_from(size.div_ceil(MAX_PARTS as u64)).unwrap_or(usize::MAX);
+                self.config.part_size.max(fits)
+            }
+            None => part_size_of(self.config.part_size, self.next_part),
+        }
     }
 
     /// Hold budget for a buffer of `len` bytes. A stream takes it in steps as its buffer fills
@@ -245,8 +254,8 @@ impl<S: ObjectStore> StreamingUpload<S> {
                 return Err(StoreError::new(
                     common::ErrorKind::Other,
                     format!(
-                        "no memory left for write buffers ({} bytes of --memory-limit are free, \
-                         other files hold the rest): {:?} is uploaded from its staging file at \
+                        "no memory left for write buffers ({} bytes of --memory-limit are free \
+                         for a part of {part} bytes): {:?} is uploaded from its staging file at \
                          close instead of while it is written",
                         budget.available_to_streams(),
                         self.key

@@ -79,6 +79,23 @@ async fn send_staged<S: ObjectStore>(
     Ok(())
 }
 
+/// Deletes a file when dropped, unless told to keep it.
+struct DeleteOnDrop(Option<PathBuf>);
+
+impl DeleteOnDrop {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Write `body`, which must be `size` bytes, at the start of `file` (at `path`).
 async fn copy_into(file: &File, path: &Path, mut body: ByteStream, size: u64) -> FsResult<()> {
     let mut offset = 0u64;
@@ -89,8 +106,8 @@ async fn copy_into(file: &File, path: &Path, mut body: ByteStream, size: u64) ->
     }
     if offset != size {
         return Err(FsError::Store(common::StoreError::new(
-            common::ErrorKind::Network,
-            format!("the object store sent {offset} bytes of an object of {size}"),
+            common::ErrorKind::PreconditionFailed,
+            format!("the object changed while it was read: {offset} bytes, not {size}"),
         )));
     }
     Ok(())
@@ -139,20 +156,20 @@ impl<S: ObjectStore> FileState<S> {
             .create_new(true)
             .open(&filling)
             .map_err(|e| local(e, "cannot create staging file", &filling))?;
+        // Removed if anything below fails or the caller gives up (drops this future) first.
+        let unfinished = DeleteOnDrop(Some(filling.clone()));
         let (size, base) = match initial {
-            Some((body, size, etag)) => match copy_into(&staging, &filling, body, size).await {
-                Ok(()) => (size, etag.map(|etag| (etag, size))),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&filling);
-                    return Err(e);
-                }
-            },
+            Some((body, size, etag)) => {
+                copy_into(&staging, &filling, body, size).await?;
+                (size, etag.map(|etag| (etag, size)))
+            }
             None => (0, None),
         };
         std::fs::write(staging_path.with_extension("key"), key)
             .map_err(|e| local(e, "cannot write the key of staging file", &staging_path))?;
         std::fs::rename(&filling, &staging_path)
             .map_err(|e| local(e, "cannot rename staging file", &filling))?;
+        unfinished.keep();
         Ok(Self {
             key: key.to_string(),
             staging_path,

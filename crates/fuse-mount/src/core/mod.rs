@@ -1061,11 +1061,17 @@ impl<S: ObjectStore> Fs<S> {
         });
         let state = FileState::new(&self.config.staging_dir, &key, initial, stream).await?;
         let mut files = self.files.lock().unwrap();
-        // Another task may have made it meanwhile; keep the first.
-        Ok(files
-            .entry(ino)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(state)))
-            .clone())
+        // Another task may have made it meanwhile; keep the first, and drop our staging file
+        // (kept, the next start would take it for a crash's leftover).
+        match files.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                state.discard();
+                Ok(first.get().clone())
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => Ok(slot
+                .insert(Arc::new(tokio::sync::Mutex::new(state)))
+                .clone()),
+        }
     }
 
     fn metadata_of(&self, attr: &Attr) -> UserMetadata {
@@ -1601,10 +1607,16 @@ impl<S: ObjectStore> Fs<S> {
         // One GET, no HEAD first: a range past the end is cut at the end, and a target longer
         // than PATH_MAX could not be followed anyway.
         const PATH_MAX: u64 = 4096;
-        let body = self
+        let body = match self
             .store
             .get_range(&self.key(&path), 0..PATH_MAX, None)
-            .await?;
+            .await
+        {
+            Ok(body) => body,
+            // An empty object: a range starting at its end.
+            Err(e) if e.kind() == ErrorKind::InvalidRange => Bytes::new(),
+            Err(e) => return Err(e.into()),
+        };
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 

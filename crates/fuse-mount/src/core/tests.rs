@@ -514,6 +514,14 @@ async fn symlinks_and_chmod_are_stored_like_s3fs() {
     // One request, not a HEAD and a GET.
     assert_eq!(store.request_count(Op::Head), heads);
     assert_eq!(store.request_count(Op::Get), gets + 1);
+    // An empty target (an object of 0 bytes with the symlink mode) reads as empty.
+    let mut mode = UserMetadata::new();
+    mode.insert("mode".into(), (S_IFLNK | 0o777).to_string());
+    store.put("vol/empty", Bytes::new(), &mode).await.unwrap();
+    // Made behind the mount's back: visible once the listing's TTL has passed.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let empty = f.fs.lookup(ROOT_INO, "empty").await.unwrap();
+    assert_eq!(f.fs.readlink(empty.ino).await.unwrap(), "");
 
     let file = write_file(&f.fs, ROOT_INO, "f", b"data").await;
     f.fs.setattr(

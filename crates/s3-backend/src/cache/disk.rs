@@ -5,8 +5,9 @@
 //! length and a CRC32C of each 64 KiB block of the data. A read checks the header and the blocks
 //! it returns, so a file that was truncated by a crash, corrupted on disk, or named by a hash
 //! collision is dropped and reported as a miss, never served. Per-block checksums let a small
-//! read (a 4 KiB random read) load and check one block instead of the whole chunk. Files are written to a temporary name and renamed, so a crash leaves either the
-//! whole chunk or a `*.tmp` file that the next start deletes.
+//! read (a 4 KiB random read) load and check one block instead of the whole chunk. Files are
+//! written to a temporary name and renamed, so a crash leaves either the whole chunk or a
+//! `*.tmp` file that the next start deletes.
 //!
 //! The index of files is a moka cache weighted by file size with the byte cap as capacity; its
 //! eviction listener deletes the evicted file. On start the folder is scanned into the index.

@@ -4,6 +4,7 @@ use std::ops::Range;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, DateTime};
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CompletedMultipartUpload, CompletedPart as SdkCompletedPart,
@@ -550,8 +551,10 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| {
+                // A 404 is the source (NoSuchKey) or the upload (NoSuchUpload: aborted).
+                let missing_source = e.code() == Some("NoSuchKey");
                 let err = map_sdk_error(e, self.req("UploadPartCopy", src));
-                if err.kind() == ErrorKind::NotFound {
+                if missing_source {
                     StoreError::not_found(src)
                 } else {
                     err
