@@ -232,18 +232,25 @@ impl S3Config {
                 ));
             }
         }
-        let sdk_config = loader.load().await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
+        Ok(self.client_from(&loader.load().await))
+    }
+
+    /// The client for `sdk_config` (what the AWS loader found) with this configuration's
+    /// endpoint, addressing and checksum settings.
+    fn client_from(&self, sdk_config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+        let mut builder = aws_sdk_s3::config::Builder::from(sdk_config)
             .force_path_style(self.uses_path_style())
             // Ceph RGW and older MinIO do not understand the SDK's default flexible checksums
             // (aws-chunked trailers). Data on the wire is protected by TCP/TLS; data in the disk
             // cache by the chunk cache's CRC32C.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if let Some(url) = &self.endpoint_url {
-            builder = builder.endpoint_url(url);
-        }
-        Ok(aws_sdk_s3::Client::from_conf(builder.build()))
+        // Without an endpoint, s3vol talks to AWS S3 ("empty = AWS S3"), even when the
+        // environment (AWS_ENDPOINT_URL_S3) or a profile (`endpoint_url`) names another one
+        // for the SDK: error messages, addressing and payload signing follow what s3vol was
+        // told, so the requests must go there too.
+        builder.set_endpoint_url(self.endpoint_url.clone());
+        aws_sdk_s3::Client::from_conf(builder.build())
     }
 
     fn http_client(&self) -> StoreResult<aws_smithy_runtime_api::client::http::SharedHttpClient> {
@@ -351,6 +358,69 @@ mod tests {
             !text.contains("wJalrXUtnFEMI") && !text.contains("token-secret"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn without_an_endpoint_no_request_goes_to_one_the_sdk_found_elsewhere() {
+        // What the AWS loader gives when AWS_ENDPOINT_URL_S3 or a profile's `endpoint_url`
+        // names a server: here a listener that must never see a connection.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let elsewhere = format!("http://{}", listener.local_addr().unwrap());
+        let config = S3Config::default()
+            .credentials(CredentialsSource::Static {
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: "secret".into(),
+                session_token: None,
+            })
+            .timeouts(Duration::from_millis(500), Duration::from_secs(2));
+        let config = S3Config {
+            max_attempts: 1,
+            ..config
+        };
+        let sdk_config =
+            aws_config::SdkConfig::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(aws_config::Region::new("us-east-1"))
+                .endpoint_url(&elsewhere)
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(
+                        Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"),
+                    ),
+                )
+                .http_client(config.http_client().unwrap())
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_millis(500))
+                        .operation_attempt_timeout(Duration::from_secs(2))
+                        .build(),
+                )
+                .retry_config(RetryConfig::standard().with_max_attempts(1))
+                .build();
+        // The request fails one way or another (no network to AWS here); it must not reach
+        // the listener.
+        let _ = config
+            .client_from(&sdk_config)
+            .head_bucket()
+            .bucket("b")
+            .send()
+            .await;
+        assert!(
+            listener.accept().is_err(),
+            "a request went to {elsewhere}, an endpoint s3vol was not given"
+        );
+        // Given that endpoint, it goes there (the test's listener works).
+        let given = S3Config {
+            endpoint_url: Some(elsewhere.clone()),
+            ..config.clone()
+        };
+        let _ = given
+            .client_from(&sdk_config)
+            .head_bucket()
+            .bucket("b")
+            .send()
+            .await;
+        assert!(listener.accept().is_ok(), "the listener saw no request");
     }
 
     #[tokio::test]
