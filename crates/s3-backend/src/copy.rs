@@ -9,7 +9,7 @@
 //! either way. A failed copy aborts its upload.
 
 use common::{
-    CompletedPart, ErrorKind, ObjectMeta, ObjectStore, PutResult, StoreError, StoreResult,
+    CompletedPart, ETag, ErrorKind, ObjectMeta, ObjectStore, PutResult, StoreError, StoreResult,
     UserMetadata,
 };
 use futures::{StreamExt, TryStreamExt};
@@ -61,6 +61,24 @@ pub async fn copy_object<S: ObjectStore + ?Sized>(
     .await
 }
 
+/// `PreconditionFailed` unless `key` is still version `etag`: parts copied from it before
+/// this returns came from that version, even from a server that ignores the ETag condition on
+/// UploadPartCopy (Ceph RGW 16).
+pub async fn check_unchanged<S: ObjectStore + ?Sized>(
+    store: &S,
+    key: &str,
+    etag: &ETag,
+) -> StoreResult<()> {
+    let now = store.head(key).await?.etag;
+    if now == *etag {
+        return Ok(());
+    }
+    Err(StoreError::new(
+        ErrorKind::PreconditionFailed,
+        format!("{key:?} changed while it was being copied (ETag {etag} is now {now}); nothing was copied"),
+    ))
+}
+
 /// Parts of `PART_SIZE` (no bigger than one copy request takes), more when 10,000 of them
 /// would not hold the source.
 fn part_size(source: &ObjectMeta, limit: u64) -> u64 {
@@ -110,16 +128,7 @@ pub async fn copy_in_parts<S: ObjectStore + ?Sized>(
         // A source replaced meanwhile can fail a part in other ways than with
         // PreconditionFailed (a range past its new end), or not at all on Ceph RGW, which
         // ignores the ETag condition on parts: its ETag decides.
-        let now = store.head(&source.key).await?;
-        if now.etag != source.etag {
-            return Err(StoreError::new(
-                ErrorKind::PreconditionFailed,
-                format!(
-                    "{:?} changed while it was being copied (ETag {} is now {}); nothing was copied",
-                    source.key, source.etag, now.etag
-                ),
-            ));
-        }
+        check_unchanged(store, &source.key, &source.etag).await?;
         store.complete_multipart(dst, &upload_id, &parts?).await
     }
     .await;

@@ -432,13 +432,9 @@ impl<S: ObjectStore> FileState<S> {
                 .waiting_for_memory(self.size);
         up.copy(&self.key, 0..unchanged, etag).await?;
         up.settle().await?;
-        let now = store.head(&self.key).await?.etag;
-        if now != *etag {
+        if let Err(e) = s3_backend::copy::check_unchanged(&**store, &self.key, etag).await {
             up.abort().await;
-            return Err(common::StoreError::new(
-                common::ErrorKind::PreconditionFailed,
-                format!("{:?} changed in the store since it was opened", self.key),
-            ));
+            return Err(e);
         }
         send_staged(
             &self.staging,
