@@ -92,6 +92,42 @@ fn semantics_random_writes_appends_and_truncates() {
 }
 
 #[test]
+fn semantics_shell_redirections_and_empty_new_files() {
+    let Some(m) = mount("redirect") else { return };
+    let dir = m.path("");
+    // bash closes a dup2()ed descriptor of the empty file before it writes: the file is in the
+    // store, with its bytes, when the command returns.
+    run(Command::new("bash")
+        .arg("-c")
+        .arg("echo hi > out.txt && echo more >> out.txt")
+        .current_dir(&dir));
+    assert_eq!(m.object("vol/out.txt"), b"hi\nmore\n");
+    // touch sets the times through its descriptor: in the store at close.
+    run(Command::new("touch").arg("touched").current_dir(&dir));
+    assert_eq!(m.object("vol/touched"), b"");
+    // Created and closed without a write: the mount lists it at once, and the store has it
+    // once the kernel reports the last close (just after close() returned).
+    run(Command::new("bash")
+        .arg("-c")
+        .arg(": > empty")
+        .current_dir(&dir));
+    assert_eq!(fs::metadata(m.path("empty")).unwrap().len(), 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while m
+        .runtime
+        .block_on(common::ObjectStore::head(m.store.as_ref(), "vol/empty"))
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the empty file never reached the store"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(m.object("vol/empty"), b"");
+}
+
+#[test]
 fn semantics_large_sequential_write_streams_and_reads_back() {
     let Some(m) = mount("large") else { return };
     let data: Vec<u8> = (0..24u32 << 20)

@@ -49,6 +49,10 @@ pub struct FileState<S: ObjectStore> {
     base: Option<(ETag, u64)>,
     /// No byte below this offset was written or truncated since `base`.
     unchanged_below: u64,
+    /// Created by this mount and, since, neither written nor changed nor committed. Its first
+    /// close need not put the empty object: shells open, `dup2()` onto stdout and close the
+    /// first descriptor before writing (`echo hi > f`), which would cost a second PUT per file.
+    untouched_since_create: bool,
 }
 
 static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
@@ -182,6 +186,7 @@ impl<S: ObjectStore> FileState<S> {
             detached: false,
             base,
             unchanged_below: u64::MAX,
+            untouched_since_create: false,
         })
     }
 
@@ -209,7 +214,25 @@ impl<S: ObjectStore> FileState<S> {
             detached: false,
             base: None,
             unchanged_below: 0,
+            untouched_since_create: false,
         })
+    }
+
+    /// The file was just created, empty, by this mount.
+    pub fn mark_created(&mut self) {
+        self.untouched_since_create = true;
+    }
+
+    /// A close (flush) may leave this file to the last close or an fsync: it is still the
+    /// empty file just created, and nothing else was done to it.
+    pub fn close_can_wait(&self) -> bool {
+        self.untouched_since_create
+    }
+
+    /// Mode, owner or times changed: the next commit puts the object again.
+    pub fn mark_metadata_changed(&mut self) {
+        self.dirty = true;
+        self.untouched_since_create = false;
     }
 
     pub fn staging_path(&self) -> &Path {
@@ -247,6 +270,7 @@ impl<S: ObjectStore> FileState<S> {
             .map_err(|e| local(e, "cannot write staging file", &self.staging_path))?;
         self.size = self.size.max(offset + data.len() as u64);
         self.dirty = true;
+        self.untouched_since_create = false;
         self.unchanged_below = self.unchanged_below.min(offset);
         if self.stream.is_some() {
             if let Err(reason) = self.feed_stream(offset, data).await {
@@ -323,6 +347,7 @@ impl<S: ObjectStore> FileState<S> {
         }
         self.size = size;
         self.dirty = true;
+        self.untouched_since_create = false;
         self.unchanged_below = self.unchanged_below.min(size);
         Ok(())
     }
@@ -359,6 +384,7 @@ impl<S: ObjectStore> FileState<S> {
         match result {
             Ok(put) => {
                 self.dirty = false;
+                self.untouched_since_create = false;
                 self.base = Some((put.etag.clone(), self.size));
                 self.unchanged_below = u64::MAX;
                 if self.size == 0 {

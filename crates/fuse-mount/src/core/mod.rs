@@ -1189,13 +1189,21 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
+    /// A close: commits, except the first closes of a file just created and not yet written
+    /// (see `FileState::close_can_wait`), which its last close (release) or an fsync commits.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let (ino, _) = self.handle_ino(fh)?;
+        if let Some(state) = self.file_state(ino) {
+            if state.lock().await.close_can_wait() {
+                return Ok(());
+            }
+        }
         self.commit(ino).await
     }
 
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh).await
+        let (ino, _) = self.handle_ino(fh)?;
+        self.commit(ino).await
     }
 
     /// Close handle `fh`. The last close of a written file commits it; if that fails, the staged
@@ -1272,7 +1280,7 @@ impl<S: ObjectStore> Fs<S> {
             if metadata_changed {
                 let mut state = state.lock().await;
                 state.abandon_stream().await;
-                state.dirty = true;
+                state.mark_metadata_changed();
             }
             if !open {
                 // truncate(2) or chmod by path: nothing will close it, so commit now.
@@ -1353,6 +1361,7 @@ impl<S: ObjectStore> Fs<S> {
         {
             let mut state = state.lock().await;
             state.truncate(0).await?;
+            state.mark_created();
         }
         Ok((attr.clone(), self.new_handle(attr.ino, true)))
     }

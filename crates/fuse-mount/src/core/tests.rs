@@ -120,14 +120,17 @@ async fn sequential_writes_stream_as_multipart_and_random_writes_go_through_stag
 #[tokio::test]
 async fn a_file_flushed_while_still_empty_streams_what_is_written_next() {
     // `cmd > file` and dd: open, dup2 onto stdout, close the first descriptor (a flush of the
-    // empty file, which puts it), then write through stdout.
+    // empty file just created, which waits for the last close), then write through stdout.
     let (f, store) = fixture();
     let (attr, fh) =
         f.fs.create(ROOT_INO, "out", 0o644, 1000, 1000, IfExists::Truncate)
             .await
             .unwrap();
     f.fs.flush(fh).await.unwrap();
-    assert_eq!(body(&store, "vol/out").await, b"");
+    assert!(
+        store.head("vol/out").await.is_err(),
+        "not put at that close"
+    );
     let data = common::conformance::pattern(10_000, 3);
     for (i, piece) in data.chunks(1000).enumerate() {
         f.fs.write(fh, (i * 1000) as u64, piece).await.unwrap();
@@ -143,6 +146,84 @@ async fn a_file_flushed_while_still_empty_streams_what_is_written_next() {
     assert_eq!(body(&store, "vol/out").await, data);
     assert_eq!(read_all(&f.fs, attr.ino).await, data);
     assert_eq!(store.pending_upload_count(), 0);
+}
+
+#[tokio::test]
+async fn a_new_file_written_through_a_dup2ed_descriptor_costs_one_put() {
+    // `echo hi > f`: create, close of the first descriptor, write, close of stdout, release.
+    let (f, store) = fixture();
+    let (attr, fh) =
+        f.fs.create(ROOT_INO, "hi", 0o644, 1000, 1000, IfExists::Truncate)
+            .await
+            .unwrap();
+    f.fs.flush(fh).await.unwrap();
+    f.fs.write(fh, 0, b"hi\n").await.unwrap();
+    f.fs.flush(fh).await.unwrap();
+    assert_eq!(
+        body(&store, "vol/hi").await,
+        b"hi\n",
+        "in the store at close"
+    );
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(store.request_count(Op::Put), 1);
+    assert_eq!(read_all(&f.fs, attr.ino).await, b"hi\n");
+}
+
+#[tokio::test]
+async fn an_empty_new_file_reaches_the_store_at_fsync_or_its_last_close() {
+    let (f, store) = fixture();
+    // open(O_CREAT) and close: the release after the close puts it.
+    let (_, fh) =
+        f.fs.create(ROOT_INO, "marker", 0o644, 1000, 1000, IfExists::Truncate)
+            .await
+            .unwrap();
+    f.fs.flush(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/marker").await, b"");
+    // fsync always puts.
+    let (_, fh) =
+        f.fs.create(ROOT_INO, "synced", 0o644, 1000, 1000, IfExists::Truncate)
+            .await
+            .unwrap();
+    f.fs.fsync(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/synced").await, b"");
+    f.fs.release(fh).await.unwrap();
+    // touch: create, set the times through the open descriptor, close: put at that close.
+    let (attr, fh) =
+        f.fs.create(ROOT_INO, "touched", 0o644, 1000, 1000, IfExists::Truncate)
+            .await
+            .unwrap();
+    let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    f.fs.setattr(
+        attr.ino,
+        SetAttr {
+            mtime: Some(mtime),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    f.fs.flush(fh).await.unwrap();
+    let meta = store.head("vol/touched").await.unwrap().user_metadata;
+    assert_eq!(meta["mtime"], "1600000000");
+    f.fs.release(fh).await.unwrap();
+    // ftruncate to 0 of the new file counts as a change too.
+    let (attr, fh) =
+        f.fs.create(ROOT_INO, "cut", 0o644, 1000, 1000, IfExists::Truncate)
+            .await
+            .unwrap();
+    f.fs.setattr(
+        attr.ino,
+        SetAttr {
+            size: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    f.fs.flush(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/cut").await, b"");
+    f.fs.release(fh).await.unwrap();
 }
 
 #[tokio::test]
