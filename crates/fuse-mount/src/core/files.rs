@@ -3,6 +3,11 @@
 //! (flush, fsync, release) then only finishes that upload; a file written out of order (random
 //! writes, appends to existing data, truncates) is uploaded from its staging file instead.
 //!
+//! An existing object of a part's size or more is not copied into the staging file when it is
+//! first written: its bytes stay in the store until a read or a write among them needs them, so
+//! an append (`>>` to a big log) sends the new bytes and has the store copy the rest. A `.base`
+//! note beside the staging file names the version those bytes are in, for a process taking over.
+//!
 //! The staging file is deleted only after the store acknowledged the object. When the upload
 //! fails, the error is returned (EIO at close/fsync) and the file stays, so nothing written is
 //! lost: a later fsync or close retries, and on release it is kept in the recovery folder.
@@ -49,10 +54,35 @@ pub struct FileState<S: ObjectStore> {
     base: Option<(ETag, u64)>,
     /// No byte below this offset was written or truncated since `base`.
     unchanged_below: u64,
+    /// The bytes below this offset are `base`'s, still only in the store: the staging file has
+    /// a hole there (see [`Initial::InStore`]). Never above `unchanged_below`.
+    in_store_below: u64,
     /// Created by this mount and, since, neither written nor changed nor committed. Its first
     /// close need not put the empty object: shells open, `dup2()` onto stdout and close the
     /// first descriptor before writing (`echo hi > f`), which would cost a second PUT per file.
     untouched_since_create: bool,
+}
+
+/// What a new write state starts from.
+pub enum Initial {
+    /// An empty file.
+    Empty,
+    /// The object's `size` bytes as they come from the store (version ETag if known), copied
+    /// into the staging file piece by piece: a big object never sits in memory.
+    Copied(ByteStream, u64, Option<ETag>),
+    /// The object's `size` bytes of version `ETag`, left in the store until a read or a write
+    /// among them needs them.
+    InStore(u64, ETag),
+}
+
+impl std::fmt::Debug for Initial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Initial::Empty => f.write_str("Empty"),
+            Initial::Copied(_, size, etag) => write!(f, "Copied({size}, {etag:?})"),
+            Initial::InStore(size, etag) => write!(f, "InStore({size}, {etag:?})"),
+        }
+    }
 }
 
 static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
@@ -120,6 +150,19 @@ async fn copy_into(file: &File, path: &Path, mut body: ByteStream, size: u64) ->
 /// Extension of a staging file while the object's bytes are copied into it.
 const FILLING: &str = "filling";
 
+/// Extension of the note beside a staging file whose first bytes are still only in the store:
+/// `<ETag>\n<length>\n`, the version they are in and how many.
+const IN_STORE: &str = "base";
+
+/// The version and length a `.base` note beside `staging` names, if there is one.
+fn read_in_store_note(staging: &Path) -> Option<(ETag, u64)> {
+    let text = std::fs::read_to_string(staging.with_extension(IN_STORE)).ok()?;
+    let mut lines = text.lines();
+    let etag = ETag::new(lines.next()?);
+    let len = lines.next()?.parse().ok()?;
+    Some((etag, len))
+}
+
 /// A unique name for the next staging or recovery file of this process: pid, start time (a
 /// restarted worker can get a dead one's pid) and a counter.
 fn unique_suffix() -> String {
@@ -137,13 +180,12 @@ fn local(e: std::io::Error, what: &str, path: &Path) -> FsError {
 }
 
 impl<S: ObjectStore> FileState<S> {
-    /// A staging file in `dir` holding `initial`, the object's current `size` bytes as they
-    /// come from the store (written piece by piece: a big object never sits in memory), or
-    /// nothing. With `stream`, writes from offset 0 are streamed to `key` as they come.
+    /// A staging file in `dir` for the object `key`, starting from `initial`. With `stream`,
+    /// writes from offset 0 are streamed to `key` as they come.
     pub async fn new(
         dir: &Path,
         key: &str,
-        initial: Option<(ByteStream, u64, Option<ETag>)>,
+        initial: Initial,
         stream: Option<StreamingUpload<S>>,
     ) -> FsResult<Self> {
         std::fs::create_dir_all(dir)
@@ -162,19 +204,20 @@ impl<S: ObjectStore> FileState<S> {
             .map_err(|e| local(e, "cannot create staging file", &filling))?;
         // Removed if anything below fails or the caller gives up (drops this future) first.
         let unfinished = DeleteOnDrop(Some(filling.clone()));
-        let (size, base) = match initial {
-            Some((body, size, etag)) => {
+        let (size, base, in_store_below) = match initial {
+            Initial::Copied(body, size, etag) => {
                 copy_into(&staging, &filling, body, size).await?;
-                (size, etag.map(|etag| (etag, size)))
+                (size, etag.map(|etag| (etag, size)), 0)
             }
-            None => (0, None),
+            Initial::InStore(size, etag) => {
+                staging
+                    .set_len(size)
+                    .map_err(|e| local(e, "cannot size staging file", &filling))?;
+                (size, Some((etag, size)), size)
+            }
+            Initial::Empty => (0, None, 0),
         };
-        std::fs::write(staging_path.with_extension("key"), key)
-            .map_err(|e| local(e, "cannot write the key of staging file", &staging_path))?;
-        std::fs::rename(&filling, &staging_path)
-            .map_err(|e| local(e, "cannot rename staging file", &filling))?;
-        unfinished.keep();
-        Ok(Self {
+        let state = Self {
             key: key.to_string(),
             staging_path,
             staging,
@@ -186,12 +229,25 @@ impl<S: ObjectStore> FileState<S> {
             detached: false,
             base,
             unchanged_below: u64::MAX,
+            in_store_below,
             untouched_since_create: false,
-        })
+        };
+        if state.in_store_below > 0 {
+            // Before the rename: a `.staging` file without its note would be adopted whole.
+            state.write_in_store_note()?;
+        }
+        let staging_path = &state.staging_path;
+        std::fs::write(staging_path.with_extension("key"), key)
+            .map_err(|e| local(e, "cannot write the key of staging file", staging_path))?;
+        std::fs::rename(&filling, staging_path)
+            .map_err(|e| local(e, "cannot rename staging file", &filling))?;
+        unfinished.keep();
+        Ok(state)
     }
 
     /// The write state a crashed process left in staging file `path` for `key`, taken over as
-    /// it is: all of it counts as written, and the next commit uploads it from the file.
+    /// it is: all of it counts as written, and the next commit uploads it from the file, but
+    /// for the first bytes a `.base` note says are still only in the store.
     pub fn adopt(path: &Path, key: &str) -> FsResult<Self> {
         let staging = File::options()
             .read(true)
@@ -202,6 +258,13 @@ impl<S: ObjectStore> FileState<S> {
             .metadata()
             .map_err(|e| local(e, "cannot read the size of staging file", path))?
             .len();
+        let (base, in_store_below) = match read_in_store_note(path) {
+            Some((etag, len)) => {
+                let len = len.min(size);
+                (Some((etag, len)), len)
+            }
+            None => (None, 0),
+        };
         Ok(Self {
             key: key.to_string(),
             staging_path: path.to_path_buf(),
@@ -212,10 +275,50 @@ impl<S: ObjectStore> FileState<S> {
             stream_next: 0,
             ahead: BTreeMap::new(),
             detached: false,
-            base: None,
-            unchanged_below: 0,
+            base,
+            unchanged_below: in_store_below,
+            in_store_below,
             untouched_since_create: false,
         })
+    }
+
+    /// Write (or, when no byte is only in the store any more, remove) the `.base` note.
+    fn write_in_store_note(&self) -> FsResult<()> {
+        let note = self.staging_path.with_extension(IN_STORE);
+        match &self.base {
+            Some((etag, _)) if self.in_store_below > 0 => std::fs::write(
+                &note,
+                format!("{}\n{}\n", etag.as_str(), self.in_store_below),
+            )
+            .map_err(|e| local(e, "cannot write the note of staging file", &note)),
+            _ => match std::fs::remove_file(&note) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(local(e, "cannot remove the note of staging file", &note))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Copy the bytes still only in the store into the staging file, if `range` reaches
+    /// them: a read or a write among them needs them.
+    pub async fn load_from_store(
+        &mut self,
+        store: &S,
+        range: std::ops::Range<u64>,
+    ) -> FsResult<()> {
+        if range.start >= self.in_store_below || range.is_empty() {
+            return Ok(());
+        }
+        let (etag, _) = self
+            .base
+            .clone()
+            .expect("bytes in the store have a base version");
+        let len = self.in_store_below;
+        let body = store.get_stream(&self.key, 0..len, Some(&etag)).await?;
+        copy_into(&self.staging, &self.staging_path, body, len).await?;
+        self.in_store_below = 0;
+        self.write_in_store_note()
     }
 
     /// The file was just created, empty, by this mount.
@@ -240,14 +343,21 @@ impl<S: ObjectStore> FileState<S> {
     }
 
     /// The file was renamed: its bytes now go to `key` (the `.key` file beside the staging
-    /// file says so too, for recovery after a crash).
-    pub fn set_key(&mut self, key: String) {
+    /// file says so too, for recovery after a crash). `copied` is the version and size the
+    /// store copied there, the bytes of the last commit; `None` if nothing was copied, which
+    /// must leave no byte only in the store (see `load_from_store`).
+    pub fn set_key(&mut self, key: String, copied: Option<(ETag, u64)>) {
         if let Err(e) = std::fs::write(self.staging_path.with_extension("key"), &key) {
             tracing::warn!(staging = %self.staging_path.display(), error = %e, "cannot record the new key of a staging file");
         }
         self.key = key;
-        // The version it started from was under the old name.
-        self.base = None;
+        debug_assert!(copied.is_some() || self.in_store_below == 0);
+        self.base = copied;
+        if self.in_store_below > 0 {
+            if let Err(e) = self.write_in_store_note() {
+                tracing::warn!(error = %e, "cannot record the new version of the bytes in the store");
+            }
+        }
     }
 
     /// The file was unlinked while open: its bytes must never be uploaded, nor taken over by
@@ -258,13 +368,16 @@ impl<S: ObjectStore> FileState<S> {
         self.ahead.clear();
         self.stream = None;
         let _ = std::fs::remove_file(self.staging_path.with_extension("key"));
+        let _ = std::fs::remove_file(self.staging_path.with_extension(IN_STORE));
     }
 
-    pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
+    pub async fn write(&mut self, store: &S, offset: u64, data: &[u8]) -> FsResult<()> {
         if data.is_empty() {
             // POSIX: a zero-length write changes nothing, not even the size.
             return Ok(());
         }
+        self.load_from_store(store, offset..offset + data.len() as u64)
+            .await?;
         self.staging
             .write_all_at(data, offset)
             .map_err(|e| local(e, "cannot write staging file", &self.staging_path))?;
@@ -326,11 +439,12 @@ impl<S: ObjectStore> FileState<S> {
         Ok(())
     }
 
-    pub fn read(&self, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&mut self, store: &S, offset: u64, len: u32) -> FsResult<Vec<u8>> {
         let end = self.size.min(offset.saturating_add(len as u64));
         if offset >= end {
             return Ok(Vec::new());
         }
+        self.load_from_store(store, offset..end).await?;
         let mut buf = vec![0u8; (end - offset) as usize];
         self.staging
             .read_exact_at(&mut buf, offset)
@@ -349,6 +463,11 @@ impl<S: ObjectStore> FileState<S> {
         self.dirty = true;
         self.untouched_since_create = false;
         self.unchanged_below = self.unchanged_below.min(size);
+        if size < self.in_store_below {
+            // The bytes past the new end are gone; those before it are still the base's.
+            self.in_store_below = size;
+            self.write_in_store_note()?;
+        }
         Ok(())
     }
 
@@ -372,7 +491,7 @@ impl<S: ObjectStore> FileState<S> {
             // it (see abandon_stream).
             Some(mut stream) if streamed_all => {
                 stream.set_metadata(metadata.clone());
-                stream.finish().await
+                stream.finish().await.map_err(FsError::from)
             }
             other => {
                 if let Some(stream) = other {
@@ -385,8 +504,14 @@ impl<S: ObjectStore> FileState<S> {
             Ok(put) => {
                 self.dirty = false;
                 self.untouched_since_create = false;
+                // The bytes still only in the store were copied into the new version.
                 self.base = Some((put.etag.clone(), self.size));
                 self.unchanged_below = u64::MAX;
+                if self.in_store_below > 0 {
+                    if let Err(e) = self.write_in_store_note() {
+                        tracing::warn!(error = %e, "cannot record the new version of the bytes in the store");
+                    }
+                }
                 if self.size == 0 {
                     // Nothing is staged: the next writes can stream again. Shells and dd
                     // open, dup2 onto stdout and close the first descriptor, which commits
@@ -405,17 +530,17 @@ impl<S: ObjectStore> FileState<S> {
             Err(e) => {
                 tracing::error!(key = %self.key, staging = %self.staging_path.display(), error = %e,
                     "upload failed; the written data is kept in the staging file");
-                Err(FsError::Store(e))
+                Err(e)
             }
         }
     }
 
     async fn upload_staged(
-        &self,
+        &mut self,
         store: &Arc<S>,
         metadata: UserMetadata,
         upload: &UploadConfig,
-    ) -> common::StoreResult<PutResult> {
+    ) -> FsResult<PutResult> {
         // Copying is worth it (and S3 accepts the copied parts) from a part's size on.
         let unchanged = self.base.as_ref().map_or(0, |(_, size)| {
             self.unchanged_below.min(*size).min(self.size)
@@ -433,12 +558,15 @@ impl<S: ObjectStore> FileState<S> {
                 }
             }
         }
+        // All from the staging file, which must hold them all (if the base was replaced
+        // meanwhile, its bytes are gone: ESTALE, and the staging file keeps what was written).
+        self.load_from_store(store, 0..self.size).await?;
         // No other way to send these bytes: wait for memory rather than fail.
         let mut up =
             StreamingUpload::new(store.clone(), self.key.clone(), metadata, upload.clone())
                 .waiting_for_memory(self.size);
         send_staged(&self.staging, &self.staging_path, 0..self.size, &mut up).await?;
-        up.finish().await
+        Ok(up.finish().await?)
     }
 
     /// Upload the staged bytes with the first `unchanged` copied by the store from the base
@@ -485,6 +613,7 @@ impl<S: ObjectStore> FileState<S> {
     pub fn discard(&self) {
         let _ = std::fs::remove_file(&self.staging_path);
         let _ = std::fs::remove_file(self.staging_path.with_extension("key"));
+        let _ = std::fs::remove_file(self.staging_path.with_extension(IN_STORE));
     }
 
     /// Keep the staged bytes for recovery: move the file to `dir`, named after the key.
@@ -535,7 +664,9 @@ pub fn rescue_leftover_staging(
                     let _ = std::fs::remove_file(&path);
                 }
             }
-        } else if path.extension().is_some_and(|ext| ext == "key")
+        } else if path
+            .extension()
+            .is_some_and(|ext| ext == "key" || ext == IN_STORE)
             && !path.with_extension("staging").exists()
         {
             // Written just before a crash that came before its staging file.
@@ -565,6 +696,11 @@ fn move_to_recovery(path: &Path, key: &str, dir: &Path) -> PathBuf {
     match std::fs::rename(path, &target) {
         Ok(()) => {
             let _ = std::fs::remove_file(path.with_extension("key"));
+            // Its first bytes were still only in the store: the note, beside it, says which.
+            let note = path.with_extension(IN_STORE);
+            if note.exists() {
+                let _ = std::fs::rename(&note, format!("{}.{IN_STORE}", target.display()));
+            }
             target
         }
         Err(_) => path.to_path_buf(),

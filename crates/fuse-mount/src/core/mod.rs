@@ -30,7 +30,7 @@ use s3_backend::upload::UploadConfig;
 use s3_backend::upload_journal::{LeftoverUploads, UploadJournal};
 
 pub use error::{FsError, FsResult};
-use files::FileState;
+use files::{FileState, Initial};
 use inodes::InodeTable;
 pub use inodes::{Attr, Kind, ROOT_INO};
 use journal::InodeJournal;
@@ -200,12 +200,28 @@ const MIN_SWEEP: usize = 4096;
 /// Pages of a directory listed to answer a lookup in it (see `lookup`).
 const LOOKUP_LISTING_PAGES: usize = 2;
 
+/// Stale `getattr`s of files of one directory within an attribute TTL from which the next
+/// one lists the directory instead of HEADing the file (see `getattr`).
+const STALE_STATS_BEFORE_LISTING: u32 = 4;
+
 /// The names a directory had when it was listed.
 #[derive(Debug)]
 struct Listing {
     at: Instant,
-    /// `None` when the directory has more entries than one page: not worth keeping.
-    names: Option<std::collections::HashSet<String>>,
+    /// Each name, and whether it is a directory; `None` when the directory has more entries
+    /// than `LOOKUP_LISTING_PAGES` pages: not worth keeping.
+    names: Option<HashMap<String, bool>>,
+}
+
+/// What a fresh listing of a directory says of a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    Absent,
+    /// An object of that name, and no directory (which would shadow it).
+    Object,
+    Dir,
+    /// The listing was too big to keep its names.
+    Unknown,
 }
 
 /// The filesystem over a store `S`.
@@ -218,6 +234,8 @@ pub struct Fs<S: ObjectStore> {
     negative: Mutex<HashMap<String, Instant>>,
     /// Names in recently listed directories (`None`: too big to keep), by directory inode.
     listings: Mutex<HashMap<u64, Listing>>,
+    /// Stale `getattr`s of files, by directory inode: since when (within a TTL), how many.
+    stale_stats: Mutex<HashMap<u64, (Instant, u32)>>,
     /// Write state of files with written data, by inode.
     files: Mutex<HashMap<u64, SharedFile<S>>>,
     /// Open handles per inode.
@@ -337,6 +355,7 @@ impl<S: ObjectStore> Fs<S> {
             inodes: Mutex::new(inodes),
             negative: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
+            stale_stats: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             open_counts: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -667,16 +686,18 @@ impl<S: ObjectStore> Fs<S> {
         (trusted || written).then(|| inode.attr.clone())
     }
 
-    /// Whether a fresh listing of `parent` has `name`; `None` without a usable listing.
-    fn listing_says(&self, parent: u64, name: &str) -> Option<bool> {
+    /// What a fresh listing of `parent` says of `name`; `None` without a fresh listing.
+    fn listing_says(&self, parent: u64, name: &str) -> Option<Listed> {
         let listings = self.listings.lock().unwrap();
         let listing = listings.get(&parent).filter(|l| self.is_fresh(l.at))?;
-        Some(
-            listing
-                .names
-                .as_ref()
-                .is_none_or(|names| names.contains(name)),
-        )
+        Some(match &listing.names {
+            None => Listed::Unknown,
+            Some(names) => match names.get(name) {
+                None => Listed::Absent,
+                Some(false) => Listed::Object,
+                Some(true) => Listed::Dir,
+            },
+        })
     }
 
     /// Record an entry this mount just made: its inode, no negative cache entry, and the name
@@ -690,24 +711,24 @@ impl<S: ObjectStore> Fs<S> {
         etag: Option<common::ETag>,
     ) -> Attr {
         self.set_negative(&path, false);
-        self.note_name(parent, name, true);
+        self.note_name(parent, name, Some(attr.kind));
         self.inodes
             .lock()
             .unwrap()
             .upsert(parent, name, path, attr, etag, true)
     }
 
-    /// Keep a listing of `parent` up to date with a change made through this mount.
-    fn note_name(&self, parent: u64, name: &str, exists: bool) {
+    /// Keep a listing of `parent` up to date with a change made through this mount: `name`
+    /// is now an entry of kind `entry`, or (`None`) gone.
+    fn note_name(&self, parent: u64, name: &str, entry: Option<Kind>) {
         if let Some(Listing {
             names: Some(names), ..
         }) = self.listings.lock().unwrap().get_mut(&parent)
         {
-            if exists {
-                names.insert(name.to_string());
-            } else {
-                names.remove(name);
-            }
+            match entry {
+                Some(kind) => names.insert(name.to_string(), kind == Kind::Dir),
+                None => names.remove(name),
+            };
         }
     }
 
@@ -745,15 +766,30 @@ impl<S: ObjectStore> Fs<S> {
                         let attr = self.trusted_attr(&path).expect("checked");
                         return Ok(self.current_attr(attr).await);
                     }
-                    Some(_) => true,
-                    None => false,
+                    Some(_) => Listed::Object,
+                    None => Listed::Absent,
                 },
-                None => true, // too big to list for one name
+                None => Listed::Unknown, // too big to list for one name
             },
         };
-        if !listed {
-            self.set_negative(&path, true);
-            return Err(FsError::NotFound);
+        match listed {
+            Listed::Absent => {
+                self.set_negative(&path, true);
+                return Err(FsError::NotFound);
+            }
+            Listed::Dir => {
+                let attr = self.dir_attr(SystemTime::now());
+                self.set_negative(&path, false);
+                return Ok(self
+                    .inodes
+                    .lock()
+                    .unwrap()
+                    .upsert(parent, name, path, attr, None, true));
+            }
+            // Its mode and owner are in its metadata: a HEAD, and nothing else, since the
+            // listing says no directory shadows it.
+            Listed::Object => return self.head_for_lookup(parent, name, path).await,
+            Listed::Unknown => {}
         }
         let key = self.key(&path);
         let dir_prefix = format!("{key}/");
@@ -772,6 +808,24 @@ impl<S: ObjectStore> Fs<S> {
                 .unwrap()
                 .upsert(parent, name, path, attr, None, true));
         }
+        self.found_by_head(parent, name, path, head)
+    }
+
+    /// Look up `name` in `parent` (at `path`), a file or symlink as far as the store says, with
+    /// a HEAD of its object.
+    async fn head_for_lookup(&self, parent: u64, name: &str, path: String) -> FsResult<Attr> {
+        let head = self.store.head(&self.key(&path)).await;
+        self.found_by_head(parent, name, path, head)
+    }
+
+    /// The entry a HEAD of `path`'s object found, or its absence.
+    fn found_by_head(
+        &self,
+        parent: u64,
+        name: &str,
+        path: String,
+        head: common::StoreResult<ObjectMeta>,
+    ) -> FsResult<Attr> {
         match head {
             Ok(meta) => {
                 let attr = self.attr_from_meta(&meta);
@@ -794,14 +848,43 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let (path, attr, fetched) = {
+        let (path, attr, fetched, parent, name) = {
             let inodes = self.inodes.lock().unwrap();
             let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
-            (inode.path.clone(), inode.attr.clone(), inode.fetched)
+            let (parent, name) = (inode.parent, inode.name.clone());
+            (
+                inode.path.clone(),
+                inode.attr.clone(),
+                inode.fetched,
+                parent,
+                name,
+            )
         };
         let written = self.file_state(ino).is_some();
         if ino == ROOT_INO || attr.kind == Kind::Dir || written || self.is_fresh(fetched) {
             return Ok(self.current_attr(attr).await);
+        }
+        // Many files of one directory stat-ed past the TTL (`rm`, `ls -l`, `find`, `du` of
+        // many files): a listing of a small parent confirms every file in it unchanged since
+        // its last HEAD, one listing per TTL instead of a HEAD each. (Not for the first few:
+        // one file polled is cheaper to HEAD than its folder to list.)
+        if self.many_stale_stats_in(parent)
+            && self.listing_says(parent, &name).is_none()
+            && matches!(
+                self.list_dir(parent, LOOKUP_LISTING_PAGES, false).await,
+                Ok(Some(_))
+            )
+        {
+            let confirmed = self
+                .inodes
+                .lock()
+                .unwrap()
+                .get(ino)
+                .filter(|inode| self.is_fresh(inode.fetched))
+                .map(|inode| inode.attr.clone());
+            if let Some(attr) = confirmed {
+                return Ok(attr);
+            }
         }
         match self.store.head(&self.key(&path)).await {
             Ok(meta) => {
@@ -820,6 +903,21 @@ impl<S: ObjectStore> Fs<S> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Count a stale `getattr` of a file in directory `parent`; whether there were enough
+    /// within the TTL to list the directory rather than HEAD the file.
+    fn many_stale_stats_in(&self, parent: u64) -> bool {
+        let mut stale = self.stale_stats.lock().unwrap();
+        if stale.len() > 1024 {
+            stale.retain(|_, (since, _)| self.is_fresh(*since));
+        }
+        let (since, count) = stale.entry(parent).or_insert((Instant::now(), 0));
+        if !self.is_fresh(*since) {
+            (*since, *count) = (Instant::now(), 0);
+        }
+        *count += 1;
+        *count > STALE_STATS_BEFORE_LISTING
     }
 
     /// Every entry of directory `ino` (without `.` and `..`), from a full listing.
@@ -954,7 +1052,10 @@ impl<S: ObjectStore> Fs<S> {
         }
         drop(inodes);
         self.sweep_inodes();
-        let names = entries.iter().map(|e| e.name.clone()).collect();
+        let names = entries
+            .iter()
+            .map(|e| (e.name.clone(), e.attr.kind == Kind::Dir))
+            .collect();
         self.listings.lock().unwrap().insert(
             ino,
             Listing {
@@ -1036,22 +1137,27 @@ impl<S: ObjectStore> Fs<S> {
             self.getattr(ino).await?
         };
         let key = self.key(&path);
-        let initial = if empty || attr.size == 0 {
-            None
-        } else {
-            let etag = self
-                .inodes
-                .lock()
-                .unwrap()
-                .get(ino)
-                .and_then(|i| i.etag.clone());
-            let body = self
-                .store
-                .get_stream(&key, 0..attr.size, etag.as_ref())
-                .await?;
-            Some((body, attr.size, etag))
+        let etag = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .and_then(|i| i.etag.clone());
+        let initial = match etag {
+            _ if empty || attr.size == 0 => Initial::Empty,
+            // Big enough for the store to copy at commit: an append need not fetch it.
+            Some(etag) if attr.size >= self.config.upload.part_size as u64 => {
+                Initial::InStore(attr.size, etag)
+            }
+            etag => {
+                let body = self
+                    .store
+                    .get_stream(&key, 0..attr.size, etag.as_ref())
+                    .await?;
+                Initial::Copied(body, attr.size, etag)
+            }
         };
-        let stream = initial.is_none().then(|| {
+        let stream = matches!(initial, Initial::Empty).then(|| {
             s3_backend::upload::StreamingUpload::new(
                 self.store.clone(),
                 key.clone(),
@@ -1093,7 +1199,12 @@ impl<S: ObjectStore> Fs<S> {
         tracing::trace!(fh, offset, size, "read");
         let (ino, _) = self.handle_ino(fh)?;
         if let Some(state) = self.file_state(ino) {
-            return Ok(state.lock().await.read(offset, size)?.into());
+            return Ok(state
+                .lock()
+                .await
+                .read(&*self.store, offset, size)
+                .await?
+                .into());
         }
         let reader = self.reader(fh, ino).await?;
         // Advise under the lock, read outside it: the kernel sends reads of one handle in
@@ -1154,7 +1265,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         let state = self.ensure_file_state(ino, false).await?;
         let mut state = state.lock().await;
-        state.write(offset, data).await?;
+        state.write(&*self.store, offset, data).await?;
         let size = state.size;
         drop(state);
         if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
@@ -1233,8 +1344,10 @@ impl<S: ObjectStore> Fs<S> {
         // files go now all the same, or they would be left behind for a later start to find.
         let state = self.files.lock().unwrap().remove(&handle.ino);
         if let Some(state) = state {
-            let state = state.lock().await;
+            let mut state = state.lock().await;
             if state.dirty && !state.detached {
+                // Whole, if the store still gives the bytes it had of it.
+                let _ = state.load_from_store(&*self.store, 0..u64::MAX).await;
                 let kept = state.keep_for_recovery(&self.config.recovery_dir);
                 tracing::error!(key = %kept.display(), "upload failed at the last close; the data is kept in the recovery folder");
             } else {
@@ -1413,12 +1526,17 @@ impl<S: ObjectStore> Fs<S> {
         }
         let path = join(&self.dir_path(parent)?, name);
         if let Some(state) = self.file_state(attr.ino) {
-            state.lock().await.detach();
+            let mut state = state.lock().await;
+            // Still open: its bytes must stay readable once the object is gone.
+            if let Err(e) = state.load_from_store(&*self.store, 0..u64::MAX).await {
+                tracing::warn!(key = %state.key, error = %e, "cannot keep the bytes of an unlinked open file; reads of them will fail");
+            }
+            state.detach();
         }
         self.store.delete(&self.key(&path)).await?;
         self.inodes.lock().unwrap().remove_path(&path);
         self.set_negative(&path, true);
-        self.note_name(parent, name, false);
+        self.note_name(parent, name, None);
         Ok(())
     }
 
@@ -1451,7 +1569,7 @@ impl<S: ObjectStore> Fs<S> {
         self.store.delete(&marker).await?;
         self.inodes.lock().unwrap().remove_path(&path);
         self.set_negative(&path, true);
-        self.note_name(parent, name, false);
+        self.note_name(parent, name, None);
         Ok(())
     }
 
@@ -1515,19 +1633,22 @@ impl<S: ObjectStore> Fs<S> {
         } else {
             self.commit(src.ino).await?;
             let (src_key, dst_key) = (self.key(&from), self.key(&to));
-            if self.file_state(src.ino).is_some() && self.store.head(&src_key).await.is_err() {
-                // Created but never committed: nothing to move in the store yet.
-            } else {
-                // The size the commit just wrote, if the file was being written.
-                let size = self
-                    .inode_path(src.ino)
-                    .map_or(src.size, |(_, attr)| attr.size);
-                self.copy_object(&src_key, size, &dst_key, None).await?;
-                self.store.delete(&src_key).await?;
-            }
+            let copied =
+                if self.file_state(src.ino).is_some() && self.store.head(&src_key).await.is_err() {
+                    // Created but never committed: nothing to move in the store yet.
+                    None
+                } else {
+                    // The size the commit just wrote, if the file was being written.
+                    let size = self
+                        .inode_path(src.ino)
+                        .map_or(src.size, |(_, attr)| attr.size);
+                    let put = self.copy_object(&src_key, size, &dst_key, None).await?;
+                    self.store.delete(&src_key).await?;
+                    Some((put.etag, size))
+                };
             if let Some(state) = self.file_state(src.ino) {
                 let mut state = state.lock().await;
-                state.set_key(dst_key);
+                state.set_key(dst_key, copied);
                 state.abandon_stream().await;
             }
         }
@@ -1537,8 +1658,8 @@ impl<S: ObjectStore> Fs<S> {
             .rename(&from, &to, new_parent, new_name);
         self.set_negative(&from, true);
         self.set_negative(&to, false);
-        self.note_name(parent, name, false);
-        self.note_name(new_parent, new_name, true);
+        self.note_name(parent, name, None);
+        self.note_name(new_parent, new_name, Some(src.kind));
         Ok(())
     }
 

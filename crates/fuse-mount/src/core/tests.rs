@@ -833,6 +833,75 @@ async fn stat_of_known_unchanged_files_costs_a_listing_not_a_head_each() {
 }
 
 #[tokio::test]
+async fn getattr_of_many_known_files_past_the_ttl_costs_a_listing_not_a_head_each() {
+    // `rm` of many files: the kernel getattrs each (newfstatat) just before it unlinks it,
+    // long after the TTL of the listing that brought them in.
+    let (f, store) = fixture();
+    let d = f.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.unwrap();
+    let mut files = Vec::new();
+    for i in 0..20 {
+        files.push(write_file(&f.fs, d.ino, &format!("f{i}"), b"hi").await);
+    }
+    store
+        .put(
+            "vol/d/f15",
+            bytes::Bytes::from_static(b"changed"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let before = (store.request_count(Op::Head), store.request_count(Op::List));
+    for (i, file) in files.iter().enumerate() {
+        let attr = f.fs.getattr(file.ino).await.unwrap();
+        let expected: (u64, u32) = if i == 15 { (7, 0o644) } else { (2, 0o640) };
+        assert_eq!((attr.size, attr.perm), expected, "f{i}");
+    }
+    let heads = store.request_count(Op::Head) - before.0;
+    let lists = store.request_count(Op::List) - before.1;
+    // The first few are HEADed (one file polled is cheaper to HEAD), then one listing
+    // confirms the rest, but for the file changed by another client.
+    assert_eq!(
+        heads,
+        STALE_STATS_BEFORE_LISTING as u64 + 1,
+        "{heads} HEADs"
+    );
+    assert_eq!(lists, 1);
+    // One file stat-ed alone past the TTL is HEADed, not its folder listed.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let before = (store.request_count(Op::Head), store.request_count(Op::List));
+    f.fs.getattr(files[3].ino).await.unwrap();
+    assert_eq!(store.request_count(Op::Head) - before.0, 1);
+    assert_eq!(store.request_count(Op::List) - before.1, 0);
+}
+
+#[tokio::test]
+async fn lookup_of_files_another_client_put_costs_one_head_each() {
+    // Files a plain S3 client put (or that this mount has not HEADed since it started): the
+    // listing of their folder says they are objects and no folder shadows them, so each
+    // lookup HEADs its object for mode and owner, and lists nothing more.
+    let (f, store) = fixture();
+    put_empty_files(&store, "vol/d", 20).await;
+    store
+        .put("vol/d/sub/x", Bytes::new(), &UserMetadata::new())
+        .await
+        .unwrap();
+    let d = f.fs.lookup(ROOT_INO, "d").await.unwrap();
+    let before = (store.request_count(Op::Head), store.request_count(Op::List));
+    for i in 0..20 {
+        let attr = f.fs.lookup(d.ino, &format!("f{i}")).await.unwrap();
+        assert_eq!(attr.kind, Kind::File);
+    }
+    assert_eq!(f.fs.lookup(d.ino, "sub").await.unwrap().kind, Kind::Dir);
+    assert!(matches!(
+        f.fs.lookup(d.ino, "nothing").await,
+        Err(FsError::NotFound)
+    ));
+    assert_eq!(store.request_count(Op::Head) - before.0, 20);
+    assert_eq!(store.request_count(Op::List) - before.1, 1);
+}
+
+#[tokio::test]
 async fn creating_many_files_costs_no_lookup_request_per_name() {
     let (f, store) = fixture();
     let d = f.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.unwrap();
@@ -1185,24 +1254,47 @@ async fn an_append_to_a_big_file_sends_the_new_bytes_and_the_store_copies_the_re
     let mut want = common::conformance::pattern(10_000, 8).to_vec();
     let attr = write_file(&f.fs, ROOT_INO, "log", &want).await;
     for line in [&b"first line\n"[..], b"second line\n"] {
-        let (copies, parts) = (
+        let (copies, parts, gets) = (
             store.request_count(Op::UploadPartCopy),
             store.request_count(Op::UploadPart),
+            store.request_count(Op::Get),
         );
         let fh = f.fs.open(attr.ino, true, false).await.unwrap();
         f.fs.write(fh, want.len() as u64, line).await.unwrap();
         f.fs.release(fh).await.unwrap();
         want.extend_from_slice(line);
         assert_eq!(body(&store, "vol/log").await, want);
-        // The 10,000 bytes before the line are copied by the store; only the line is sent.
+        // The 10,000 bytes before the line are copied by the store; only the line is sent,
+        // and none of them is fetched.
         assert_eq!(store.request_count(Op::UploadPartCopy), copies + 1);
         assert_eq!(store.request_count(Op::UploadPart), parts + 1);
+        assert_eq!(
+            store.request_count(Op::Get),
+            gets + 1,
+            "only body() read it"
+        );
     }
-    // Replaced by another client between the first write and the close: nothing is copied
-    // from the other version; the staged bytes are uploaded whole (the last close wins).
+    // Written, read (so all its bytes are staged), and replaced by another client before the
+    // close: nothing is copied from the other version; the staged bytes are uploaded whole
+    // (the last close wins).
+    let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+    f.fs.write(fh, want.len() as u64, b"read back\n")
+        .await
+        .unwrap();
+    assert_eq!(&f.fs.read(fh, 0, 3).await.unwrap()[..], &want[..3]);
+    want.extend_from_slice(b"read back\n");
+    store
+        .put("vol/log", Bytes::from_static(b"else"), &UserMetadata::new())
+        .await
+        .unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/log").await, want);
+    // Replaced by another client between the first write and the close: its bytes are not
+    // the ones this file started from, and those are gone. The close fails (ESTALE), the
+    // other client's object stays, and what was written here is kept for recovery, with a
+    // note saying which version its first bytes were.
     let fh = f.fs.open(attr.ino, true, false).await.unwrap();
     f.fs.write(fh, want.len() as u64, b"third\n").await.unwrap();
-    want.extend_from_slice(b"third\n");
     store
         .put(
             "vol/log",
@@ -1211,7 +1303,116 @@ async fn an_append_to_a_big_file_sends_the_new_bytes_and_the_store_copies_the_re
         )
         .await
         .unwrap();
-    f.fs.release(fh).await.unwrap();
-    assert_eq!(body(&store, "vol/log").await, want);
+    let err = f.fs.release(fh).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ESTALE, "{err}");
+    assert_eq!(body(&store, "vol/log").await, b"other");
     assert_eq!(store.pending_upload_count(), 0);
+    let recovery = f.fs.config().recovery_dir.clone();
+    let mut kept: Vec<_> = std::fs::read_dir(&recovery)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let bytes = std::fs::read(&kept[0]).unwrap();
+    assert_eq!(&bytes[want.len()..], b"third\n");
+    let note = std::fs::read_to_string(&kept[1]).unwrap();
+    assert!(
+        kept[1].to_string_lossy().ends_with(".base")
+            && note.ends_with(&format!("\n{}\n", want.len())),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn reads_writes_and_truncates_of_a_big_file_fetch_its_bytes_only_when_needed() {
+    let (f, store) = fixture();
+    let data = common::conformance::pattern(10_000, 4).to_vec();
+    let attr = write_file(&f.fs, ROOT_INO, "db", &data).await;
+    let gets = || store.request_count(Op::Get);
+    // Truncated to 6,000 and written past the end: the 6,000 stay in the store.
+    let before = gets();
+    let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+    f.fs.setattr(
+        attr.ino,
+        SetAttr {
+            size: Some(6000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    f.fs.write(fh, 7000, b"tail").await.unwrap();
+    assert_eq!(gets(), before);
+    // A read among them fetches them, once.
+    assert_eq!(&f.fs.read(fh, 100, 4).await.unwrap()[..], &data[100..104]);
+    assert_eq!(gets(), before + 1);
+    assert_eq!(
+        &f.fs.read(fh, 5998, 4).await.unwrap()[..],
+        &[data[5998], data[5999], 0, 0]
+    );
+    f.fs.write(fh, 10, b"edit").await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    let mut want = data[..6000].to_vec();
+    want.resize(7000, 0);
+    want.extend_from_slice(b"tail");
+    want[10..14].copy_from_slice(b"edit");
+    assert_eq!(body(&store, "vol/db").await, want);
+    assert_eq!(gets(), before + 2);
+
+    // A write among them fetches them first.
+    let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+    f.fs.write(fh, 5000, b"XY").await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    want[5000..5002].copy_from_slice(b"XY");
+    assert_eq!(body(&store, "vol/db").await, want);
+
+    // Renamed while open and appended: the bytes copied to the new name serve as its base.
+    let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+    f.fs.write(fh, want.len() as u64, b"+1").await.unwrap();
+    f.fs.rename(ROOT_INO, "db", ROOT_INO, "db2").await.unwrap();
+    let copies = store.request_count(Op::UploadPartCopy);
+    f.fs.write(fh, want.len() as u64 + 2, b"+2").await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    want.extend_from_slice(b"+1+2");
+    assert_eq!(body(&store, "vol/db2").await, want);
+    assert_eq!(store.request_count(Op::UploadPartCopy), copies + 1);
+
+    // Unlinked while open: still readable whole.
+    let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+    f.fs.write(fh, want.len() as u64, b"!").await.unwrap();
+    f.fs.unlink(ROOT_INO, "db2").await.unwrap();
+    assert_eq!(&f.fs.read(fh, 0, 4).await.unwrap()[..], &want[..4]);
+    f.fs.release(fh).await.unwrap();
+    assert!(store.head("vol/db2").await.is_err());
+}
+
+#[tokio::test]
+async fn a_takeover_of_an_append_to_a_big_file_keeps_its_bytes_in_the_store() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir).journal_inodes();
+    let old = Fs::new(store.clone(), config.clone()).unwrap();
+    let mut want = common::conformance::pattern(10_000, 5).to_vec();
+    let log = write_file(&old, ROOT_INO, "log", &want).await;
+    let fh = old.open(log.ino, true, false).await.unwrap();
+    old.write(fh, want.len() as u64, b"line 1\n").await.unwrap();
+    std::mem::forget(old); // the crash
+
+    let new = Fs::take_over(store.clone(), config).await.unwrap();
+    new.recover_leftovers().await;
+    new.take_up_handle(fh, log.ino);
+    new.write(fh, want.len() as u64 + 7, b"line 2\n")
+        .await
+        .unwrap();
+    let gets = store.request_count(Op::Get);
+    new.release(fh).await.unwrap();
+    want.extend_from_slice(b"line 1\nline 2\n");
+    assert_eq!(body(&store, "vol/log").await, want);
+    assert_eq!(
+        store.request_count(Op::Get),
+        gets + 1,
+        "only body() read it"
+    );
+    assert!(std::fs::read_dir(dir.path().join("recovery")).is_err());
 }
