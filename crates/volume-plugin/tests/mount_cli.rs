@@ -277,6 +277,21 @@ fn sigkill_mid_write_leaves_the_old_version_and_the_next_start_cleans_up() {
     let new = common::conformance::pattern(40 << 20, 3);
     let mut file = std::fs::File::create(mnt.path().join("big")).unwrap();
     file.write_all(&new).unwrap();
+    let pending = || {
+        rt.block_on(common::ObjectStore::list_multipart_uploads(&store, ""))
+            .unwrap()
+            .len()
+    };
+    // The writes return before the first part's upload has begun at the store, all the more
+    // on a busy machine: kill once it has.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pending() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the 40 MiB written never started a multipart upload"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // SIGKILL straight from this process: `kill(1)` would be forked with the file open, and
     // the close of that copy at exec is a flush, which uploads the file.
     child.child.kill().unwrap();
@@ -301,11 +316,6 @@ fn sigkill_mid_write_leaves_the_old_version_and_the_next_start_cleans_up() {
         big.starts_with(&new[..64])
     );
     assert!(get("safe") == safe, "what close acknowledged is all there");
-    let pending = || {
-        rt.block_on(common::ObjectStore::list_multipart_uploads(&store, ""))
-            .unwrap()
-            .len()
-    };
     assert!(pending() >= 1, "the killed upload is still pending");
 
     // The dead mount answers ENOTCONN until it is cleared, as after any crash.

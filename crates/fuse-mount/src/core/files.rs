@@ -154,13 +154,32 @@ const FILLING: &str = "filling";
 /// `<ETag>\n<length>\n`, the version they are in and how many.
 const IN_STORE: &str = "base";
 
-/// The version and length a `.base` note beside `staging` names, if there is one.
-fn read_in_store_note(staging: &Path) -> Option<(ETag, u64)> {
-    let text = std::fs::read_to_string(staging.with_extension(IN_STORE)).ok()?;
+/// The version and length the `.base` note beside `staging` names; `Ok(None)` without a note.
+fn read_in_store_note(staging: &Path) -> FsResult<Option<(ETag, u64)>> {
+    let note = staging.with_extension(IN_STORE);
+    let text = match std::fs::read_to_string(&note) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(local(e, "cannot read the note of staging file", &note)),
+    };
     let mut lines = text.lines();
-    let etag = ETag::new(lines.next()?);
-    let len = lines.next()?.parse().ok()?;
-    Some((etag, len))
+    match (lines.next(), lines.next().and_then(|len| len.parse().ok())) {
+        (Some(etag), Some(len)) if !etag.is_empty() => Ok(Some((ETag::new(etag), len))),
+        _ => Err(FsError::Local(format!(
+            "the note of staging file {} is damaged",
+            staging.display()
+        ))),
+    }
+}
+
+fn remove_in_store_note(staging: &Path) -> FsResult<()> {
+    let note = staging.with_extension(IN_STORE);
+    match std::fs::remove_file(&note) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(local(e, "cannot remove the note of staging file", &note))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A unique name for the next staging or recovery file of this process: pid, start time (a
@@ -258,7 +277,9 @@ impl<S: ObjectStore> FileState<S> {
             .metadata()
             .map_err(|e| local(e, "cannot read the size of staging file", path))?
             .len();
-        let (base, in_store_below) = match read_in_store_note(path) {
+        // A damaged note: which bytes are staged is unknown, so not taken over (the file goes
+        // to the recovery folder with its note).
+        let (base, in_store_below) = match read_in_store_note(path)? {
             Some((etag, len)) => {
                 let len = len.min(size);
                 (Some((etag, len)), len)
@@ -282,22 +303,22 @@ impl<S: ObjectStore> FileState<S> {
         })
     }
 
-    /// Write (or, when no byte is only in the store any more, remove) the `.base` note.
+    /// Write the `.base` note for the bytes only in the store now (`in_store_below` of
+    /// `base`), whole or not at all: a take-over reads it to know which bytes are not staged.
     fn write_in_store_note(&self) -> FsResult<()> {
         let note = self.staging_path.with_extension(IN_STORE);
-        match &self.base {
-            Some((etag, _)) if self.in_store_below > 0 => std::fs::write(
-                &note,
-                format!("{}\n{}\n", etag.as_str(), self.in_store_below),
-            )
-            .map_err(|e| local(e, "cannot write the note of staging file", &note)),
-            _ => match std::fs::remove_file(&note) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(local(e, "cannot remove the note of staging file", &note))
-                }
-                _ => Ok(()),
-            },
-        }
+        let Some((etag, _)) = self.base.as_ref().filter(|_| self.in_store_below > 0) else {
+            return remove_in_store_note(&self.staging_path);
+        };
+        let partial = self
+            .staging_path
+            .with_extension(format!("{IN_STORE}.{FILLING}"));
+        std::fs::write(
+            &partial,
+            format!("{}\n{}\n", etag.as_str(), self.in_store_below),
+        )
+        .and_then(|()| std::fs::rename(&partial, &note))
+        .map_err(|e| local(e, "cannot write the note of staging file", &note))
     }
 
     /// Copy the bytes still only in the store into the staging file, if `range` reaches
@@ -310,15 +331,30 @@ impl<S: ObjectStore> FileState<S> {
         if range.start >= self.in_store_below || range.is_empty() {
             return Ok(());
         }
-        let (etag, _) = self
-            .base
-            .clone()
-            .expect("bytes in the store have a base version");
+        let Some((etag, _)) = self.base.clone() else {
+            return Err(FsError::Local(format!(
+                "staging file {} lacks the version of its first {} bytes",
+                self.staging_path.display(),
+                self.in_store_below
+            )));
+        };
         let len = self.in_store_below;
-        let body = store.get_stream(&self.key, 0..len, Some(&etag)).await?;
+        let body = match store.get_stream(&self.key, 0..len, Some(&etag)).await {
+            // Deleted or replaced, the version is gone all the same.
+            Err(e) if e.kind() == common::ErrorKind::NotFound => {
+                return Err(FsError::Store(common::StoreError::new(
+                    common::ErrorKind::PreconditionFailed,
+                    format!("{} was deleted since this file was opened", self.key),
+                )))
+            }
+            other => other?,
+        };
         copy_into(&self.staging, &self.staging_path, body, len).await?;
+        // The note goes first: a take-over finding it would stage those bytes again, harmless;
+        // one not finding it while they were missing would upload zeros.
+        remove_in_store_note(&self.staging_path)?;
         self.in_store_below = 0;
-        self.write_in_store_note()
+        Ok(())
     }
 
     /// The file was just created, empty, by this mount.
@@ -343,20 +379,17 @@ impl<S: ObjectStore> FileState<S> {
     }
 
     /// The file was renamed: its bytes now go to `key` (the `.key` file beside the staging
-    /// file says so too, for recovery after a crash). `copied` is the version and size the
-    /// store copied there, the bytes of the last commit; `None` if nothing was copied, which
-    /// must leave no byte only in the store (see `load_from_store`).
-    pub fn set_key(&mut self, key: String, copied: Option<(ETag, u64)>) {
+    /// file says so too, for recovery after a crash). Call `load_from_store` first: the
+    /// version it started from was under the old name.
+    pub fn set_key(&mut self, key: String) {
         if let Err(e) = std::fs::write(self.staging_path.with_extension("key"), &key) {
             tracing::warn!(staging = %self.staging_path.display(), error = %e, "cannot record the new key of a staging file");
         }
         self.key = key;
-        debug_assert!(copied.is_some() || self.in_store_below == 0);
-        self.base = copied;
-        if self.in_store_below > 0 {
-            if let Err(e) = self.write_in_store_note() {
-                tracing::warn!(error = %e, "cannot record the new version of the bytes in the store");
-            }
+        // Kept while bytes are only in the store (`load_from_store` then fails as it should:
+        // they were under the old name); never the case when called as documented.
+        if self.in_store_below == 0 {
+            self.base = None;
         }
     }
 
@@ -680,6 +713,37 @@ pub fn rescue_leftover_staging(
     rescued
 }
 
+/// The `.base` note beside recovery file `path`: `<ETag>\n<length>\n<key>\n`.
+fn recovered_note(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.{IN_STORE}", path.display()))
+}
+
+/// Fill in the first bytes of recovery file `path` that its `.base` note says were only in
+/// the store, if that version is still there; the note goes once they are in.
+pub async fn fill_recovered<S: ObjectStore>(store: &S, path: &Path) -> FsResult<()> {
+    let note = recovered_note(path);
+    let Ok(text) = std::fs::read_to_string(&note) else {
+        return Ok(());
+    };
+    let mut lines = text.lines();
+    let (Some(etag), Some(len), Some(key)) = (
+        lines.next(),
+        lines.next().and_then(|len| len.parse::<u64>().ok()),
+        lines.next(),
+    ) else {
+        return Err(FsError::Local(format!("damaged note {}", note.display())));
+    };
+    let file = File::options()
+        .write(true)
+        .open(path)
+        .map_err(|e| local(e, "cannot open recovery file", path))?;
+    let body = store
+        .get_stream(key, 0..len, Some(&ETag::new(etag)))
+        .await?;
+    copy_into(&file, path, body, len).await?;
+    std::fs::remove_file(&note).map_err(|e| local(e, "cannot remove note", &note))
+}
+
 /// Move staging file `path` of `key` into `dir`, as `<key with / as %>.<n>`; returns the new
 /// path, or the old one if the move failed (the bytes stay where they are either way).
 fn move_to_recovery(path: &Path, key: &str, dir: &Path) -> PathBuf {
@@ -696,10 +760,12 @@ fn move_to_recovery(path: &Path, key: &str, dir: &Path) -> PathBuf {
     match std::fs::rename(path, &target) {
         Ok(()) => {
             let _ = std::fs::remove_file(path.with_extension("key"));
-            // Its first bytes were still only in the store: the note, beside it, says which.
+            // Its first bytes were still only in the store: the note, beside it, says which,
+            // with the key (file names in the recovery folder are only like it).
             let note = path.with_extension(IN_STORE);
-            if note.exists() {
-                let _ = std::fs::rename(&note, format!("{}.{IN_STORE}", target.display()));
+            if let Ok(text) = std::fs::read_to_string(&note) {
+                let _ = std::fs::write(recovered_note(&target), format!("{text}{key}\n"));
+                let _ = std::fs::remove_file(&note);
             }
             target
         }

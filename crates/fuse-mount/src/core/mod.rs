@@ -556,6 +556,9 @@ impl<S: ObjectStore> Fs<S> {
             &taken_over,
         );
         for path in &rescued {
+            if let Err(e) = files::fill_recovered(&*self.store, path).await {
+                tracing::error!(file = %path.display(), error = %e, "cannot fill in the first bytes of a recovered file from the store; its .base note says which they are");
+            }
             tracing::error!(file = %path.display(), "an earlier run stopped before uploading this file; its data is kept in the recovery folder");
         }
         // Bounded, because a mount must not wait long on a slow store; what is left waits for
@@ -1525,14 +1528,7 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::IsDir);
         }
         let path = join(&self.dir_path(parent)?, name);
-        if let Some(state) = self.file_state(attr.ino) {
-            let mut state = state.lock().await;
-            // Still open: its bytes must stay readable once the object is gone.
-            if let Err(e) = state.load_from_store(&*self.store, 0..u64::MAX).await {
-                tracing::warn!(key = %state.key, error = %e, "cannot keep the bytes of an unlinked open file; reads of them will fail");
-            }
-            state.detach();
-        }
+        self.detach_file(attr.ino).await;
         self.store.delete(&self.key(&path)).await?;
         self.inodes.lock().unwrap().remove_path(&path);
         self.set_negative(&path, true);
@@ -1598,14 +1594,16 @@ impl<S: ObjectStore> Fs<S> {
                 return Err(FsError::NotDir)
             }
             Ok(dst) if dst.kind == Kind::Dir => self.rmdir(new_parent, new_name).await?,
-            Ok(_) | Err(FsError::NotFound) => {}
+            // Replaced: like an unlink of it, for those who still have it open.
+            Ok(dst) => self.detach_file(dst.ino).await,
+            Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
         if src.kind == Kind::Dir {
             if to.starts_with(&format!("{from}/")) {
                 return Err(FsError::Invalid("cannot move a directory into itself"));
             }
-            self.commit_all_below(&from).await?;
+            let moving = self.settle_all_below(&from).await?;
             let (src_prefix, dst_prefix) = (
                 format!("{}/", self.key(&from)),
                 format!("{}/", self.key(&to)),
@@ -1630,25 +1628,48 @@ impl<S: ObjectStore> Fs<S> {
             for (key, _) in &objects {
                 self.store.delete(key).await?;
             }
+            // The files being written below go on under their new names.
+            for state in moving {
+                let mut state = state.lock().await;
+                if let Some(rest) = state.key.strip_prefix(&src_prefix) {
+                    let key = format!("{dst_prefix}{rest}");
+                    state.set_key(key);
+                    state.abandon_stream().await;
+                }
+            }
         } else {
             self.commit(src.ino).await?;
             let (src_key, dst_key) = (self.key(&from), self.key(&to));
-            let copied =
-                if self.file_state(src.ino).is_some() && self.store.head(&src_key).await.is_err() {
-                    // Created but never committed: nothing to move in the store yet.
-                    None
-                } else {
-                    // The size the commit just wrote, if the file was being written.
-                    let size = self
-                        .inode_path(src.ino)
-                        .map_or(src.size, |(_, attr)| attr.size);
-                    let put = self.copy_object(&src_key, size, &dst_key, None).await?;
-                    self.store.delete(&src_key).await?;
-                    Some((put.etag, size))
-                };
+            let never_committed = match self.file_state(src.ino) {
+                Some(state) => {
+                    // Its bytes still only in the store come into its staging file now (pinned
+                    // to the version it started from): the object under the old name is about
+                    // to go, and the copy may be of another client's newer version.
+                    state
+                        .lock()
+                        .await
+                        .load_from_store(&*self.store, 0..u64::MAX)
+                        .await?;
+                    match self.store.head(&src_key).await {
+                        Ok(_) => false,
+                        Err(e) if e.kind() == ErrorKind::NotFound => true,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                None => false,
+            };
+            // Created but never committed: nothing to move in the store yet.
+            if !never_committed {
+                // The size the commit just wrote, if the file was being written.
+                let size = self
+                    .inode_path(src.ino)
+                    .map_or(src.size, |(_, attr)| attr.size);
+                self.copy_object(&src_key, size, &dst_key, None).await?;
+                self.store.delete(&src_key).await?;
+            }
             if let Some(state) = self.file_state(src.ino) {
                 let mut state = state.lock().await;
-                state.set_key(dst_key, copied);
+                state.set_key(dst_key);
                 state.abandon_stream().await;
             }
         }
@@ -1682,7 +1703,10 @@ impl<S: ObjectStore> Fs<S> {
         .await?)
     }
 
-    async fn commit_all_below(&self, dir: &str) -> FsResult<()> {
+    /// Commit every file being written below directory `dir`, and bring into their staging
+    /// files the bytes they have only in the store: a rename of `dir` is about to move their
+    /// objects. Returns their write states.
+    async fn settle_all_below(&self, dir: &str) -> FsResult<Vec<SharedFile<S>>> {
         let below = format!("{dir}/");
         let inos: Vec<u64> = {
             let inodes = self.inodes.lock().unwrap();
@@ -1694,10 +1718,31 @@ impl<S: ObjectStore> Fs<S> {
                 .filter(|ino| inodes.get(*ino).is_some_and(|i| i.path.starts_with(&below)))
                 .collect()
         };
+        let mut states = Vec::new();
         for ino in inos {
             self.commit(ino).await?;
+            if let Some(state) = self.file_state(ino) {
+                state
+                    .lock()
+                    .await
+                    .load_from_store(&*self.store, 0..u64::MAX)
+                    .await?;
+                states.push(state);
+            }
         }
-        Ok(())
+        Ok(states)
+    }
+
+    /// File `ino` goes away under its name (unlink, or a rename onto it) while it may still be
+    /// open: its bytes must stay readable there, and never be uploaded again.
+    async fn detach_file(&self, ino: u64) {
+        if let Some(state) = self.file_state(ino) {
+            let mut state = state.lock().await;
+            if let Err(e) = state.load_from_store(&*self.store, 0..u64::MAX).await {
+                tracing::warn!(key = %state.key, error = %e, "cannot keep the bytes of a removed open file; reads of them will fail");
+            }
+            state.detach();
+        }
     }
 
     pub async fn symlink(

@@ -1319,7 +1319,7 @@ async fn an_append_to_a_big_file_sends_the_new_bytes_and_the_store_copies_the_re
     let note = std::fs::read_to_string(&kept[1]).unwrap();
     assert!(
         kept[1].to_string_lossy().ends_with(".base")
-            && note.ends_with(&format!("\n{}\n", want.len())),
+            && note.ends_with(&format!("\n{}\nvol/log\n", want.len())),
         "{note}"
     );
 }
@@ -1367,16 +1367,17 @@ async fn reads_writes_and_truncates_of_a_big_file_fetch_its_bytes_only_when_need
     want[5000..5002].copy_from_slice(b"XY");
     assert_eq!(body(&store, "vol/db").await, want);
 
-    // Renamed while open and appended: the bytes copied to the new name serve as its base.
+    // Renamed while open and appended: its bytes come into the staging file first (the old
+    // name's object goes), pinned to the version it started from.
     let fh = f.fs.open(attr.ino, true, false).await.unwrap();
     f.fs.write(fh, want.len() as u64, b"+1").await.unwrap();
+    let before = gets();
     f.fs.rename(ROOT_INO, "db", ROOT_INO, "db2").await.unwrap();
-    let copies = store.request_count(Op::UploadPartCopy);
+    assert_eq!(gets(), before + 1);
     f.fs.write(fh, want.len() as u64 + 2, b"+2").await.unwrap();
     f.fs.release(fh).await.unwrap();
     want.extend_from_slice(b"+1+2");
     assert_eq!(body(&store, "vol/db2").await, want);
-    assert_eq!(store.request_count(Op::UploadPartCopy), copies + 1);
 
     // Unlinked while open: still readable whole.
     let fh = f.fs.open(attr.ino, true, false).await.unwrap();
@@ -1385,6 +1386,98 @@ async fn reads_writes_and_truncates_of_a_big_file_fetch_its_bytes_only_when_need
     assert_eq!(&f.fs.read(fh, 0, 4).await.unwrap()[..], &want[..4]);
     f.fs.release(fh).await.unwrap();
     assert!(store.head("vol/db2").await.is_err());
+}
+
+#[tokio::test]
+async fn open_big_files_renamed_over_or_moved_with_their_folder_keep_their_bytes() {
+    let (f, store) = fixture();
+    let d = f.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.unwrap();
+    let mut log = common::conformance::pattern(10_000, 6).to_vec();
+    let log_attr = write_file(&f.fs, d.ino, "log", &log).await;
+    let old = common::conformance::pattern(9_000, 7).to_vec();
+    let old_attr = write_file(&f.fs, ROOT_INO, "old", &old).await;
+    // A file being appended moves with its folder, and its close goes to the new name.
+    let fh = f.fs.open(log_attr.ino, true, false).await.unwrap();
+    f.fs.write(fh, log.len() as u64, b"+1").await.unwrap();
+    f.fs.rename(ROOT_INO, "d", ROOT_INO, "e").await.unwrap();
+    f.fs.write(fh, log.len() as u64 + 2, b"+2").await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    log.extend_from_slice(b"+1+2");
+    assert_eq!(body(&store, "vol/e/log").await, log);
+    assert!(store.head("vol/d/log").await.is_err());
+    // A file being appended, replaced by a rename onto its name: still readable whole by its
+    // holder, and its close does not overwrite the file renamed in.
+    let fh = f.fs.open(old_attr.ino, true, false).await.unwrap();
+    f.fs.write(fh, old.len() as u64, b"late").await.unwrap();
+    write_file(&f.fs, ROOT_INO, "new", b"new").await;
+    f.fs.rename(ROOT_INO, "new", ROOT_INO, "old").await.unwrap();
+    assert_eq!(&f.fs.read(fh, 0, 4).await.unwrap()[..], &old[..4]);
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/old").await, b"new");
+}
+
+#[tokio::test]
+async fn a_crash_during_an_append_to_a_big_file_leaves_it_whole_in_recovery() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = Fs::new(store.clone(), config(&dir)).unwrap();
+    let mut want = common::conformance::pattern(10_000, 2).to_vec();
+    let attr = write_file(&crashed, ROOT_INO, "log", &want).await;
+    let fh = crashed.open(attr.ino, true, false).await.unwrap();
+    crashed
+        .write(fh, want.len() as u64, b"unsaved")
+        .await
+        .unwrap();
+    std::mem::forget(crashed);
+    // Started again without a take-over: the staged line goes to the recovery folder, with
+    // the first bytes filled in from the version they were in.
+    let next = Fs::new(store.clone(), config(&dir)).unwrap();
+    let leftovers = next.recover_leftovers().await;
+    assert_eq!(leftovers.rescued.len(), 1);
+    want.extend_from_slice(b"unsaved");
+    assert_eq!(std::fs::read(&leftovers.rescued[0]).unwrap(), want);
+    let notes = std::fs::read_dir(dir.path().join("recovery"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(".base")
+        })
+        .count();
+    assert_eq!(notes, 0, "the note goes once the bytes are in");
+}
+
+#[tokio::test]
+async fn a_takeover_does_not_adopt_a_staging_file_with_a_damaged_note() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir).journal_inodes();
+    let old = Fs::new(store.clone(), config.clone()).unwrap();
+    let want = common::conformance::pattern(10_000, 3).to_vec();
+    let log = write_file(&old, ROOT_INO, "log", &want).await;
+    let fh = old.open(log.ino, true, false).await.unwrap();
+    old.write(fh, want.len() as u64, b"line").await.unwrap();
+    let staging_dir = config.staging_dir.clone();
+    std::mem::forget(old);
+    // Killed while it rewrote the note (were it written in place).
+    let note = std::fs::read_dir(&staging_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "base"))
+        .expect("a note beside the staging file");
+    std::fs::write(&note, "").unwrap();
+
+    let new = Fs::take_over(store.clone(), config).await.unwrap();
+    let leftovers = new.recover_leftovers().await;
+    assert_eq!(leftovers.rescued.len(), 1, "to recovery, not taken over");
+    new.take_up_handle(fh, log.ino);
+    new.write(fh, want.len() as u64, b"line").await.unwrap();
+    new.release(fh).await.unwrap();
+    let mut stored = want.clone();
+    stored.extend_from_slice(b"line");
+    assert_eq!(body(&store, "vol/log").await, stored, "never zeros");
 }
 
 #[tokio::test]
