@@ -1528,8 +1528,15 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::IsDir);
         }
         let path = join(&self.dir_path(parent)?, name);
-        self.detach_file(attr.ino).await;
+        let state = self.file_state(attr.ino);
+        let mut state = match &state {
+            Some(state) => Some(self.stage_all(state).await),
+            None => None,
+        };
         self.store.delete(&self.key(&path)).await?;
+        if let Some(state) = state.as_mut() {
+            state.detach();
+        }
         self.inodes.lock().unwrap().remove_path(&path);
         self.set_negative(&path, true);
         self.note_name(parent, name, None);
@@ -1586,19 +1593,28 @@ impl<S: ObjectStore> Fs<S> {
         if from == to {
             return Ok(());
         }
-        match self.lookup(new_parent, new_name).await {
+        // A file replaced by the move: as for an unlink of it, those who still have it open
+        // keep reading it whole, and its writes never reach the store again (its state stays
+        // locked meanwhile, so no close of it overwrites what is moved in).
+        let replaced = match self.lookup(new_parent, new_name).await {
             Ok(dst) if dst.kind == Kind::Dir && src.kind != Kind::Dir => {
                 return Err(FsError::IsDir)
             }
             Ok(dst) if dst.kind != Kind::Dir && src.kind == Kind::Dir => {
                 return Err(FsError::NotDir)
             }
-            Ok(dst) if dst.kind == Kind::Dir => self.rmdir(new_parent, new_name).await?,
-            // Replaced: like an unlink of it, for those who still have it open.
-            Ok(dst) => self.detach_file(dst.ino).await,
-            Err(FsError::NotFound) => {}
+            Ok(dst) if dst.kind == Kind::Dir => {
+                self.rmdir(new_parent, new_name).await?;
+                None
+            }
+            Ok(dst) => self.file_state(dst.ino),
+            Err(FsError::NotFound) => None,
             Err(e) => return Err(e),
-        }
+        };
+        let mut replaced = match &replaced {
+            Some(state) => Some(self.stage_all(state).await),
+            None => None,
+        };
         if src.kind == Kind::Dir {
             if to.starts_with(&format!("{from}/")) {
                 return Err(FsError::Invalid("cannot move a directory into itself"));
@@ -1673,6 +1689,9 @@ impl<S: ObjectStore> Fs<S> {
                 state.abandon_stream().await;
             }
         }
+        if let Some(replaced) = replaced.as_mut() {
+            replaced.detach();
+        }
         self.inodes
             .lock()
             .unwrap()
@@ -1733,16 +1752,18 @@ impl<S: ObjectStore> Fs<S> {
         Ok(states)
     }
 
-    /// File `ino` goes away under its name (unlink, or a rename onto it) while it may still be
-    /// open: its bytes must stay readable there, and never be uploaded again.
-    async fn detach_file(&self, ino: u64) {
-        if let Some(state) = self.file_state(ino) {
-            let mut state = state.lock().await;
-            if let Err(e) = state.load_from_store(&*self.store, 0..u64::MAX).await {
-                tracing::warn!(key = %state.key, error = %e, "cannot keep the bytes of a removed open file; reads of them will fail");
-            }
-            state.detach();
+    /// Lock the write state of a file about to go away under its name (unlink, or a rename
+    /// onto it) while it may still be open, with all its bytes in its staging file: they must
+    /// stay readable there once the object is gone. Detach it once it is gone.
+    async fn stage_all<'a>(
+        &self,
+        state: &'a SharedFile<S>,
+    ) -> tokio::sync::MutexGuard<'a, FileState<S>> {
+        let mut state = state.lock().await;
+        if let Err(e) = state.load_from_store(&*self.store, 0..u64::MAX).await {
+            tracing::warn!(key = %state.key, error = %e, "cannot keep the bytes of a removed open file; reads of them will fail");
         }
+        state
     }
 
     pub async fn symlink(

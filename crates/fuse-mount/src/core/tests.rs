@@ -1417,6 +1417,25 @@ async fn open_big_files_renamed_over_or_moved_with_their_folder_keep_their_bytes
 }
 
 #[tokio::test]
+async fn a_failed_rename_onto_an_open_file_leaves_it_written_as_before() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::new(store.clone(), config(&dir)).unwrap();
+    let attr = write_file(&fs, ROOT_INO, "held", b"held").await;
+    write_file(&fs, ROOT_INO, "other", b"other").await;
+    let fh = fs.open(attr.ino, true, false).await.unwrap();
+    fs.write(fh, 4, b", and more").await.unwrap();
+    store.fail_next(Op::Copy, ErrorKind::ServerError, 10);
+    assert!(fs
+        .rename(ROOT_INO, "other", ROOT_INO, "held")
+        .await
+        .is_err());
+    store.heal();
+    fs.release(fh).await.unwrap();
+    assert_eq!(body(store.inner(), "vol/held").await, b"held, and more");
+}
+
+#[tokio::test]
 async fn a_crash_during_an_append_to_a_big_file_leaves_it_whole_in_recovery() {
     let store = Arc::new(InMemoryStore::new("b"));
     let dir = tempfile::tempdir().unwrap();
