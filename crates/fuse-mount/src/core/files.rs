@@ -172,6 +172,14 @@ fn read_in_store_note(staging: &Path) -> FsResult<Option<(ETag, u64)>> {
     }
 }
 
+/// Write `text` to `path` whole or not at all (through a temporary name and a rename).
+fn write_whole(path: &Path, text: &str) -> FsResult<()> {
+    let partial = PathBuf::from(format!("{}.{FILLING}", path.display()));
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| local(e, "cannot write", path))
+}
+
 fn remove_in_store_note(staging: &Path) -> FsResult<()> {
     let note = staging.with_extension(IN_STORE);
     match std::fs::remove_file(&note) {
@@ -253,7 +261,7 @@ impl<S: ObjectStore> FileState<S> {
         };
         if state.in_store_below > 0 {
             // Before the rename: a `.staging` file without its note would be adopted whole.
-            state.write_in_store_note()?;
+            state.write_in_store_note(state.in_store_below)?;
         }
         let staging_path = &state.staging_path;
         std::fs::write(staging_path.with_extension("key"), key)
@@ -303,22 +311,17 @@ impl<S: ObjectStore> FileState<S> {
         })
     }
 
-    /// Write the `.base` note for the bytes only in the store now (`in_store_below` of
-    /// `base`), whole or not at all: a take-over reads it to know which bytes are not staged.
-    fn write_in_store_note(&self) -> FsResult<()> {
-        let note = self.staging_path.with_extension(IN_STORE);
-        let Some((etag, _)) = self.base.as_ref().filter(|_| self.in_store_below > 0) else {
+    /// Write the `.base` note saying the first `len` bytes are `base`'s, only in the store
+    /// (none: no note), whole or not at all: a take-over reads it to know which bytes are not
+    /// staged.
+    fn write_in_store_note(&self, len: u64) -> FsResult<()> {
+        let Some((etag, _)) = self.base.as_ref().filter(|_| len > 0) else {
             return remove_in_store_note(&self.staging_path);
         };
-        let partial = self
-            .staging_path
-            .with_extension(format!("{IN_STORE}.{FILLING}"));
-        std::fs::write(
-            &partial,
-            format!("{}\n{}\n", etag.as_str(), self.in_store_below),
+        write_whole(
+            &self.staging_path.with_extension(IN_STORE),
+            &format!("{}\n{len}\n", etag.as_str()),
         )
-        .and_then(|()| std::fs::rename(&partial, &note))
-        .map_err(|e| local(e, "cannot write the note of staging file", &note))
     }
 
     /// Copy the bytes still only in the store into the staging file, if `range` reaches
@@ -382,6 +385,11 @@ impl<S: ObjectStore> FileState<S> {
     /// file says so too, for recovery after a crash). Call `load_from_store` first: the
     /// version it started from was under the old name.
     pub fn set_key(&mut self, key: String) {
+        if self.detached {
+            // Unlinked meanwhile: nothing of it may be taken over under any name.
+            self.key = key;
+            return;
+        }
         if let Err(e) = std::fs::write(self.staging_path.with_extension("key"), &key) {
             tracing::warn!(staging = %self.staging_path.display(), error = %e, "cannot record the new key of a staging file");
         }
@@ -497,9 +505,10 @@ impl<S: ObjectStore> FileState<S> {
         self.untouched_since_create = false;
         self.unchanged_below = self.unchanged_below.min(size);
         if size < self.in_store_below {
-            // The bytes past the new end are gone; those before it are still the base's.
+            // The bytes past the new end are gone; those before it are still the base's. The
+            // note first: one saying more would bring gone bytes back at a take-over.
+            self.write_in_store_note(size)?;
             self.in_store_below = size;
-            self.write_in_store_note()?;
         }
         Ok(())
     }
@@ -541,7 +550,7 @@ impl<S: ObjectStore> FileState<S> {
                 self.base = Some((put.etag.clone(), self.size));
                 self.unchanged_below = u64::MAX;
                 if self.in_store_below > 0 {
-                    if let Err(e) = self.write_in_store_note() {
+                    if let Err(e) = self.write_in_store_note(self.in_store_below) {
                         tracing::warn!(error = %e, "cannot record the new version of the bytes in the store");
                     }
                 }
@@ -737,6 +746,12 @@ pub async fn fill_recovered<S: ObjectStore>(store: &S, path: &Path) -> FsResult<
         .write(true)
         .open(path)
         .map_err(|e| local(e, "cannot open recovery file", path))?;
+    // Never past the file's end: a truncate may have shortened it after the note was written.
+    let len = len.min(
+        file.metadata()
+            .map_err(|e| local(e, "cannot read the size of", path))?
+            .len(),
+    );
     let body = store
         .get_stream(key, 0..len, Some(&ETag::new(etag)))
         .await?;
@@ -757,18 +772,30 @@ fn move_to_recovery(path: &Path, key: &str, dir: &Path) -> PathBuf {
         name.pop();
     }
     let target = dir.join(format!("{name}.{}", unique_suffix()));
+    // Its first bytes were still only in the store: the note beside it says which, with the
+    // key (file names in the recovery folder are only like it). Written before the move: a
+    // crash in between leaves a note too many, never a file with zeros and no note.
+    let note = path.with_extension(IN_STORE);
+    let noted = match std::fs::read_to_string(&note) {
+        Ok(text) => {
+            if write_whole(&recovered_note(&target), &format!("{text}{key}\n")).is_err() {
+                return path.to_path_buf();
+            }
+            true
+        }
+        Err(_) => false,
+    };
     match std::fs::rename(path, &target) {
         Ok(()) => {
             let _ = std::fs::remove_file(path.with_extension("key"));
-            // Its first bytes were still only in the store: the note, beside it, says which,
-            // with the key (file names in the recovery folder are only like it).
-            let note = path.with_extension(IN_STORE);
-            if let Ok(text) = std::fs::read_to_string(&note) {
-                let _ = std::fs::write(recovered_note(&target), format!("{text}{key}\n"));
+            if noted {
                 let _ = std::fs::remove_file(&note);
             }
             target
         }
-        Err(_) => path.to_path_buf(),
+        Err(_) => {
+            let _ = std::fs::remove_file(recovered_note(&target));
+            path.to_path_buf()
+        }
     }
 }

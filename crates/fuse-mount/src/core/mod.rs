@@ -155,6 +155,9 @@ pub struct Leftovers {
     /// Staging files moved to the recovery folder.
     pub rescued: Vec<PathBuf>,
     pub uploads: LeftoverUploads,
+    /// The fill, in the background, of the first bytes of rescued files that were only in
+    /// the store (see `files::fill_recovered`): the mount does not wait for it.
+    pub filling: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What [`Fs::create`] does when the name exists already: open(2)'s `O_EXCL` and `O_TRUNC`.
@@ -556,11 +559,18 @@ impl<S: ObjectStore> Fs<S> {
             &taken_over,
         );
         for path in &rescued {
-            if let Err(e) = files::fill_recovered(&*self.store, path).await {
-                tracing::error!(file = %path.display(), error = %e, "cannot fill in the first bytes of a recovered file from the store; its .base note says which they are");
-            }
             tracing::error!(file = %path.display(), "an earlier run stopped before uploading this file; its data is kept in the recovery folder");
         }
+        let filling = (!rescued.is_empty()).then(|| {
+            let (store, rescued) = (self.store.clone(), rescued.clone());
+            tokio::spawn(async move {
+                for path in rescued {
+                    if let Err(e) = files::fill_recovered(&*store, &path).await {
+                        tracing::error!(file = %path.display(), error = %e, "cannot fill in the first bytes of a recovered file from the store; its .base note says which they are");
+                    }
+                }
+            })
+        });
         // Bounded, because a mount must not wait long on a slow store; what is left waits for
         // the next start.
         const ABORT_TIME: Duration = Duration::from_secs(10);
@@ -575,7 +585,11 @@ impl<S: ObjectStore> Fs<S> {
             }
             None => LeftoverUploads::default(),
         };
-        Leftovers { rescued, uploads }
+        Leftovers {
+            rescued,
+            uploads,
+            filling,
+        }
     }
 
     fn key(&self, path: &str) -> String {
@@ -1284,6 +1298,11 @@ impl<S: ObjectStore> Fs<S> {
             return Ok(());
         };
         let mut state = state.lock().await;
+        self.commit_locked(ino, &mut state).await
+    }
+
+    /// [`commit`](Self::commit) of `ino`, whose state the caller holds locked.
+    async fn commit_locked(&self, ino: u64, state: &mut FileState<S>) -> FsResult<()> {
         let attr = self.inode_path(ino)?.1;
         if let Some(put) = state
             .commit(&self.store, self.metadata_of(&attr), &self.config.upload)
@@ -1530,7 +1549,7 @@ impl<S: ObjectStore> Fs<S> {
         let path = join(&self.dir_path(parent)?, name);
         let state = self.file_state(attr.ino);
         let mut state = match &state {
-            Some(state) => Some(self.stage_all(state).await),
+            Some(state) => Some(self.stage_all(state).await?),
             None => None,
         };
         self.store.delete(&self.key(&path)).await?;
@@ -1612,7 +1631,7 @@ impl<S: ObjectStore> Fs<S> {
             Err(e) => return Err(e),
         };
         let mut replaced = match &replaced {
-            Some(state) => Some(self.stage_all(state).await),
+            Some(state) => Some(self.stage_all(state).await?),
             None => None,
         };
         if src.kind == Kind::Dir {
@@ -1644,9 +1663,30 @@ impl<S: ObjectStore> Fs<S> {
             for (key, _) in &objects {
                 self.store.delete(key).await?;
             }
-            // The files being written below go on under their new names.
-            for state in moving {
-                let mut state = state.lock().await;
+            // The files being written below go on under their new names: those settled above
+            // (still locked), and any opened below meanwhile.
+            let settled: HashSet<u64> = moving.iter().map(|(ino, _)| *ino).collect();
+            let below = format!("{from}/");
+            let others: Vec<SharedFile<S>> = {
+                let inodes = self.inodes.lock().unwrap();
+                self.files
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(ino, _)| {
+                        !settled.contains(ino)
+                            && inodes
+                                .get(**ino)
+                                .is_some_and(|i| i.path.starts_with(&below))
+                    })
+                    .map(|(_, state)| state.clone())
+                    .collect()
+            };
+            let mut guards: Vec<_> = moving.into_iter().map(|(_, guard)| guard).collect();
+            for state in others {
+                guards.push(state.lock_owned().await);
+            }
+            for state in &mut guards {
                 if let Some(rest) = state.key.strip_prefix(&src_prefix) {
                     let key = format!("{dst_prefix}{rest}");
                     state.set_key(key);
@@ -1654,18 +1694,21 @@ impl<S: ObjectStore> Fs<S> {
                 }
             }
         } else {
-            self.commit(src.ino).await?;
+            // Its state stays locked from its commit to its new key: a close meanwhile would
+            // upload under the old name, into the copy's gap or after the delete.
+            let state = self.file_state(src.ino);
+            let mut state = match &state {
+                Some(state) => Some(state.lock().await),
+                None => None,
+            };
             let (src_key, dst_key) = (self.key(&from), self.key(&to));
-            let never_committed = match self.file_state(src.ino) {
+            let never_committed = match state.as_mut() {
                 Some(state) => {
+                    self.commit_locked(src.ino, state).await?;
                     // Its bytes still only in the store come into its staging file now (pinned
                     // to the version it started from): the object under the old name is about
                     // to go, and the copy may be of another client's newer version.
-                    state
-                        .lock()
-                        .await
-                        .load_from_store(&*self.store, 0..u64::MAX)
-                        .await?;
+                    state.load_from_store(&*self.store, 0..u64::MAX).await?;
                     match self.store.head(&src_key).await {
                         Ok(_) => false,
                         Err(e) if e.kind() == ErrorKind::NotFound => true,
@@ -1683,8 +1726,7 @@ impl<S: ObjectStore> Fs<S> {
                 self.copy_object(&src_key, size, &dst_key, None).await?;
                 self.store.delete(&src_key).await?;
             }
-            if let Some(state) = self.file_state(src.ino) {
-                let mut state = state.lock().await;
+            if let Some(state) = state.as_mut() {
                 state.set_key(dst_key);
                 state.abandon_stream().await;
             }
@@ -1724,10 +1766,14 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Commit every file being written below directory `dir`, and bring into their staging
     /// files the bytes they have only in the store: a rename of `dir` is about to move their
-    /// objects. Returns their write states.
-    async fn settle_all_below(&self, dir: &str) -> FsResult<Vec<SharedFile<S>>> {
+    /// objects. Returns their write states, locked (in inode order: two such renames never
+    /// wait for each other) until they have their new keys.
+    async fn settle_all_below(
+        &self,
+        dir: &str,
+    ) -> FsResult<Vec<(u64, tokio::sync::OwnedMutexGuard<FileState<S>>)>> {
         let below = format!("{dir}/");
-        let inos: Vec<u64> = {
+        let mut inos: Vec<u64> = {
             let inodes = self.inodes.lock().unwrap();
             self.files
                 .lock()
@@ -1737,16 +1783,14 @@ impl<S: ObjectStore> Fs<S> {
                 .filter(|ino| inodes.get(*ino).is_some_and(|i| i.path.starts_with(&below)))
                 .collect()
         };
+        inos.sort_unstable();
         let mut states = Vec::new();
         for ino in inos {
-            self.commit(ino).await?;
             if let Some(state) = self.file_state(ino) {
-                state
-                    .lock()
-                    .await
-                    .load_from_store(&*self.store, 0..u64::MAX)
-                    .await?;
-                states.push(state);
+                let mut state = state.lock_owned().await;
+                self.commit_locked(ino, &mut state).await?;
+                state.load_from_store(&*self.store, 0..u64::MAX).await?;
+                states.push((ino, state));
             }
         }
         Ok(states)
@@ -1758,12 +1802,18 @@ impl<S: ObjectStore> Fs<S> {
     async fn stage_all<'a>(
         &self,
         state: &'a SharedFile<S>,
-    ) -> tokio::sync::MutexGuard<'a, FileState<S>> {
+    ) -> FsResult<tokio::sync::MutexGuard<'a, FileState<S>>> {
         let mut state = state.lock().await;
-        if let Err(e) = state.load_from_store(&*self.store, 0..u64::MAX).await {
-            tracing::warn!(key = %state.key, error = %e, "cannot keep the bytes of a removed open file; reads of them will fail");
+        match state.load_from_store(&*self.store, 0..u64::MAX).await {
+            Ok(()) => {}
+            // That version is gone already (replaced or deleted by another client).
+            Err(FsError::Store(e)) if e.kind() == ErrorKind::PreconditionFailed => {
+                tracing::warn!(key = %state.key, error = %e, "the bytes of a removed open file are gone from the store; reads of them will fail");
+            }
+            // The store may give them later: remove nothing before it has.
+            Err(e) => return Err(e),
         }
-        state
+        Ok(state)
     }
 
     pub async fn symlink(

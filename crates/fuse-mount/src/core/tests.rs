@@ -1433,6 +1433,24 @@ async fn a_failed_rename_onto_an_open_file_leaves_it_written_as_before() {
     store.heal();
     fs.release(fh).await.unwrap();
     assert_eq!(body(store.inner(), "vol/held").await, b"held, and more");
+
+    // An unlink of an open file being appended whose bytes the store cannot give now fails,
+    // and removes nothing: its holder could never read them again.
+    let big = common::conformance::pattern(10_000, 1).to_vec();
+    let attr = write_file(&fs, ROOT_INO, "big", &big).await;
+    let fh = fs.open(attr.ino, true, false).await.unwrap();
+    fs.write(fh, big.len() as u64, b"+").await.unwrap();
+    store.fail_next(Op::Get, ErrorKind::ServerError, 10);
+    assert_eq!(
+        fs.unlink(ROOT_INO, "big").await.unwrap_err().errno(),
+        libc::EIO
+    );
+    store.heal();
+    assert!(store.inner().head("vol/big").await.is_ok());
+    fs.unlink(ROOT_INO, "big").await.unwrap();
+    assert_eq!(&fs.read(fh, 0, 4).await.unwrap()[..], &big[..4]);
+    fs.release(fh).await.unwrap();
+    assert!(store.inner().head("vol/big").await.is_err());
 }
 
 #[tokio::test]
@@ -1453,6 +1471,7 @@ async fn a_crash_during_an_append_to_a_big_file_leaves_it_whole_in_recovery() {
     let next = Fs::new(store.clone(), config(&dir)).unwrap();
     let leftovers = next.recover_leftovers().await;
     assert_eq!(leftovers.rescued.len(), 1);
+    leftovers.filling.expect("a file to fill").await.unwrap();
     want.extend_from_slice(b"unsaved");
     assert_eq!(std::fs::read(&leftovers.rescued[0]).unwrap(), want);
     let notes = std::fs::read_dir(dir.path().join("recovery"))
