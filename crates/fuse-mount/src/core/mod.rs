@@ -794,15 +794,7 @@ impl<S: ObjectStore> Fs<S> {
                 self.set_negative(&path, true);
                 return Err(FsError::NotFound);
             }
-            Listed::Dir => {
-                let attr = self.dir_attr(SystemTime::now());
-                self.set_negative(&path, false);
-                return Ok(self
-                    .inodes
-                    .lock()
-                    .unwrap()
-                    .upsert(parent, name, path, attr, None, true));
-            }
+            Listed::Dir => return Ok(self.found_dir(parent, name, path)),
             // Its mode and owner are in its metadata: a HEAD, and nothing else, since the
             // listing says no directory shadows it.
             Listed::Object => return self.head_for_lookup(parent, name, path).await,
@@ -817,15 +809,19 @@ impl<S: ObjectStore> Fs<S> {
         let listing = listing?;
         // A directory shadows an object of the same name (see SEMANTICS.md).
         if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
-            let attr = self.dir_attr(SystemTime::now());
-            self.set_negative(&path, false);
-            return Ok(self
-                .inodes
-                .lock()
-                .unwrap()
-                .upsert(parent, name, path, attr, None, true));
+            return Ok(self.found_dir(parent, name, path));
         }
         self.found_by_head(parent, name, path, head)
+    }
+
+    /// The entry of directory `name` in `parent` (at `path`), found in the store.
+    fn found_dir(&self, parent: u64, name: &str, path: String) -> Attr {
+        let attr = self.dir_attr(SystemTime::now());
+        self.set_negative(&path, false);
+        self.inodes
+            .lock()
+            .unwrap()
+            .upsert(parent, name, path, attr, None, true)
     }
 
     /// Look up `name` in `parent` (at `path`), a file or symlink as far as the store says, with
