@@ -128,6 +128,55 @@ fn semantics_shell_redirections_and_empty_new_files() {
 }
 
 #[test]
+fn semantics_an_append_to_a_big_object_replaced_meanwhile_is_estale_and_kept() {
+    let Some(m) = mount("append-replaced") else {
+        return;
+    };
+    // Bigger than a part (8 MiB): the append leaves its bytes in the store.
+    let old: Vec<u8> = (0..9u32 << 20).map(|i| (i % 253) as u8).collect();
+    m.put("vol/log", &old, &UserMetadata::new());
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("log"))
+        .unwrap();
+    file.write_all(b"appended\n").unwrap();
+    // Another client replaces the object before the file is synced. Ceph RGW ignores the
+    // ETag condition on copied parts: the mount must notice on its own.
+    m.put(
+        "vol/log",
+        b"replaced by another client",
+        &UserMetadata::new(),
+    );
+    let err = file
+        .sync_all()
+        .expect_err("the version appended to is gone");
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+    drop(file);
+    assert_eq!(m.object("vol/log"), b"replaced by another client");
+    // The last close keeps what was written for recovery (the kernel sends it after close).
+    let recovery = m.local.path().join("recovery");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let kept = loop {
+        let kept: Vec<_> = fs::read_dir(&recovery)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        if let Some(file) = kept
+            .iter()
+            .find(|p| !p.to_string_lossy().ends_with(".base"))
+        {
+            break file.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing kept: {kept:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let bytes = fs::read(&kept).unwrap();
+    assert_eq!(&bytes[old.len()..], b"appended\n");
+}
+
+#[test]
 fn semantics_large_sequential_write_streams_and_reads_back() {
     let Some(m) = mount("large") else { return };
     let data: Vec<u8> = (0..24u32 << 20)
