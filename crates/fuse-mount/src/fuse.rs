@@ -145,8 +145,13 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         let _ = config.set_max_readahead(8 << 20);
         // readdirplus: listings carry attributes, so `ls -l` needs no lookup per entry.
         // Parallel dirops: lookups in one directory need not wait for each other.
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS);
+        // Atomic O_TRUNC: open(O_TRUNC) comes as one open, not an open and a setattr, so the
+        // file is known to be emptied by that open (see `FileState::close_can_wait`).
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_ATOMIC_O_TRUNC,
+        );
         Ok(())
     }
 

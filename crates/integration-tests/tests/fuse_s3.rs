@@ -102,6 +102,12 @@ fn semantics_shell_redirections_and_empty_new_files() {
         .arg("echo hi > out.txt && echo more >> out.txt")
         .current_dir(&dir));
     assert_eq!(m.object("vol/out.txt"), b"hi\nmore\n");
+    // Over an existing file (open with O_TRUNC): its new bytes are there at once too.
+    run(Command::new("bash")
+        .arg("-c")
+        .arg("echo again > out.txt")
+        .current_dir(&dir));
+    assert_eq!(m.object("vol/out.txt"), b"again\n");
     // touch sets the times through its descriptor: in the store at close.
     run(Command::new("touch").arg("touched").current_dir(&dir));
     assert_eq!(m.object("vol/touched"), b"");

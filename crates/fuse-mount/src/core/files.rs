@@ -57,9 +57,11 @@ pub struct FileState<S: ObjectStore> {
     /// The bytes below this offset are `base`'s, still only in the store: the staging file has
     /// a hole there (see [`Initial::InStore`]). Never above `unchanged_below`.
     in_store_below: u64,
-    /// Created by this mount and, since, neither written nor changed nor committed. Its first
-    /// close need not put the empty object: shells open, `dup2()` onto stdout and close the
-    /// first descriptor before writing (`echo hi > f`), which would cost a second PUT per file.
+    /// Created, or emptied by an open with `O_TRUNC`, by this mount and, since, neither
+    /// written nor changed nor committed. Its first close need not put the empty object:
+    /// shells open, `dup2()` onto stdout and close the first descriptor before writing
+    /// (`echo hi > f`), which would cost a second PUT per file, and show other clients an
+    /// empty file for a moment (or for good, if the writer died before writing).
     untouched_since_create: bool,
 }
 
@@ -360,7 +362,7 @@ impl<S: ObjectStore> FileState<S> {
         Ok(())
     }
 
-    /// The file was just created, empty, by this mount.
+    /// The file was just created, or emptied by an open with `O_TRUNC`, by this mount.
     pub fn mark_created(&mut self) {
         self.untouched_since_create = true;
     }

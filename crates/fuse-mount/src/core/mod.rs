@@ -1116,8 +1116,15 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::IsDir);
         }
         if truncate {
+            let fresh = self.file_state(ino).is_none();
             let state = self.ensure_file_state(ino, true).await?;
-            state.lock().await.truncate(0).await?;
+            let mut state = state.lock().await;
+            state.truncate(0).await?;
+            if fresh {
+                // As for a new file: `echo hi > f` closes the emptied file before it writes,
+                // and that close need not put an empty object over the old one.
+                state.mark_created();
+            }
         }
         let written = self.file_state(ino).is_some();
         let keep_cache = {

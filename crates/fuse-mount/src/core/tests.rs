@@ -167,6 +167,29 @@ async fn a_new_file_written_through_a_dup2ed_descriptor_costs_one_put() {
     f.fs.release(fh).await.unwrap();
     assert_eq!(store.request_count(Op::Put), 1);
     assert_eq!(read_all(&f.fs, attr.ino).await, b"hi\n");
+    // `echo again > f` over it: open(O_TRUNC), the same dance. Other clients never see it
+    // empty, and it costs one PUT.
+    let fh = f.fs.open(attr.ino, true, true).await.unwrap();
+    f.fs.flush(fh).await.unwrap();
+    assert_eq!(
+        body(&store, "vol/hi").await,
+        b"hi\n",
+        "not emptied at that close"
+    );
+    f.fs.write(fh, 0, b"again\n").await.unwrap();
+    f.fs.flush(fh).await.unwrap();
+    assert_eq!(
+        body(&store, "vol/hi").await,
+        b"again\n",
+        "in the store at close"
+    );
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(store.request_count(Op::Put), 2);
+    // `: > f`: emptied and closed without a write, it is empty in the store after the release.
+    let fh = f.fs.open(attr.ino, true, true).await.unwrap();
+    f.fs.flush(fh).await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/hi").await, b"");
 }
 
 #[tokio::test]
