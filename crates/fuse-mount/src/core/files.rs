@@ -61,7 +61,7 @@ pub struct FileState<S: ObjectStore> {
     /// written nor changed nor committed. Its first close need not put the empty object:
     /// shells open, `dup2()` onto stdout and close the first descriptor before writing
     /// (`echo hi > f`), which would cost a second PUT per file, and show other clients an
-    /// empty file for a moment (or for good, if the writer died before writing).
+    /// empty file for a moment.
     untouched_since_create: bool,
 }
 

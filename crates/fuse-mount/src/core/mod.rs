@@ -1115,38 +1115,83 @@ impl<S: ObjectStore> Fs<S> {
         if attr.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
+        // Counted before the truncate: the release of the previous handle, which the kernel
+        // sends after close(2) returned and may still be running, is then not the last one
+        // and leaves alone the state this open empties.
+        let fh = self.new_handle(ino, writable);
         if truncate {
-            let fresh = self.file_state(ino).is_none();
-            let state = self.ensure_file_state(ino, true).await?;
-            let mut state = state.lock().await;
-            state.truncate(0).await?;
-            if fresh {
-                // As for a new file: `echo hi > f` closes the emptied file before it writes,
-                // and that close need not put an empty object over the old one.
-                state.mark_created();
+            if let Err(e) = self.empty_at_open(ino).await {
+                // As a close of it: if it was the last handle, what the release of the one
+                // before left to it is done now.
+                let _ = self.release(fh).await;
+                return Err(e);
             }
         }
         let written = self.file_state(ino).is_some();
         let keep_cache = {
             let mut inodes = self.inodes.lock().unwrap();
-            let inode = inodes.get_mut(ino).ok_or(FsError::NotFound)?;
-            let same = inode.etag.is_some() && inode.etag == inode.kernel_cached;
-            // What the kernel caches through a writable handle is not a stored version.
-            inode.kernel_cached = if writable || written {
-                None
-            } else {
-                inode.etag.clone()
-            };
-            same && !writable && !written
+            inodes.get_mut(ino).is_some_and(|inode| {
+                let same = inode.etag.is_some() && inode.etag == inode.kernel_cached;
+                // What the kernel caches through a writable handle is not a stored version.
+                inode.kernel_cached = if writable || written {
+                    None
+                } else {
+                    inode.etag.clone()
+                };
+                same && !writable && !written
+            })
         };
-        Ok((self.new_handle(ino, writable), keep_cache))
+        Ok((fh, keep_cache))
+    }
+
+    /// Empty file `ino` for an open with `O_TRUNC`.
+    async fn empty_at_open(&self, ino: u64) -> FsResult<()> {
+        let (state, made) = self.file_state_made(ino, true).await?;
+        let mut guard = state.lock().await;
+        if let Err(e) = guard.truncate(0).await {
+            if made {
+                // Nobody else has it: not left for an unmount to put over the object.
+                drop(guard);
+                self.files.lock().unwrap().remove(&ino);
+                state.lock().await.discard();
+            }
+            return Err(e);
+        }
+        if made {
+            // As for a new file: `echo hi > f` closes the emptied file before it writes,
+            // and that close need not put an empty object over the old one.
+            guard.mark_created();
+        }
+        if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+            inode.attr.size = 0;
+            inode.attr.mtime = SystemTime::now();
+        }
+        Ok(())
+    }
+
+    /// Forget handle `fh`; its inode, and whether it was the inode's last open handle.
+    fn drop_handle(&self, fh: u64) -> Option<(u64, bool)> {
+        let handle = self.handles.lock().unwrap().remove(&fh)?;
+        let mut counts = self.open_counts.lock().unwrap();
+        let count = counts.entry(handle.ino).or_default();
+        *count = count.saturating_sub(1);
+        let last = *count == 0;
+        if last {
+            counts.remove(&handle.ino);
+        }
+        Some((handle.ino, last))
     }
 
     /// The write state of `ino`, made on first need. An existing object's bytes are copied into
     /// the staging file, unless `empty` (the file is about to be truncated to nothing).
     async fn ensure_file_state(&self, ino: u64, empty: bool) -> FsResult<SharedFile<S>> {
+        Ok(self.file_state_made(ino, empty).await?.0)
+    }
+
+    /// [`ensure_file_state`](Self::ensure_file_state), also saying whether this call made it.
+    async fn file_state_made(&self, ino: u64, empty: bool) -> FsResult<(SharedFile<S>, bool)> {
         if let Some(state) = self.file_state(ino) {
-            return Ok(state);
+            return Ok((state, false));
         }
         let (path, cached) = self.inode_path(ino)?;
         // Fresh attributes when the size decides what is copied into the staging file. (A
@@ -1192,11 +1237,13 @@ impl<S: ObjectStore> Fs<S> {
         match files.entry(ino) {
             std::collections::hash_map::Entry::Occupied(first) => {
                 state.discard();
-                Ok(first.get().clone())
+                Ok((first.get().clone(), false))
             }
-            std::collections::hash_map::Entry::Vacant(slot) => Ok(slot
-                .insert(Arc::new(tokio::sync::Mutex::new(state)))
-                .clone()),
+            std::collections::hash_map::Entry::Vacant(slot) => Ok((
+                slot.insert(Arc::new(tokio::sync::Mutex::new(state)))
+                    .clone(),
+                true,
+            )),
         }
     }
 
@@ -1345,29 +1392,14 @@ impl<S: ObjectStore> Fs<S> {
     /// Close handle `fh`. The last close of a written file commits it; if that fails, the staged
     /// bytes move to the recovery folder and the error is logged (close has no one to tell).
     pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let handle = self
-            .handles
-            .lock()
-            .unwrap()
-            .remove(&fh)
-            .ok_or(FsError::BadHandle)?;
-        let last = {
-            let mut counts = self.open_counts.lock().unwrap();
-            let count = counts.entry(handle.ino).or_default();
-            *count = count.saturating_sub(1);
-            let last = *count == 0;
-            if last {
-                counts.remove(&handle.ino);
-            }
-            last
-        };
+        let (ino, last) = self.drop_handle(fh).ok_or(FsError::BadHandle)?;
         if !last {
             return Ok(());
         }
-        let result = self.commit(handle.ino).await;
+        let result = self.commit(ino).await;
         // Another task may still hold the state for a moment (a getattr reading its size): the
         // files go now all the same, or they would be left behind for a later start to find.
-        let state = self.files.lock().unwrap().remove(&handle.ino);
+        let state = self.files.lock().unwrap().remove(&ino);
         if let Some(state) = state {
             let mut state = state.lock().await;
             if state.dirty && !state.detached {

@@ -186,8 +186,15 @@ async fn a_new_file_written_through_a_dup2ed_descriptor_costs_one_put() {
     f.fs.release(fh).await.unwrap();
     assert_eq!(store.request_count(Op::Put), 2);
     // `: > f`: emptied and closed without a write, it is empty in the store after the release.
+    // Meanwhile the mount shows it empty and changed now, in listings too.
+    let before = f.fs.getattr(attr.ino).await.unwrap().mtime;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let fh = f.fs.open(attr.ino, true, true).await.unwrap();
     f.fs.flush(fh).await.unwrap();
+    let listed = f.fs.readdir(ROOT_INO).await.unwrap();
+    let entry = listed.iter().find(|e| e.name == "hi").unwrap();
+    assert_eq!(entry.attr.size, 0);
+    assert!(f.fs.getattr(attr.ino).await.unwrap().mtime > before);
     f.fs.release(fh).await.unwrap();
     assert_eq!(body(&store, "vol/hi").await, b"");
 }
