@@ -410,8 +410,16 @@ impl<S: ObjectStore> FileState<S> {
         // Never completed: dropping the stream aborts it and gives its memory back now.
         self.ahead.clear();
         self.stream = None;
+        self.remove_side_files();
+    }
+
+    /// Remove the `.key` file and, if there is one, the `.base` note beside the staging file
+    /// (a note exists exactly while `in_store_below > 0`: no needless unlink per close).
+    fn remove_side_files(&self) {
         let _ = std::fs::remove_file(self.staging_path.with_extension("key"));
-        let _ = std::fs::remove_file(self.staging_path.with_extension(IN_STORE));
+        if self.in_store_below > 0 {
+            let _ = remove_in_store_note(&self.staging_path);
+        }
     }
 
     pub async fn write(&mut self, store: &S, offset: u64, data: &[u8]) -> FsResult<()> {
@@ -656,8 +664,7 @@ impl<S: ObjectStore> FileState<S> {
     /// Drop the staging file (after a successful commit).
     pub fn discard(&self) {
         let _ = std::fs::remove_file(&self.staging_path);
-        let _ = std::fs::remove_file(self.staging_path.with_extension("key"));
-        let _ = std::fs::remove_file(self.staging_path.with_extension(IN_STORE));
+        self.remove_side_files();
     }
 
     /// Keep the staged bytes for recovery: move the file to `dir`, named after the key.

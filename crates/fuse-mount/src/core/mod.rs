@@ -1202,13 +1202,7 @@ impl<S: ObjectStore> Fs<S> {
             self.getattr(ino).await?
         };
         let key = self.key(&path);
-        let etag = self
-            .inodes
-            .lock()
-            .unwrap()
-            .get(ino)
-            .and_then(|i| i.etag.clone());
-        let initial = match etag {
+        let initial = match self.known_etag(ino) {
             _ if empty || attr.size == 0 => Initial::Empty,
             // Big enough for the store to copy at commit: an append need not fetch it.
             Some(etag) if attr.size >= self.config.upload.part_size as u64 => {
@@ -1245,6 +1239,11 @@ impl<S: ObjectStore> Fs<S> {
                 true,
             )),
         }
+    }
+
+    /// The ETag the inode table has for `ino`, if any.
+    fn known_etag(&self, ino: u64) -> Option<common::ETag> {
+        self.inodes.lock().unwrap().get(ino)?.etag.clone()
     }
 
     fn metadata_of(&self, attr: &Attr) -> UserMetadata {
@@ -1300,13 +1299,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         let (path, attr) = self.inode_path(ino)?;
         let key = self.key(&path);
-        let known = self
-            .inodes
-            .lock()
-            .unwrap()
-            .get(ino)
-            .and_then(|i| i.etag.clone());
-        let (etag, size) = match known {
+        let (etag, size) = match self.known_etag(ino) {
             Some(etag) => (etag, attr.size),
             None => {
                 let meta = self.store.head(&key).await?;
