@@ -485,6 +485,22 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
+    // No ioctls on files: ENOTTY is what `isatty()` and friends expect of a regular file (and
+    // fuser's default logs a warning for every one: Python asks at each open).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // Object stores have no fixed capacity: report a large, constant amount of free space
         // so programs that check before writing go ahead.

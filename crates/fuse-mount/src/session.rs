@@ -144,8 +144,17 @@ pub fn lazy_unmount(mountpoint: &Path) -> std::io::Result<()> {
 impl Drop for MountHandle {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            if let Err(e) = self.end_session(session) {
-                tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
+            // Unmounted from outside (`umount`, `fusermount3 -u`): the session ended with the
+            // mount, and the unmount here finds nothing to unmount (EINVAL).
+            let ended_outside = session.guard.is_finished();
+            match self.end_session(session) {
+                Err(e) if ended_outside && e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!(mountpoint = %self.mountpoint.display(), "unmounted from outside");
+                }
+                Err(e) => {
+                    tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed")
+                }
+                Ok(()) => {}
             }
         }
     }

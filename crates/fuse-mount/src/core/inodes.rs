@@ -264,6 +264,14 @@ impl InodeTable {
         self.by_path.get(path).and_then(|ino| self.inodes.get(ino))
     }
 
+    /// Whether `ino` is still the inode under its path: not unlinked, nor replaced by a rename
+    /// onto its name (a file open meanwhile keeps its inode after either).
+    pub fn is_named(&self, ino: u64) -> bool {
+        self.inodes
+            .get(&ino)
+            .is_some_and(|inode| self.by_path.get(&inode.path) == Some(&ino))
+    }
+
     /// Insert or refresh the inode for `parent`/`name`, keeping its number if it had one.
     /// A kind change (a file replaced by a directory of the same name) gets a new number.
     pub fn upsert(

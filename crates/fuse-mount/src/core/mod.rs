@@ -939,10 +939,17 @@ impl<S: ObjectStore> Fs<S> {
             .list_dir(ino, usize::MAX, true)
             .await?
             .expect("no page limit");
-        // Files being written but not yet in the store belong to the listing too.
+        // Files being written but not yet in the store belong to the listing too (not those
+        // unlinked or replaced while open: their names are gone).
         let pending: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
         for file_ino in pending {
-            let known = self.inodes.lock().unwrap().get(file_ino).cloned();
+            let known = {
+                let inodes = self.inodes.lock().unwrap();
+                inodes
+                    .get(file_ino)
+                    .filter(|_| inodes.is_named(file_ino))
+                    .cloned()
+            };
             if let Some(inode) = known {
                 if inode.parent == ino && !entries.iter().any(|e| e.name == inode.name) {
                     let attr = self.current_attr(inode.attr.clone()).await;
@@ -1575,7 +1582,7 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::IsDir);
         }
         let path = join(&self.dir_path(parent)?, name);
-        let state = self.file_state(attr.ino);
+        let state = self.state_kept_past_removal(attr.ino).await?;
         let mut state = match &state {
             Some(state) => Some(self.stage_all(state).await?),
             None => None,
@@ -1604,11 +1611,9 @@ impl<S: ObjectStore> Fs<S> {
             .await?;
         let has_pending = {
             let inodes = self.inodes.lock().unwrap();
-            self.files
-                .lock()
-                .unwrap()
-                .keys()
-                .any(|ino| inodes.get(*ino).is_some_and(|i| i.parent == attr.ino))
+            self.files.lock().unwrap().keys().any(|ino| {
+                inodes.is_named(*ino) && inodes.get(*ino).is_some_and(|i| i.parent == attr.ino)
+            })
         };
         if has_pending
             || page.objects.iter().any(|o| o.key != marker)
@@ -1654,7 +1659,7 @@ impl<S: ObjectStore> Fs<S> {
                 self.rmdir(new_parent, new_name).await?;
                 None
             }
-            Ok(dst) => self.file_state(dst.ino),
+            Ok(dst) => self.state_kept_past_removal(dst.ino).await?,
             Err(FsError::NotFound) => None,
             Err(e) => return Err(e),
         };
@@ -1822,6 +1827,34 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         Ok(states)
+    }
+
+    /// The write state that keeps the bytes of file `ino` for whoever has it open once its
+    /// object goes (unlink, or a rename onto it): its own, or, if it is open but was not
+    /// written, one made now. POSIX keeps an unlinked file readable and writable through the
+    /// descriptors still open on it (a reader of a file replaced by an atomic save, `tail -f`
+    /// of a rotated log, a running program's own file). `None` when nothing has it open, or
+    /// when the version they opened is gone from the store already.
+    async fn state_kept_past_removal(&self, ino: u64) -> FsResult<Option<SharedFile<S>>> {
+        if let Some(state) = self.file_state(ino) {
+            return Ok(Some(state));
+        }
+        if !self.open_counts.lock().unwrap().contains_key(&ino) {
+            return Ok(None);
+        }
+        match self.ensure_file_state(ino, false).await {
+            Ok(state) => Ok(Some(state)),
+            Err(FsError::Store(e))
+                if matches!(
+                    e.kind(),
+                    ErrorKind::PreconditionFailed | ErrorKind::NotFound
+                ) =>
+            {
+                tracing::warn!(ino, error = %e, "the bytes of a removed open file are gone from the store; reads of them will fail");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Lock the write state of a file about to go away under its name (unlink, or a rename

@@ -1447,6 +1447,70 @@ async fn open_big_files_renamed_over_or_moved_with_their_folder_keep_their_bytes
 }
 
 #[tokio::test]
+async fn files_open_but_unwritten_outlive_an_unlink_or_a_rename_onto_them() {
+    let (f, store) = fixture();
+    // The fixture's part size is 1 KiB: 9,000 bytes stay in the store until needed.
+    for (size, replace) in [(100, false), (100, true), (9_000, false), (9_000, true)] {
+        let data = common::conformance::pattern(size, 3).to_vec();
+        let attr = write_file(&f.fs, ROOT_INO, "f", &data).await;
+        let reader = f.fs.open(attr.ino, false, false).await.unwrap();
+        let writer = f.fs.open(attr.ino, true, false).await.unwrap();
+        if replace {
+            write_file(&f.fs, ROOT_INO, "new", b"new").await;
+            f.fs.rename(ROOT_INO, "new", ROOT_INO, "f").await.unwrap();
+        } else {
+            f.fs.unlink(ROOT_INO, "f").await.unwrap();
+        }
+        let what = format!("size {size}, replaced {replace}");
+        // Both descriptors still read the bytes they opened, and the writer's bytes go into
+        // that file, not into the store.
+        assert_eq!(
+            &f.fs.read(reader, 10, 20).await.unwrap()[..],
+            &data[10..30],
+            "{what}"
+        );
+        f.fs.write(writer, 5, b"zz").await.unwrap();
+        assert_eq!(
+            &f.fs.read(reader, 4, 4).await.unwrap()[..],
+            &[data[4], b'z', b'z', data[7]],
+            "{what}"
+        );
+        assert_eq!(
+            f.fs.getattr(attr.ino).await.unwrap().size,
+            size as u64,
+            "{what}"
+        );
+        // Gone from its folder all the same (or there once: the file moved in).
+        let names: Vec<String> =
+            f.fs.readdir(ROOT_INO)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+        assert_eq!(names, if replace { vec!["f"] } else { vec![] }, "{what}");
+        f.fs.fsync(writer).await.unwrap();
+        f.fs.release(writer).await.unwrap();
+        f.fs.release(reader).await.unwrap();
+        if replace {
+            assert_eq!(body(&store, "vol/f").await, b"new", "{what}");
+            f.fs.unlink(ROOT_INO, "f").await.unwrap();
+        } else {
+            assert!(store.head("vol/f").await.is_err(), "{what}");
+        }
+    }
+    // A folder whose only file was unlinked while open is empty.
+    let d = f.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.unwrap();
+    let attr = write_file(&f.fs, d.ino, "g", b"g").await;
+    let fh = f.fs.open(attr.ino, false, false).await.unwrap();
+    f.fs.unlink(d.ino, "g").await.unwrap();
+    f.fs.rmdir(ROOT_INO, "d").await.unwrap();
+    assert_eq!(&f.fs.read(fh, 0, 10).await.unwrap()[..], b"g");
+    f.fs.release(fh).await.unwrap();
+    assert!(store.keys().is_empty(), "{:?}", store.keys());
+}
+
+#[tokio::test]
 async fn a_failed_rename_onto_an_open_file_leaves_it_written_as_before() {
     let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
     let dir = tempfile::tempdir().unwrap();
