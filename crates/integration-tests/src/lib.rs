@@ -198,6 +198,24 @@ impl TestMount {
         })
     }
 
+    /// Every key under `prefix`, as a plain S3 client lists them (no delimiter).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        use common::ObjectStore;
+        self.runtime.block_on(async {
+            let mut keys = Vec::new();
+            let mut token = None;
+            loop {
+                let params = common::ListParams::new(prefix).continuation_token(token);
+                let page = self.store.list(&params).await.expect("list");
+                keys.extend(page.objects.into_iter().map(|o| o.key));
+                token = page.next_continuation_token;
+                if token.is_none() {
+                    return keys;
+                }
+            }
+        })
+    }
+
     pub fn metadata(&self, key: &str) -> common::UserMetadata {
         use common::ObjectStore;
         self.runtime

@@ -1,0 +1,382 @@
+//! Random sequences of file operations through a real FUSE mount over the real Ceph RGW, each
+//! also done on a local folder: every result (bytes read, sizes, listings, errno) must be the
+//! same, and at the end every object in the bucket must hold what the local file holds. This
+//! is how the kernel's side (page cache, handles kept across unlink and rename, O_APPEND,
+//! O_TRUNC) meets the filesystem's; the core's shadow-model test covers the core alone.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use integration_tests::{S3Env, TestMount};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const FOLDERS: [&str; 4] = ["", "d1/", "d2/", "d3/"];
+const NAMES: [&str; 5] = ["f0", "f1", "f2", "f3", "f4"];
+/// Write and read lengths: from one byte to more than one upload part (8 MiB).
+const LENGTHS: [usize; 7] = [1, 100, 4096, 65_536, 1 << 20, 3 << 20, 9 << 20];
+/// Offsets reach past 8 MiB, where bytes of an existing object stay in the store.
+const MAX_OFFSET: u64 = 12 << 20;
+
+/// An operation's outcome: its value, or the errno it failed with.
+type Outcome<T> = Result<T, i32>;
+
+fn outcome<T>(result: io::Result<T>) -> Outcome<T> {
+    result.map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// Up to `len` bytes at `offset`, as many as the file has (a short read only at its end).
+fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = vec![0; len];
+    let mut got = 0;
+    while got < len {
+        match file.read_at(&mut out[got..], offset + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    out.truncate(got);
+    Ok(out)
+}
+
+/// The start of `value`'s debug form: enough to see what differs, not megabytes of bytes.
+fn brief(value: &impl std::fmt::Debug) -> String {
+    let text = format!("{value:?}");
+    match text.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}... ({} chars)", &text[..cut], text.len()),
+        None => text,
+    }
+}
+
+fn names_in(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<io::Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// One open file: the mount's descriptor, the local folder's, and whether it appends.
+struct Open {
+    path: String,
+    mount: File,
+    local: File,
+    append: bool,
+}
+
+/// The same operations on the mount and on a local folder, with a log of what was done.
+struct Twin<'a> {
+    mount: &'a TestMount,
+    local: &'a Path,
+    rng: StdRng,
+    open: BTreeMap<u64, Open>,
+    log: Vec<String>,
+}
+
+impl Twin<'_> {
+    /// Run `op` on both roots and insist on the same outcome.
+    fn both<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        what: String,
+        op: impl Fn(&Path) -> io::Result<T>,
+    ) {
+        let on_mount = outcome(op(&self.mount.path("")));
+        let on_local = outcome(op(self.local));
+        self.log.push(what);
+        if on_mount != on_local {
+            self.fail(&format!(
+                "mount {}, local folder {}",
+                brief(&on_mount),
+                brief(&on_local)
+            ));
+        }
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let recent = &self.log[self.log.len().saturating_sub(80)..];
+        panic!(
+            "{why}\nafter (last {} of {} steps):\n{}",
+            recent.len(),
+            self.log.len(),
+            recent.join("\n")
+        );
+    }
+
+    fn same<T: PartialEq + std::fmt::Debug>(
+        &self,
+        what: &str,
+        on_mount: Outcome<T>,
+        on_local: Outcome<T>,
+    ) {
+        if on_mount != on_local {
+            self.fail(&format!(
+                "{what}: mount {}, local folder {}",
+                brief(&on_mount),
+                brief(&on_local)
+            ));
+        }
+    }
+
+    fn any_path(&mut self) -> String {
+        let folder = FOLDERS[self.rng.random_range(0..FOLDERS.len())];
+        format!("{folder}{}", NAMES[self.rng.random_range(0..NAMES.len())])
+    }
+
+    fn any_folder(&mut self) -> &'static str {
+        FOLDERS[self.rng.random_range(1..FOLDERS.len())]
+    }
+
+    fn any_open(&mut self) -> Option<u64> {
+        let keys: Vec<u64> = self.open.keys().copied().collect();
+        (!keys.is_empty()).then(|| keys[self.rng.random_range(0..keys.len())])
+    }
+
+    fn step(&mut self, step: u64) {
+        match self.rng.random_range(0..16) {
+            0 | 1 => self.open_file(step),
+            2 | 3 => self.write(),
+            4 => self.read(),
+            5 => self.close(),
+            6 => self.set_len(),
+            7 => self.fsync(),
+            8 => {
+                let (from, to) = (self.any_path(), self.any_path());
+                self.both(format!("rename {from} {to}"), |r| {
+                    fs::rename(r.join(&from), r.join(&to))
+                });
+            }
+            9 => {
+                let path = self.any_path();
+                self.both(format!("unlink {path}"), |r| fs::remove_file(r.join(&path)));
+            }
+            10 => {
+                let path = self.any_path();
+                let data =
+                    vec![self.rng.random::<u8>(); [1, 100, 5000][self.rng.random_range(0..3)]];
+                self.both(format!("append {path} {}", data.len()), |r| {
+                    OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(r.join(&path))?
+                        .write_all(&data)
+                });
+            }
+            11 => {
+                let path = self.any_path();
+                self.both(format!("stat+read {path}"), |r| {
+                    Ok((fs::metadata(r.join(&path))?.len(), fs::read(r.join(&path))?))
+                });
+            }
+            12 => {
+                let dir = self.any_folder();
+                self.both(format!("mkdir {dir}"), |r| fs::create_dir(r.join(dir)));
+            }
+            13 => {
+                let dir = self.any_folder();
+                self.both(format!("rmdir {dir}"), |r| fs::remove_dir(r.join(dir)));
+            }
+            14 => {
+                let (from, to) = (self.any_folder(), self.any_folder());
+                self.both(format!("rename folder {from} {to}"), |r| {
+                    fs::rename(r.join(from), r.join(to))
+                });
+            }
+            _ => {
+                let dir = FOLDERS[self.rng.random_range(0..FOLDERS.len())];
+                self.both(format!("list {dir}"), |r| names_in(&r.join(dir)));
+            }
+        }
+    }
+
+    fn open_file(&mut self, step: u64) {
+        let path = self.any_path();
+        let (read, write, create, truncate, append) = match self.rng.random_range(0..5) {
+            0 => (true, true, true, false, false),
+            1 => (true, true, false, false, false),
+            2 => (true, true, true, true, false),
+            3 => (false, false, true, false, true),
+            _ => (true, false, false, false, false),
+        };
+        let open = |root: &Path| {
+            OpenOptions::new()
+                .read(read)
+                .write(write)
+                .create(create)
+                .truncate(truncate)
+                .append(append)
+                .open(root.join(&path))
+        };
+        let (on_mount, on_local) = (open(&self.mount.path("")), open(self.local));
+        self.log.push(format!("#{step} open {path} read {read} write {write} create {create} truncate {truncate} append {append}"));
+        match (on_mount, on_local) {
+            (Ok(mount), Ok(local)) => {
+                self.open.insert(
+                    step,
+                    Open {
+                        path,
+                        mount,
+                        local,
+                        append,
+                    },
+                );
+            }
+            (m, l) => self.same("open", outcome(m.map(drop)), outcome(l.map(drop))),
+        }
+    }
+
+    fn write(&mut self) {
+        let Some(k) = self.any_open() else { return };
+        let offset = match self.rng.random_range(0..3) {
+            0 => 0,
+            1 => self.rng.random_range(0..65_536),
+            _ => self.rng.random_range(0..MAX_OFFSET),
+        };
+        let data = vec![self.rng.random::<u8>(); LENGTHS[self.rng.random_range(0..LENGTHS.len())]];
+        let f = &self.open[&k];
+        let write = |file: &File| {
+            if f.append {
+                (&*file).write_all(&data)
+            } else {
+                file.write_all_at(&data, offset)
+            }
+        };
+        let (m, l) = (outcome(write(&f.mount)), outcome(write(&f.local)));
+        self.log.push(format!(
+            "write #{k} {} at {offset}, {} bytes",
+            f.path,
+            data.len()
+        ));
+        self.same("write", m, l);
+    }
+
+    fn read(&mut self) {
+        let Some(k) = self.any_open() else { return };
+        let offset = self.rng.random_range(0..MAX_OFFSET);
+        let len = LENGTHS[self.rng.random_range(0..LENGTHS.len())];
+        let f = &self.open[&k];
+        let (m, l) = (
+            outcome(read_at(&f.mount, offset, len)),
+            outcome(read_at(&f.local, offset, len)),
+        );
+        self.log
+            .push(format!("read #{k} {} at {offset}, {len} bytes", f.path));
+        self.same("read", m, l);
+    }
+
+    fn close(&mut self) {
+        let Some(k) = self.any_open() else { return };
+        let f = self.open.remove(&k).expect("picked");
+        self.log.push(format!("close #{k} {}", f.path));
+        // A close reports an upload error only through fsync's path here (std's drop
+        // ignores close's result): sync first, as careful programs do.
+        self.same(
+            "sync at close",
+            outcome(f.mount.sync_all()),
+            outcome(f.local.sync_all()),
+        );
+    }
+
+    fn set_len(&mut self) {
+        let Some(k) = self.any_open() else { return };
+        let size = [0, 10, self.rng.random_range(0..MAX_OFFSET)][self.rng.random_range(0..3)];
+        let f = &self.open[&k];
+        let (m, l) = (
+            outcome(f.mount.set_len(size)),
+            outcome(f.local.set_len(size)),
+        );
+        self.log.push(format!("set_len #{k} {} {size}", f.path));
+        self.same("set_len", m, l);
+    }
+
+    fn fsync(&mut self) {
+        let Some(k) = self.any_open() else { return };
+        let f = &self.open[&k];
+        let (m, l) = (outcome(f.mount.sync_all()), outcome(f.local.sync_all()));
+        self.log.push(format!("fsync #{k} {}", f.path));
+        self.same("fsync", m, l);
+    }
+}
+
+fn run_seed(env: &S3Env, seed: u64, steps: u64) {
+    let m = TestMount::new(env, &format!("random-{seed}"), "vol", |c| c);
+    let local = tempfile::tempdir().unwrap();
+    for dir in ["d1", "d2"] {
+        fs::create_dir(m.path(dir)).unwrap();
+        fs::create_dir(local.path().join(dir)).unwrap();
+    }
+    let mut twin = Twin {
+        mount: &m,
+        local: local.path(),
+        rng: StdRng::seed_from_u64(seed),
+        open: BTreeMap::new(),
+        log: vec![format!("seed {seed}")],
+    };
+    for step in 0..steps {
+        twin.step(step);
+    }
+    while let Some(k) = twin.any_open() {
+        let f = twin.open.remove(&k).expect("picked");
+        twin.same(
+            "final sync",
+            outcome(f.mount.sync_all()),
+            outcome(f.local.sync_all()),
+        );
+    }
+    // Every file the local folder has is an object with its bytes, and nothing else is.
+    let mut expected = BTreeMap::new();
+    for folder in FOLDERS {
+        for name in names_in(&local.path().join(folder)).unwrap_or_default() {
+            let path = format!("{folder}{name}");
+            if local.path().join(&path).is_file() {
+                expected.insert(
+                    format!("vol/{path}"),
+                    fs::read(local.path().join(&path)).unwrap(),
+                );
+            }
+        }
+    }
+    for (key, bytes) in &expected {
+        if m.object(key) != *bytes {
+            twin.fail(&format!(
+                "object {key} differs from the local file ({} bytes)",
+                bytes.len()
+            ));
+        }
+    }
+    let files_in_store: Vec<String> = m
+        .keys("vol/")
+        .into_iter()
+        .filter(|key| !key.ends_with('/'))
+        .collect();
+    let expected_keys: Vec<&String> = expected.keys().collect();
+    if files_in_store.iter().collect::<Vec<_>>() != expected_keys {
+        twin.fail(&format!(
+            "the bucket has {files_in_store:?}, the local folder {expected_keys:?}"
+        ));
+    }
+}
+
+/// Seeds and steps per seed; `RANDOM_OPS_SEEDS=FIRST..END` and `RANDOM_OPS_STEPS=N` run
+/// more of them when hunting (a failure prints its seed and the steps before it).
+fn seeds_and_steps() -> (std::ops::Range<u64>, u64) {
+    let seeds = std::env::var("RANDOM_OPS_SEEDS").ok().and_then(|v| {
+        let (first, end) = v.split_once("..")?;
+        Some(first.parse().ok()?..end.parse().ok()?)
+    });
+    let steps = std::env::var("RANDOM_OPS_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    (seeds.unwrap_or(1..5), steps.unwrap_or(500))
+}
+
+#[test]
+fn random_operations_through_the_mount_do_what_they_do_on_a_local_folder() {
+    let Some(env) = S3Env::from_env() else { return };
+    let (seeds, steps) = seeds_and_steps();
+    for seed in seeds {
+        run_seed(&env, seed, steps);
+    }
+}
