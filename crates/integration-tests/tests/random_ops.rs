@@ -120,6 +120,12 @@ impl Twin<'_> {
         }
     }
 
+    /// `len` bytes that differ from one position to the next (and from one write to the
+    /// next): a write or a read that lands a byte off is seen.
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        common::conformance::pattern(len, self.rng.random()).to_vec()
+    }
+
     fn any_path(&mut self) -> String {
         let folder = FOLDERS[self.rng.random_range(0..FOLDERS.len())];
         format!("{folder}{}", NAMES[self.rng.random_range(0..NAMES.len())])
@@ -154,8 +160,8 @@ impl Twin<'_> {
             }
             10 => {
                 let path = self.any_path();
-                let data =
-                    vec![self.rng.random::<u8>(); [1, 100, 5000][self.rng.random_range(0..3)]];
+                let len = [1, 100, 5000][self.rng.random_range(0..3)];
+                let data = self.bytes(len);
                 self.both(format!("append {path} {}", data.len()), |r| {
                     OpenOptions::new()
                         .append(true)
@@ -234,7 +240,8 @@ impl Twin<'_> {
             1 => self.rng.random_range(0..65_536),
             _ => self.rng.random_range(0..MAX_OFFSET),
         };
-        let data = vec![self.rng.random::<u8>(); LENGTHS[self.rng.random_range(0..LENGTHS.len())]];
+        let len = LENGTHS[self.rng.random_range(0..LENGTHS.len())];
+        let data = self.bytes(len);
         let f = &self.open[&k];
         let write = |file: &File| {
             if f.append {
@@ -338,14 +345,6 @@ fn run_seed(env: &S3Env, seed: u64, steps: u64) {
             }
         }
     }
-    for (key, bytes) in &expected {
-        if m.object(key) != *bytes {
-            twin.fail(&format!(
-                "object {key} differs from the local file ({} bytes)",
-                bytes.len()
-            ));
-        }
-    }
     let files_in_store: Vec<String> = m
         .keys("vol/")
         .into_iter()
@@ -356,6 +355,28 @@ fn run_seed(env: &S3Env, seed: u64, steps: u64) {
         twin.fail(&format!(
             "the bucket has {files_in_store:?}, the local folder {expected_keys:?}"
         ));
+    }
+    for (key, bytes) in &expected {
+        if m.object(key) != *bytes {
+            twin.fail(&format!(
+                "object {key} differs from the local file ({} bytes)",
+                bytes.len()
+            ));
+        }
+    }
+    // Every file closed, nothing stays staged (the kernel sends the last releases just
+    // after the closes return).
+    let staging = m.fs.config().staging_dir.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fs::read_dir(&staging).map_or(0, |d| d.count()) > 0 {
+        if std::time::Instant::now() > deadline {
+            let left: Vec<_> = fs::read_dir(&staging)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            twin.fail(&format!("staged files left after every close: {left:?}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -22,6 +22,10 @@ pub enum FsError {
     Invalid(&'static str),
     #[error("bad file handle")]
     BadHandle,
+    /// The file was removed (unlinked, or replaced by a rename) while open, and its bytes
+    /// were not kept: its old name now belongs to nothing, or to another file.
+    #[error("the file was removed while open and its bytes are gone")]
+    Removed,
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("local staging file: {0}")]
@@ -43,6 +47,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::BadHandle => libc::EBADF,
+            FsError::Removed => libc::ESTALE,
             FsError::Local(_) => libc::EIO,
             FsError::Store(e) => match e.kind() {
                 ErrorKind::NotFound => libc::ENOENT,

@@ -874,7 +874,11 @@ impl<S: ObjectStore> Fs<S> {
             )
         };
         let written = self.file_state(ino).is_some();
-        if ino == ROOT_INO || attr.kind == Kind::Dir || written || self.is_fresh(fetched) {
+        // A file removed while open has no name to ask the store about (it may be another
+        // file's now): what is known of it stays.
+        let named = self.inodes.lock().unwrap().is_named(ino);
+        if ino == ROOT_INO || attr.kind == Kind::Dir || written || !named || self.is_fresh(fetched)
+        {
             return Ok(self.current_attr(attr).await);
         }
         // Many files of one directory stat-ed past the TTL (`rm`, `ls -l`, `find`, `du` of
@@ -911,7 +915,11 @@ impl<S: ObjectStore> Fs<S> {
                 Ok(inode.attr.clone())
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.inodes.lock().unwrap().remove_path(&path);
+                let mut inodes = self.inodes.lock().unwrap();
+                // Unless a rename or create gave the name to another inode meanwhile.
+                if inodes.is_named(ino) {
+                    inodes.remove_path(&path);
+                }
                 Err(FsError::NotFound)
             }
             Err(e) => Err(e.into()),
@@ -1200,6 +1208,10 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(state) = self.file_state(ino) {
             return Ok((state, false));
         }
+        // Removed while open without its bytes kept: its old name is no source for them.
+        if !self.inodes.lock().unwrap().is_named(ino) {
+            return Err(FsError::Removed);
+        }
         let (path, cached) = self.inode_path(ino)?;
         // Fresh attributes when the size decides what is copied into the staging file. (A
         // handle taken over after a crash writes to an inode this process has not looked at.)
@@ -1303,6 +1315,9 @@ impl<S: ObjectStore> Fs<S> {
             .and_then(|h| h.reader.clone())
         {
             return Ok(reader);
+        }
+        if !self.inodes.lock().unwrap().is_named(ino) {
+            return Err(FsError::Removed);
         }
         let (path, attr) = self.inode_path(ino)?;
         let key = self.key(&path);
@@ -1708,6 +1723,7 @@ impl<S: ObjectStore> Fs<S> {
                     .iter()
                     .filter(|(ino, _)| {
                         !settled.contains(ino)
+                            && inodes.is_named(**ino)
                             && inodes
                                 .get(**ino)
                                 .is_some_and(|i| i.path.starts_with(&below))
@@ -1813,7 +1829,11 @@ impl<S: ObjectStore> Fs<S> {
                 .unwrap()
                 .keys()
                 .copied()
-                .filter(|ino| inodes.get(*ino).is_some_and(|i| i.path.starts_with(&below)))
+                // Not files removed while open: they stay where they are, out of the store.
+                .filter(|ino| {
+                    inodes.is_named(*ino)
+                        && inodes.get(*ino).is_some_and(|i| i.path.starts_with(&below))
+                })
                 .collect()
         };
         inos.sort_unstable();
@@ -1842,8 +1862,23 @@ impl<S: ObjectStore> Fs<S> {
         if !self.open_counts.lock().unwrap().contains_key(&ino) {
             return Ok(None);
         }
-        match self.ensure_file_state(ino, false).await {
-            Ok(state) => Ok(Some(state)),
+        match self.file_state_made(ino, false).await {
+            Ok((state, made)) => {
+                if made && !self.open_counts.lock().unwrap().contains_key(&ino) {
+                    // Its last close came while the bytes were fetched, and found no state
+                    // to drop: nobody needs them now. (A close after this check drops it.)
+                    let ours = {
+                        let mut files = self.files.lock().unwrap();
+                        let still_ours = files.get(&ino).is_some_and(|s| Arc::ptr_eq(s, &state));
+                        still_ours.then(|| files.remove(&ino))
+                    };
+                    if ours.is_some() {
+                        state.lock().await.discard();
+                    }
+                    return Ok(None);
+                }
+                Ok(Some(state))
+            }
             Err(FsError::Store(e))
                 if matches!(
                     e.kind(),

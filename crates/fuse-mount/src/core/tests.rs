@@ -1510,6 +1510,98 @@ async fn files_open_but_unwritten_outlive_an_unlink_or_a_rename_onto_them() {
     assert!(store.keys().is_empty(), "{:?}", store.keys());
 }
 
+/// Files in `dir` (the staging folder): what the mount keeps on disk for written files.
+fn staged(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_close_during_the_removal_of_an_open_file_leaves_nothing_staged() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    let staging_dir = config.staging_dir.clone();
+    let fs = Arc::new(Fs::new(store.clone(), config).unwrap());
+    let attr = write_file(&*fs, ROOT_INO, "f", b"some bytes").await;
+    let fh = fs.open(attr.ino, false, false).await.unwrap();
+    // The removal fetches the bytes for the open descriptor; it closes meanwhile.
+    store.stall_gets("vol/f");
+    let unlink = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.unlink(ROOT_INO, "f").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!unlink.is_finished(), "the removal waits for the bytes");
+    fs.release(fh).await.unwrap();
+    store.resume_gets();
+    unlink.await.unwrap().unwrap();
+    assert!(store.head("vol/f").await.is_err());
+    assert_eq!(staged(&staging_dir), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_file_removed_while_open_after_its_version_was_replaced_never_writes_over_its_old_name() {
+    let (f, store) = fixture();
+    // Small: its bytes would be fetched at the removal, but another client replaced them.
+    let attr = write_file(&f.fs, ROOT_INO, "f", b"old bytes").await;
+    let fh = f.fs.open(attr.ino, true, false).await.unwrap();
+    store
+        .put(
+            "vol/f",
+            Bytes::from_static(b"other client"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    write_file(&f.fs, ROOT_INO, "new", b"new").await;
+    f.fs.rename(ROOT_INO, "new", ROOT_INO, "f").await.unwrap();
+    // Past the attribute TTL, the old name is another file's: nothing through the old
+    // descriptor may read or write it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = f.fs.write(fh, 0, b"zz").await.unwrap_err();
+    assert_eq!(err.errno(), libc::ESTALE, "{err}");
+    let err = f.fs.read(fh, 0, 10).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ESTALE, "{err}");
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/f").await, b"new");
+    assert_eq!(
+        f.fs.getattr(f.fs.lookup(ROOT_INO, "f").await.unwrap().ino)
+            .await
+            .unwrap()
+            .size,
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_folder_renamed_while_a_file_removed_from_it_is_still_open_moves() {
+    let (f, store) = fixture();
+    let d = f.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.unwrap();
+    // Big (over the fixture's 1 KiB part): its bytes stay in the store until needed, and
+    // another client replaces them before the unlink could fetch them.
+    let attr = write_file(&f.fs, d.ino, "big", &common::conformance::pattern(3000, 1)).await;
+    write_file(&f.fs, d.ino, "other", b"other").await;
+    let fh = f.fs.open(attr.ino, false, false).await.unwrap();
+    store
+        .put(
+            "vol/d/big",
+            Bytes::from_static(b"replaced"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    f.fs.unlink(d.ino, "big").await.unwrap();
+    // The removed file's bytes are gone, which is no reason to refuse moving the folder.
+    f.fs.rename(ROOT_INO, "d", ROOT_INO, "e").await.unwrap();
+    assert_eq!(body(&store, "vol/e/other").await, b"other");
+    let err = f.fs.read(fh, 0, 10).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ESTALE, "{err}");
+    f.fs.release(fh).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_failed_rename_onto_an_open_file_leaves_it_written_as_before() {
     let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
