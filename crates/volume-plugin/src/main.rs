@@ -144,6 +144,14 @@ struct MountArgs {
     /// Hard cap of memory for cached chunks, read-ahead and write buffers (e.g. 512MiB).
     #[arg(long, env = "S3VOL_MEMORY_LIMIT", default_value = "512MiB")]
     memory_limit: ByteSize,
+    /// Seconds the attributes of a name (size, mode, whether it exists) are trusted before the
+    /// store is asked again: how soon changes made by other clients show up. 0 asks every
+    /// time; fractions are fine (0.5).
+    #[arg(long, env = "S3VOL_METADATA_TTL", value_name = "SECONDS", default_value = "1", value_parser = parse_ttl)]
+    metadata_ttl: Duration,
+    /// Seconds a name found missing is trusted missing before the store is asked again.
+    #[arg(long, env = "S3VOL_NEGATIVE_METADATA_TTL", value_name = "SECONDS", default_value = "1", value_parser = parse_ttl)]
+    negative_metadata_ttl: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477); off when unset.
     #[arg(long, env = "S3VOL_METRICS_ADDR", value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -153,6 +161,10 @@ struct MountArgs {
     /// Log debug details (same as S3VOL_LOG=debug).
     #[arg(long)]
     debug: bool,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    volume_plugin::options::parse_ttl(s)
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {
@@ -287,6 +299,8 @@ fn mount_command(args: MountArgs) -> Result<(), String> {
         cache_dir: args.cache,
         max_cache_size: args.max_cache_size.0,
         memory_limit: args.memory_limit.0,
+        metadata_ttl: args.metadata_ttl,
+        negative_metadata_ttl: args.negative_metadata_ttl,
         metrics_addr: args.metrics_addr,
     })
 }

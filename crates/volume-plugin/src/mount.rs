@@ -37,6 +37,9 @@ pub struct MountParams {
     pub cache_dir: PathBuf,
     pub max_cache_size: u64,
     pub memory_limit: u64,
+    /// How long the attributes of a name, and a name found missing, are trusted.
+    pub metadata_ttl: std::time::Duration,
+    pub negative_metadata_ttl: std::time::Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -211,6 +214,7 @@ async fn start(
         .owner(params.uid, params.gid)
         .modes(params.file_mode, params.dir_mode)
         .read_only(params.read_only)
+        .ttls(params.metadata_ttl, params.negative_metadata_ttl)
         .cache(cache);
     let fs =
         Arc::new(Fs::new(Arc::new(MeteredStore::new(store)), config).map_err(|e| e.to_string())?);

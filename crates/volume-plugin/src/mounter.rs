@@ -158,6 +158,12 @@ impl FuseMounter {
             .owner(spec.uid.unwrap_or(0), spec.gid.unwrap_or(0))
             .modes(spec.file_mode, spec.dir_mode)
             .read_only(spec.read_only);
+        if let Some(ttl) = spec.metadata_ttl {
+            config.attr_ttl = ttl;
+        }
+        if let Some(ttl) = spec.negative_metadata_ttl {
+            config.negative_ttl = ttl;
+        }
         config = if spec.cache {
             config
                 .cache(Self::shared_cache_config(&self.settings).endpoint_id(&endpoint))

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::time::Duration;
 
 use common::BucketName;
 use s3_backend::PathStyle;
@@ -22,6 +23,8 @@ pub const OPTION_NAMES: &[&str] = &[
     "read_only",
     "create_bucket",
     "cache",
+    "metadata_ttl",
+    "negative_metadata_ttl",
 ];
 
 /// Option names that would carry a secret. Docker keeps options in its metadata and shows them
@@ -67,6 +70,10 @@ pub struct VolumeSpec {
     pub create_bucket: bool,
     /// Use the shared chunk cache (memory and disk); off keeps only a small private memory tier.
     pub cache: bool,
+    /// How long the attributes of a name, and a name found missing, are trusted before the
+    /// store is asked again; `None`: the filesystem's defaults.
+    pub metadata_ttl: Option<Duration>,
+    pub negative_metadata_ttl: Option<Duration>,
 }
 
 /// Check a volume name: Docker's rule (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), at most 255 bytes, so it
@@ -124,6 +131,22 @@ pub fn parse_mode(key: &str, value: &str) -> Result<u32, String> {
         .ok_or_else(|| {
             format!("invalid value {value:?} for option {key}: use octal permissions such as 0644")
         })
+}
+
+/// Longest metadata TTL: a day. Longer is "never look again", which no volume shared with
+/// other clients wants.
+const MAX_TTL_SECS: f64 = 86_400.0;
+
+/// A TTL in seconds (`1`, `0.5`, `30s`; 0 asks the store every time), at most a day.
+pub fn parse_ttl(value: &str) -> Result<Duration, String> {
+    let number = value.trim();
+    let number = number.strip_suffix('s').unwrap_or(number);
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| (0.0..=MAX_TTL_SECS).contains(secs))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("use seconds from 0 to {MAX_TTL_SECS}, such as 1 or 0.5"))
 }
 
 /// Normalise a prefix to "" or `a/b/`; refuse `..` segments and NUL bytes, which could make
@@ -216,6 +239,8 @@ impl VolumeSpec {
             read_only: false,
             create_bucket: true,
             cache: true,
+            metadata_ttl: None,
+            negative_metadata_ttl: None,
         };
         let mut bucket = None;
         let mut prefix = None;
@@ -258,6 +283,15 @@ impl VolumeSpec {
                 "read_only" => spec.read_only = parse_bool(&key, value)?,
                 "create_bucket" => spec.create_bucket = parse_bool(&key, value)?,
                 "cache" => spec.cache = parse_bool(&key, value)?,
+                "metadata_ttl" | "negative_metadata_ttl" => {
+                    let ttl = parse_ttl(value).map_err(|hint| {
+                        format!("invalid value {value:?} for option {key}: {hint}")
+                    })?;
+                    match key.as_str() {
+                        "metadata_ttl" => spec.metadata_ttl = Some(ttl),
+                        _ => spec.negative_metadata_ttl = Some(ttl),
+                    }
+                }
                 _ => {
                     let hint = closest_option(&key)
                         .map(|c| format!(" (did you mean {c:?}?)"))
@@ -328,6 +362,12 @@ impl VolumeSpec {
         put("read_only", self.read_only.to_string());
         put("create_bucket", self.create_bucket.to_string());
         put("cache", if self.cache { "on" } else { "off" }.to_string());
+        if let Some(ttl) = self.metadata_ttl {
+            put("metadata_ttl", ttl.as_secs_f64().to_string());
+        }
+        if let Some(ttl) = self.negative_metadata_ttl {
+            put("negative_metadata_ttl", ttl.as_secs_f64().to_string());
+        }
         options
     }
 }
@@ -362,6 +402,8 @@ mod tests {
                 ("read_only", "yes"),
                 ("create_bucket", "false"),
                 ("cache", "off"),
+                ("metadata_ttl", "30"),
+                ("negative-metadata-ttl", "0.25s"),
             ]),
             None,
         )
@@ -373,6 +415,13 @@ mod tests {
         assert_eq!((spec.uid, spec.gid), (Some(1000), Some(1001)));
         assert_eq!((spec.file_mode, spec.dir_mode), (0o600, 0o700));
         assert!(spec.read_only && !spec.create_bucket && !spec.cache);
+        assert_eq!(
+            (spec.metadata_ttl, spec.negative_metadata_ttl),
+            (
+                Some(Duration::from_secs(30)),
+                Some(Duration::from_millis(250))
+            )
+        );
     }
 
     #[test]
@@ -427,6 +476,10 @@ mod tests {
             (("prefix", &"p".repeat(10_000)), "at most 512"),
             (("bucket", "Bad_Bucket"), "invalid option bucket"),
             (("profile", "a b"), "credentials file"),
+            (("metadata_ttl", "1h"), "seconds from 0 to 86400"),
+            (("metadata_ttl", "-1"), "seconds from 0 to 86400"),
+            (("negative_metadata_ttl", "NaN"), "seconds from 0 to 86400"),
+            (("metadata_ttl", "100000"), "seconds from 0 to 86400"),
         ];
         for ((key, value), expected) in cases {
             let err = VolumeSpec::parse("v", &opts(&[("bucket", "bkt"), (key, value)]), None)
@@ -474,10 +527,14 @@ mod tests {
             mode in 0u32..0o7777,
             read_only: bool,
             cache: bool,
+            ttl_ms in proptest::option::of(0u64..100_000),
         ) {
             let mut given = opts(&[("prefix", &prefix), ("file_mode", &format!("{mode:o}"))]);
             if let Some(uid) = uid {
                 given.insert("uid".into(), uid.to_string());
+            }
+            if let Some(ms) = ttl_ms {
+                given.insert("metadata_ttl".into(), format!("{}", ms as f64 / 1000.0));
             }
             given.insert("read_only".into(), read_only.to_string());
             given.insert("cache".into(), cache.to_string());

@@ -590,6 +590,46 @@ async fn s3_store(env: &S3Env, bucket: &str) -> s3_backend::S3Store {
 }
 
 #[test]
+fn metadata_ttls_set_how_soon_other_clients_changes_show() {
+    let Some(env) = S3Env::from_env() else { return };
+    let bucket = bucket(&env, "cli-ttl");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(s3_store(&env, &bucket));
+    let put = |key: &str, body: &[u8]| {
+        rt.block_on(common::ObjectStore::put(
+            &store,
+            key,
+            bytes::Bytes::copy_from_slice(body),
+            &Default::default(),
+        ))
+        .unwrap();
+    };
+    let delete = |key: &str| {
+        rt.block_on(common::ObjectStore::delete(&store, key))
+            .unwrap()
+    };
+    put("f", b"one");
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ttl = |secs: &'static str| ["--metadata-ttl", secs, "--negative-metadata-ttl", secs];
+    let _eager = mount_foreground(&env, &bucket, dirs[0].path(), dirs[1].path(), &ttl("0"));
+    let _patient = mount_foreground(&env, &bucket, dirs[2].path(), dirs[3].path(), &ttl("60"));
+    let (eager, patient) = (dirs[0].path(), dirs[2].path());
+    let size = |dir: &Path, name: &str| std::fs::metadata(dir.join(name)).map(|m| m.len()).ok();
+    assert_eq!((size(eager, "f"), size(patient, "f")), (Some(3), Some(3)));
+    assert_eq!((size(eager, "g"), size(patient, "g")), (None, None));
+    // Another client changes f, puts g and, later, deletes f.
+    put("f", b"three");
+    put("g", b"new");
+    // Past the default TTL (1 s): the 60 s mount still trusts what it saw, the 0 s one asks.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!((size(eager, "f"), size(eager, "g")), (Some(5), Some(3)));
+    assert_eq!((size(patient, "f"), size(patient, "g")), (Some(3), None));
+    delete("f");
+    assert_eq!(size(eager, "f"), None);
+    assert_eq!(size(patient, "f"), Some(3));
+}
+
+#[test]
 fn what_users_get_wrong_fails_with_one_clear_line() {
     let Some(env) = S3Env::from_env() else { return };
     let bucket = bucket(&env, "cli-errors");
@@ -608,6 +648,20 @@ fn what_users_get_wrong_fails_with_one_clear_line() {
         .output()
         .unwrap();
     assert_one_line_error(&out, "lowercase");
+    let out = s3vol(
+        &env,
+        &[&bucket, mountpoint, "--metadata-ttl", "1h"],
+        cache.path(),
+    )
+    .output()
+    .unwrap();
+    // A flag's value is checked by clap, which says so in its own words (and exits 2).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'--metadata-ttl <SECONDS>': use seconds from 0 to 86400"),
+        "{stderr}"
+    );
     let out = s3vol(&env, &[&bucket, mountpoint], cache.path())
         .env("AWS_SECRET_ACCESS_KEY", "wrong")
         .output()
@@ -650,6 +704,8 @@ fn help_explains_every_flag_with_its_default() {
         "--cache",
         "--max-cache-size",
         "--memory-limit",
+        "--metadata-ttl",
+        "--negative-metadata-ttl",
         "--foreground",
         "--debug",
     ] {

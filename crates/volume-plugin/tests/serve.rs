@@ -322,6 +322,28 @@ fn volumes_mount_over_the_socket_and_their_files_are_objects() {
         .unwrap();
     assert_eq!(&body[..], b"default");
 
+    // metadata_ttl=0: a change another client makes shows at once (the default TTL, 1 s,
+    // would show the first size again).
+    server.ok(
+        "Create",
+        json!({"Name": "fresh", "Opts": {"metadata_ttl": "0"}}),
+    );
+    let fresh = server.ok("Mount", json!({"Name": "fresh", "ID": id(4)}))["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let size_of_n = || {
+        std::fs::metadata(Path::new(&fresh).join("n.txt"))
+            .unwrap()
+            .len()
+    };
+    for body in ["1", "22"] {
+        rt.block_on(default_bucket.put("fresh/n.txt", body.into(), &Default::default()))
+            .unwrap();
+        assert_eq!(size_of_n(), body.len() as u64);
+    }
+    server.ok("Unmount", json!({"Name": "fresh", "ID": id(4)}));
+
     // Remove forgets the volume and keeps its objects.
     server.ok("Remove", json!({"Name": "web"}));
     assert!(server
