@@ -263,6 +263,35 @@ pub fn first_handle_number() -> u64 {
         .max(1)
 }
 
+/// Lock the write states of two files (given with their inode numbers), in inode order, as
+/// folder renames lock the states below them: two renames taking two states the other way
+/// round would each hold one the other waits for.
+async fn lock_in_inode_order<'a, S: ObjectStore>(
+    a: Option<&'a (u64, SharedFile<S>)>,
+    b: Option<&'a (u64, SharedFile<S>)>,
+) -> (
+    Option<tokio::sync::MutexGuard<'a, FileState<S>>>,
+    Option<tokio::sync::MutexGuard<'a, FileState<S>>>,
+) {
+    match (a, b) {
+        (Some((a_ino, a)), Some((b_ino, b))) if b_ino < a_ino => {
+            let b = b.lock().await;
+            (Some(a.lock().await), Some(b))
+        }
+        _ => {
+            let a = match a {
+                Some((_, a)) => Some(a.lock().await),
+                None => None,
+            };
+            let b = match b {
+                Some((_, b)) => Some(b.lock().await),
+                None => None,
+            };
+            (a, b)
+        }
+    }
+}
+
 /// A name in a directory: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
 fn check_name(name: &str) -> FsResult<()> {
     if name.len() > 255 {
@@ -1599,7 +1628,11 @@ impl<S: ObjectStore> Fs<S> {
         let path = join(&self.dir_path(parent)?, name);
         let state = self.state_kept_past_removal(attr.ino).await?;
         let mut state = match &state {
-            Some(state) => Some(self.stage_all(state).await?),
+            Some(state) => {
+                let mut state = state.lock().await;
+                self.stage_all(&mut state).await?;
+                Some(state)
+            }
             None => None,
         };
         self.store.delete(&self.key(&path)).await?;
@@ -1674,14 +1707,23 @@ impl<S: ObjectStore> Fs<S> {
                 self.rmdir(new_parent, new_name).await?;
                 None
             }
-            Ok(dst) => self.state_kept_past_removal(dst.ino).await?,
+            Ok(dst) => self
+                .state_kept_past_removal(dst.ino)
+                .await?
+                .map(|state| (dst.ino, state)),
             Err(FsError::NotFound) => None,
             Err(e) => return Err(e),
         };
-        let mut replaced = match &replaced {
-            Some(state) => Some(self.stage_all(state).await?),
-            None => None,
+        // A file moved keeps its state locked from its commit to its new key (below).
+        let moved = match src.kind {
+            Kind::Dir => None,
+            _ => self.file_state(src.ino).map(|state| (src.ino, state)),
         };
+        let (mut replaced, mut moved) =
+            lock_in_inode_order(replaced.as_ref(), moved.as_ref()).await;
+        if let Some(replaced) = replaced.as_mut() {
+            self.stage_all(replaced).await?;
+        }
         if src.kind == Kind::Dir {
             if to.starts_with(&format!("{from}/")) {
                 return Err(FsError::Invalid("cannot move a directory into itself"));
@@ -1745,11 +1787,7 @@ impl<S: ObjectStore> Fs<S> {
         } else {
             // Its state stays locked from its commit to its new key: a close meanwhile would
             // upload under the old name, into the copy's gap or after the delete.
-            let state = self.file_state(src.ino);
-            let mut state = match &state {
-                Some(state) => Some(state.lock().await),
-                None => None,
-            };
+            let state = &mut moved;
             let (src_key, dst_key) = (self.key(&from), self.key(&to));
             let never_committed = match state.as_mut() {
                 Some(state) => {
@@ -1892,24 +1930,20 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// Lock the write state of a file about to go away under its name (unlink, or a rename
-    /// onto it) while it may still be open, with all its bytes in its staging file: they must
-    /// stay readable there once the object is gone. Detach it once it is gone.
-    async fn stage_all<'a>(
-        &self,
-        state: &'a SharedFile<S>,
-    ) -> FsResult<tokio::sync::MutexGuard<'a, FileState<S>>> {
-        let mut state = state.lock().await;
+    /// Bring all the bytes of a file about to go away under its name (unlink, or a rename onto
+    /// it) into its staging file, its state locked by the caller: they must stay readable
+    /// there for whoever has it open once the object is gone. Detach it once it is gone.
+    async fn stage_all(&self, state: &mut FileState<S>) -> FsResult<()> {
         match state.load_from_store(&*self.store, 0..u64::MAX).await {
-            Ok(()) => {}
+            Ok(()) => Ok(()),
             // That version is gone already (replaced or deleted by another client).
             Err(FsError::Store(e)) if e.kind() == ErrorKind::PreconditionFailed => {
                 tracing::warn!(key = %state.key, error = %e, "the bytes of a removed open file are gone from the store; reads of them will fail");
+                Ok(())
             }
             // The store may give them later: remove nothing before it has.
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
-        Ok(state)
     }
 
     pub async fn symlink(

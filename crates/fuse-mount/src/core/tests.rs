@@ -1542,6 +1542,50 @@ async fn a_last_close_during_the_removal_of_an_open_file_leaves_nothing_staged()
     assert_eq!(staged(&staging_dir), Vec::<String>::new());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_renamed_onto_an_open_one_while_their_folder_is_renamed_does_not_deadlock() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    let a = fs.mkdir(ROOT_INO, "a", 0o755, 0, 0).await.unwrap();
+    // x (the lower inode) is being written; y, big enough to stay in the store, is open.
+    let (x, x_fh) = fs
+        .create(a.ino, "x", 0o644, 0, 0, IfExists::Truncate)
+        .await
+        .unwrap();
+    fs.write(x_fh, 0, b"x bytes").await.unwrap();
+    let y = write_file(&*fs, a.ino, "y", &common::conformance::pattern(3000, 2)).await;
+    assert!(x.ino < y.ino);
+    let y_fh = fs.open(y.ino, false, false).await.unwrap();
+    // `mv a/x a/y` fetches y's bytes for its open descriptor (stalled here), holding the
+    // states of both files; `mv a b` wants them too, and must wait, not deadlock.
+    store.stall_gets("vol/a/y");
+    let file_move = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.rename(a.ino, "x", a.ino, "y").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let folder_move = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.resume_gets();
+    let both = async { (file_move.await, folder_move.await) };
+    let (file_move, folder_move) = tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("the two renames deadlocked");
+    file_move.unwrap().unwrap();
+    folder_move.unwrap().unwrap();
+    fs.release(x_fh).await.unwrap();
+    assert_eq!(body(store.inner(), "vol/b/y").await, b"x bytes");
+    assert_eq!(
+        &fs.read(y_fh, 0, 4).await.unwrap()[..],
+        &common::conformance::pattern(3000, 2)[..4]
+    );
+    fs.release(y_fh).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_file_removed_while_open_after_its_version_was_replaced_never_writes_over_its_old_name() {
     let (f, store) = fixture();
