@@ -101,6 +101,16 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of an inode asked for by number (getattr, setattr): those of a file removed
+/// while open (`fstat` of an unlinked file) say no name links to it.
+fn inode_attr<S: ObjectStore>(fs: &Fs<S>, attr: &Attr) -> FileAttr {
+    let mut out = file_attr(attr);
+    if !fs.is_named(attr.ino) {
+        out.nlink = 0;
+    }
+    out
+}
+
 fn name_str(name: &OsStr) -> Result<String, Errno> {
     name.to_str()
         .map(str::to_string)
@@ -178,7 +188,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ttl = self.ttl;
-        spawn_reply!(self, "getattr", reply, fs => fs.getattr(ino.0).await, |attr| reply.attr(&ttl, &file_attr(&attr)));
+        spawn_reply!(self, "getattr", reply, fs => fs.getattr(ino.0).await, |attr| reply.attr(&ttl, &inode_attr(&fs, &attr)));
     }
 
     fn setattr(
@@ -211,7 +221,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             mtime,
         };
         let ttl = self.ttl;
-        spawn_reply!(self, "setattr", reply, fs => fs.setattr(ino.0, changes).await, |attr| reply.attr(&ttl, &file_attr(&attr)));
+        spawn_reply!(self, "setattr", reply, fs => fs.setattr(ino.0, changes).await, |attr| reply.attr(&ttl, &inode_attr(&fs, &attr)));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {

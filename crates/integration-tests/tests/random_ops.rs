@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use integration_tests::{S3Env, TestMount};
@@ -147,7 +147,8 @@ impl Twin<'_> {
             4 => self.read(),
             5 => self.close(),
             6 => self.set_len(),
-            7 => self.fsync(),
+            7 if self.rng.random_bool(0.5) => self.fsync(),
+            7 => self.fstat(),
             8 => {
                 let (from, to) = (self.any_path(), self.any_path());
                 self.both(format!("rename {from} {to}"), |r| {
@@ -296,6 +297,16 @@ impl Twin<'_> {
         );
         self.log.push(format!("set_len #{k} {} {size}", f.path));
         self.same("set_len", m, l);
+    }
+
+    /// Size and link count through an open descriptor (0 links once removed).
+    fn fstat(&mut self) {
+        let Some(k) = self.any_open() else { return };
+        let f = &self.open[&k];
+        let stat = |file: &File| outcome(file.metadata().map(|m| (m.len(), m.nlink())));
+        let (m, l) = (stat(&f.mount), stat(&f.local));
+        self.log.push(format!("fstat #{k} {}", f.path));
+        self.same("fstat", m, l);
     }
 
     fn fsync(&mut self) {

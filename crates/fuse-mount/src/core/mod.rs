@@ -506,6 +506,12 @@ impl<S: ObjectStore> Fs<S> {
             || self.open_counts.lock().unwrap().contains_key(&ino)
     }
 
+    /// Whether inode `ino` still has its name: not removed (unlinked, or replaced by a
+    /// rename) while open.
+    pub fn is_named(&self, ino: u64) -> bool {
+        self.inodes.lock().unwrap().is_named(ino)
+    }
+
     /// How many inodes the table holds (the root included).
     pub fn inode_count(&self) -> usize {
         self.inodes.lock().unwrap().len()
