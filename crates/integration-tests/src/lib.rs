@@ -147,7 +147,41 @@ impl TestMount {
             .enable_all()
             .build()
             .unwrap();
-        let store = std::sync::Arc::new(runtime.block_on(env.new_bucket(tag)));
+        let store = runtime.block_on(env.new_bucket(tag));
+        Self::of_bucket(runtime, store, client, tag, prefix, configure)
+    }
+
+    /// Another mount of this mount's bucket and `prefix`, as a second client (another host
+    /// of a Swarm sharing one bucket) would have it.
+    pub fn another(
+        &self,
+        env: &S3Env,
+        prefix: &str,
+        configure: impl FnOnce(fuse_mount::FsConfig) -> fuse_mount::FsConfig,
+    ) -> TestMount {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let bucket: BucketName = common::ObjectStore::bucket(self.store.as_ref())
+            .parse()
+            .unwrap();
+        let store = runtime
+            .block_on(S3Store::new(&env.config(), &bucket))
+            .expect("client");
+        Self::of_bucket(runtime, store, env.config(), "another", prefix, configure)
+    }
+
+    fn of_bucket(
+        runtime: tokio::runtime::Runtime,
+        store: S3Store,
+        client: S3Config,
+        tag: &str,
+        prefix: &str,
+        configure: impl FnOnce(fuse_mount::FsConfig) -> fuse_mount::FsConfig,
+    ) -> TestMount {
+        let store = std::sync::Arc::new(store);
         let bucket: BucketName = common::ObjectStore::bucket(store.as_ref()).parse().unwrap();
         let mount_store = std::sync::Arc::new(
             runtime

@@ -391,24 +391,145 @@ fn run_seed(env: &S3Env, seed: u64, steps: u64) {
     }
 }
 
-/// Seeds and steps per seed; `RANDOM_OPS_SEEDS=FIRST..END` and `RANDOM_OPS_STEPS=N` run
-/// more of them when hunting (a failure prints its seed and the steps before it).
-fn seeds_and_steps() -> (std::ops::Range<u64>, u64) {
-    let seeds = std::env::var("RANDOM_OPS_SEEDS").ok().and_then(|v| {
+/// Seeds and steps per seed (`seeds`, `steps` unless set); `RANDOM_OPS_SEEDS=FIRST..END`
+/// and `RANDOM_OPS_STEPS=N` run more of them when hunting (a failure prints its seed and
+/// the steps before it).
+fn seeds_and_steps(seeds: std::ops::Range<u64>, steps: u64) -> (std::ops::Range<u64>, u64) {
+    let given_seeds = std::env::var("RANDOM_OPS_SEEDS").ok().and_then(|v| {
         let (first, end) = v.split_once("..")?;
         Some(first.parse().ok()?..end.parse().ok()?)
     });
-    let steps = std::env::var("RANDOM_OPS_STEPS")
+    let given_steps = std::env::var("RANDOM_OPS_STEPS")
         .ok()
         .and_then(|v| v.parse().ok());
-    (seeds.unwrap_or(1..5), steps.unwrap_or(500))
+    (given_seeds.unwrap_or(seeds), given_steps.unwrap_or(steps))
 }
 
 #[test]
 fn random_operations_through_the_mount_do_what_they_do_on_a_local_folder() {
     let Some(env) = S3Env::from_env() else { return };
-    let (seeds, steps) = seeds_and_steps();
+    let (seeds, steps) = seeds_and_steps(1..5, 500);
     for seed in seeds {
         run_seed(&env, seed, steps);
+    }
+}
+
+/// Two clients of one bucket (two hosts of a Swarm): random whole-file writes, appends,
+/// renames and unlinks through either mount, one at a time, and a rewrite under a reader that
+/// holds the file open on the other. One TTL after each change, both mounts read and list
+/// exactly what the change left.
+#[test]
+fn random_changes_through_two_mounts_of_one_bucket_show_in_both_after_the_ttl() {
+    let Some(env) = S3Env::from_env() else { return };
+    const TTL: std::time::Duration = std::time::Duration::from_millis(100);
+    let short_ttls = |c: fuse_mount::FsConfig| c.ttls(TTL, TTL);
+    let first = TestMount::new(&env, "two-clients", "vol", short_ttls);
+    let second = first.another(&env, "vol", short_ttls);
+    let (seeds, steps) = seeds_and_steps(1..2, 150);
+    for seed in seeds {
+        let top = format!("s{seed}");
+        fs::create_dir(first.path(&top)).unwrap();
+        fs::create_dir(first.path(&top).join("d")).unwrap();
+        std::thread::sleep(TTL * 2);
+        let mounts = [first.path(&top), second.path(&top)];
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut log = vec![format!("seed {seed}")];
+        let paths: Vec<String> = ["", "d/"]
+            .iter()
+            .flat_map(|dir| NAMES.iter().map(move |name| format!("{dir}{name}")))
+            .collect();
+        for step in 0..steps {
+            let who = rng.random_range(0..2);
+            let root = &mounts[who];
+            let path = paths[rng.random_range(0..paths.len())].clone();
+            let len = [8, 80, 8000, 1_600_000][rng.random_range(0..4)];
+            let data = common::conformance::pattern(len, rng.random()).to_vec();
+            match rng.random_range(0..6) {
+                0 | 1 => {
+                    fs::write(root.join(&path), &data).unwrap();
+                    log.push(format!("{step} mount {who}: write {path}, {len} bytes"));
+                    model.insert(path, data);
+                }
+                2 => {
+                    let line = &data[..data.len().min(100)];
+                    OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(root.join(&path))
+                        .and_then(|mut f| f.write_all(line))
+                        .unwrap();
+                    log.push(format!("{step} mount {who}: append to {path}"));
+                    model.entry(path).or_default().extend_from_slice(line);
+                }
+                3 => {
+                    let to = paths[rng.random_range(0..paths.len())].clone();
+                    let result = fs::rename(root.join(&path), root.join(&to));
+                    log.push(format!(
+                        "{step} mount {who}: rename {path} {to}: {result:?}"
+                    ));
+                    assert_eq!(
+                        result.is_ok(),
+                        model.contains_key(&path),
+                        "{}",
+                        log.join("\n")
+                    );
+                    if result.is_ok() && path != to {
+                        let moved = model.remove(&path).expect("checked");
+                        model.insert(to, moved);
+                    }
+                }
+                4 => {
+                    let result = fs::remove_file(root.join(&path));
+                    log.push(format!("{step} mount {who}: unlink {path}: {result:?}"));
+                    assert_eq!(
+                        result.is_ok(),
+                        model.remove(&path).is_some(),
+                        "{}",
+                        log.join("\n")
+                    );
+                }
+                _ => {
+                    // A reader on the other mount holds the old version open meanwhile.
+                    let reader = File::open(mounts[1 - who].join(&path));
+                    fs::write(root.join(&path), &data).unwrap();
+                    log.push(format!(
+                        "{step} mount {who}: rewrite {path} under a reader: {}",
+                        reader.is_ok()
+                    ));
+                    model.insert(path, data);
+                    drop(reader);
+                }
+            }
+            std::thread::sleep(TTL + TTL / 2);
+            for (m, root) in mounts.iter().enumerate() {
+                for path in &paths {
+                    let got = fs::read(root.join(path)).ok();
+                    if got.as_ref() != model.get(path) {
+                        panic!(
+                            "mount {m} reads {path}: {:?} bytes, the last change left {:?}\n{}",
+                            got.map(|b| b.len()),
+                            model.get(path).map(Vec::len),
+                            log.join("\n")
+                        );
+                    }
+                }
+                for dir in ["", "d/"] {
+                    let mut listed = names_in(&root.join(dir)).unwrap();
+                    listed.retain(|name| name != "d");
+                    let expected: Vec<String> = model
+                        .keys()
+                        .filter_map(|p| p.strip_prefix(dir).filter(|rest| !rest.contains('/')))
+                        .map(str::to_string)
+                        .collect();
+                    assert_eq!(
+                        listed,
+                        expected,
+                        "mount {m} lists {dir:?}\n{}",
+                        log.join("\n")
+                    );
+                }
+            }
+        }
     }
 }
