@@ -495,6 +495,64 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
+    // Special files (FIFOs, sockets, device nodes) cannot be objects: EPERM, as filesystems
+    // without them answer. (Regular files come through create.)
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::from_i32(libc::EPERM));
+    }
+
+    // No hard links: one object has one key.
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::from_i32(libc::EPERM));
+    }
+
+    // No preallocation: EOPNOTSUPP, on which posix_fallocate() writes the range itself.
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+    }
+
+    // ENOSYS: the kernel copies through reads and writes instead, and stops asking.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: fuser::ReplyWrite,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
     // No ioctls on files: ENOTTY is what `isatty()` and friends expect of a regular file (and
     // fuser's default logs a warning for every one: Python asks at each open).
     fn ioctl(

@@ -269,6 +269,45 @@ fn semantics_directories_rename_symlinks_and_modes() {
 }
 
 #[test]
+fn semantics_what_objects_cannot_be_fails_with_the_errno_programs_expect() {
+    let Some(m) = mount("unsupported") else {
+        return;
+    };
+    fs::write(m.path("f"), b"some bytes").unwrap();
+    let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+    assert_eq!(
+        errno(fs::hard_link(m.path("f"), m.path("h"))),
+        Some(libc::EPERM)
+    );
+    let out = Command::new("mkfifo").arg(m.path("fifo")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Operation not permitted"),
+        "{stderr}"
+    );
+    let out = Command::new("fallocate")
+        .args(["-l", "1M"])
+        .arg(m.path("pre"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Operation not supported"),
+        "{stderr}"
+    );
+    // What programs fall back to works: copy_file_range becomes reads and writes, and
+    // O_DIRECT goes through like any write.
+    fs::copy(m.path("f"), m.path("copy")).unwrap();
+    assert_eq!(m.object("vol/copy"), b"some bytes");
+    run(Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", m.path("direct").display()))
+        .args(["bs=4096", "count=4", "oflag=direct", "status=none"]));
+    assert_eq!(m.object("vol/direct"), vec![0; 16384]);
+    assert_eq!(m.keys("vol/").len(), 4, "{:?}", m.keys("vol/"));
+}
+
+#[test]
 fn semantics_ls_of_a_large_directory_lists_every_entry() {
     let Some(m) = mount("listing") else { return };
     m.runtime.block_on(async {
