@@ -25,6 +25,9 @@ pub struct FailureStore<S> {
     failures: Mutex<HashMap<Op, Injected>>,
     /// GETs of this key wait until [`resume_gets`](FailureStore::resume_gets).
     stalled_key: Mutex<Option<String>>,
+    /// Listings of this prefix, once answered, wait until
+    /// [`release_listings`](FailureStore::release_listings).
+    held_listing: Mutex<Option<String>>,
     resumed: tokio::sync::Notify,
 }
 
@@ -34,6 +37,7 @@ impl<S: ObjectStore> FailureStore<S> {
             inner,
             failures: Mutex::new(HashMap::new()),
             stalled_key: Mutex::new(None),
+            held_listing: Mutex::new(None),
             resumed: tokio::sync::Notify::new(),
         }
     }
@@ -52,6 +56,27 @@ impl<S: ObjectStore> FailureStore<S> {
         loop {
             let resumed = self.resumed.notified();
             if self.stalled_key.lock().unwrap().as_deref() != Some(key) {
+                return;
+            }
+            resumed.await;
+        }
+    }
+
+    /// Hold the answers of listings of `prefix` until [`release_listings`](Self::release_listings):
+    /// a listing that arrives after changes made meanwhile, older than them.
+    pub fn hold_listings(&self, prefix: &str) {
+        *self.held_listing.lock().unwrap() = Some(prefix.to_string());
+    }
+
+    pub fn release_listings(&self) {
+        *self.held_listing.lock().unwrap() = None;
+        self.resumed.notify_waiters();
+    }
+
+    async fn wait_if_held(&self, prefix: &str) {
+        loop {
+            let resumed = self.resumed.notified();
+            if self.held_listing.lock().unwrap().as_deref() != Some(prefix) {
                 return;
             }
             resumed.await;
@@ -134,7 +159,9 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
 
     async fn list(&self, params: &ListParams) -> StoreResult<ListPage> {
         self.check(Op::List)?;
-        self.inner.list(params).await
+        let page = self.inner.list(params).await;
+        self.wait_if_held(&params.prefix).await;
+        page
     }
 
     async fn put(&self, key: &str, body: Bytes, metadata: &UserMetadata) -> StoreResult<PutResult> {

@@ -439,15 +439,22 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         let Ok(own) = self.runtime.block_on(self.fs.getattr(ino.0)) else {
             return reply.error(Errno::from_i32(libc::ENOENT));
         };
-        let dots = [(".".to_string(), own.clone()), ("..".to_string(), own)];
-        let all = dots
-            .into_iter()
-            .chain(entries.iter().map(|e| (e.name.clone(), e.attr.clone())));
-        for (i, (name, attr)) in all.enumerate().skip(offset as usize) {
+        for i in offset as usize..entries.len() + 2 {
+            let (name, attr) = match i {
+                0 => (".", Some(own.clone())),
+                1 => ("..", Some(own.clone())),
+                // Each entry as it is now, not as opendir listed it (none if removed since).
+                _ => {
+                    let entry = &entries[i - 2];
+                    let now = self.runtime.block_on(self.fs.entry_now(ino.0, entry));
+                    (entry.name.as_str(), now)
+                }
+            };
+            let Some(attr) = attr else { continue };
             if reply.add(
                 INodeNo(attr.ino),
                 (i + 1) as u64,
-                &name,
+                name,
                 &self.ttl,
                 &file_attr(&attr),
                 Generation(0),
@@ -456,7 +463,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             }
             // Each entry but `.` and `..` counts as a lookup for the kernel.
             if i >= 2 {
-                self.fs.entry_given(ino.0, &name, &attr);
+                self.fs.entry_given(ino.0, name, &attr);
             }
         }
         reply.ok();

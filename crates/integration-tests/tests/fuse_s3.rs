@@ -308,6 +308,54 @@ fn semantics_what_objects_cannot_be_fails_with_the_errno_programs_expect() {
 }
 
 #[test]
+fn semantics_a_listing_running_meanwhile_never_undoes_a_write_or_an_unlink() {
+    let Some(m) = mount("busy-ls") else { return };
+    fs::create_dir(m.path("d")).unwrap();
+    let dir = m.path("d");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // `ls -l` in a loop, as a monitoring agent or a shell prompt would.
+    let lister = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in fs::read_dir(&dir).unwrap().flatten() {
+                    let _ = entry.metadata();
+                }
+            }
+        })
+    };
+    let mut wrong = Vec::new();
+    for i in 0..150usize {
+        let path = dir.join(format!("f{}", i % 3));
+        fs::write(&path, vec![b'x'; i + 1]).unwrap();
+        let (size, read) = (
+            fs::metadata(&path).unwrap().len(),
+            fs::read(&path).unwrap().len(),
+        );
+        if size != i as u64 + 1 || read != i + 1 {
+            wrong.push(format!(
+                "{i}: wrote {} bytes, stat says {size}, read {read}",
+                i + 1
+            ));
+        }
+        if i % 5 == 0 {
+            fs::remove_file(&path).unwrap();
+            if path.exists() {
+                wrong.push(format!("{i}: still there after its unlink"));
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    lister.join().unwrap();
+    assert!(
+        wrong.is_empty(),
+        "{} wrong: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+}
+
+#[test]
 fn semantics_ls_of_a_large_directory_lists_every_entry() {
     let Some(m) = mount("listing") else { return };
     m.runtime.block_on(async {

@@ -492,6 +492,9 @@ impl InodeTable {
                 }
             }
             inode.path = new.clone();
+            // Known as of now under the new name: older answers about it (a listing that ran
+            // meanwhile) must not replace what the move left.
+            inode.fetched = Instant::now();
             self.by_path.insert(new, ino);
         }
     }

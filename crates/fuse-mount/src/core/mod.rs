@@ -237,6 +237,10 @@ pub struct Fs<S: ObjectStore> {
     negative: Mutex<HashMap<String, Instant>>,
     /// Names in recently listed directories (`None`: too big to keep), by directory inode.
     listings: Mutex<HashMap<u64, Listing>>,
+    /// When this mount last changed the entries of a directory (create, unlink, rename,
+    /// mkdir, rmdir), by its inode: a listing that began before that is older than what the
+    /// mount knows of the directory's names.
+    entries_changed: Mutex<HashMap<u64, Instant>>,
     /// Stale `getattr`s of files, by directory inode: since when (within a TTL), how many.
     stale_stats: Mutex<HashMap<u64, (Instant, u32)>>,
     /// Write state of files with written data, by inode.
@@ -387,6 +391,7 @@ impl<S: ObjectStore> Fs<S> {
             inodes: Mutex::new(inodes),
             negative: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
+            entries_changed: Mutex::new(HashMap::new()),
             stale_stats: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             open_counts: Mutex::new(HashMap::new()),
@@ -717,6 +722,22 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
+    /// Whether this mount learnt something of `path` at or after `asked`, when a request about
+    /// it was sent: found it missing (or removed it), or confirmed or wrote its attributes. The
+    /// answer to that request is then older than what the mount knows, and must not replace it
+    /// (an `ls` running while a file is rewritten or removed would bring back its old size, or
+    /// the file itself).
+    fn known_since(&self, path: &str, asked: Instant) -> bool {
+        let missing_since = self.negative.lock().unwrap().get(path).copied();
+        let known_since = self
+            .inodes
+            .lock()
+            .unwrap()
+            .by_path(path)
+            .map(|inode| inode.fetched);
+        missing_since.is_some_and(|at| at >= asked) || known_since.is_some_and(|at| at >= asked)
+    }
+
     fn set_negative(&self, path: &str, missing: bool) {
         let mut negative = self.negative.lock().unwrap();
         if missing {
@@ -773,6 +794,13 @@ impl<S: ObjectStore> Fs<S> {
     /// Keep a listing of `parent` up to date with a change made through this mount: `name`
     /// is now an entry of kind `entry`, or (`None`) gone.
     fn note_name(&self, parent: u64, name: &str, entry: Option<Kind>) {
+        {
+            let mut changed = self.entries_changed.lock().unwrap();
+            if changed.len() > 1024 {
+                changed.retain(|_, at| self.is_fresh(*at));
+            }
+            changed.insert(parent, Instant::now());
+        }
         if let Some(Listing {
             names: Some(names), ..
         }) = self.listings.lock().unwrap().get_mut(&parent)
@@ -840,13 +868,14 @@ impl<S: ObjectStore> Fs<S> {
         let list_params = ListParams::new(dir_prefix.clone())
             .delimiter("/")
             .max_keys(1);
+        let asked = Instant::now();
         let (head, listing) = tokio::join!(self.store.head(&key), self.store.list(&list_params));
         let listing = listing?;
         // A directory shadows an object of the same name (see SEMANTICS.md).
         if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
             return Ok(self.found_dir(parent, name, path));
         }
-        self.found_by_head(parent, name, path, head)
+        self.found_by_head(parent, name, path, head, asked)
     }
 
     /// The entry of directory `name` in `parent` (at `path`), found in the store.
@@ -862,8 +891,9 @@ impl<S: ObjectStore> Fs<S> {
     /// Look up `name` in `parent` (at `path`), a file or symlink as far as the store says, with
     /// a HEAD of its object.
     async fn head_for_lookup(&self, parent: u64, name: &str, path: String) -> FsResult<Attr> {
+        let asked = Instant::now();
         let head = self.store.head(&self.key(&path)).await;
-        self.found_by_head(parent, name, path, head)
+        self.found_by_head(parent, name, path, head, asked)
     }
 
     /// The entry a HEAD of `path`'s object found, or its absence.
@@ -873,7 +903,16 @@ impl<S: ObjectStore> Fs<S> {
         name: &str,
         path: String,
         head: common::StoreResult<ObjectMeta>,
+        asked: Instant,
     ) -> FsResult<Attr> {
+        if self.known_since(&path, asked) {
+            // This mount made, wrote or removed it while the HEAD ran: that is newer.
+            let inodes = self.inodes.lock().unwrap();
+            return inodes
+                .by_path(&path)
+                .map(|inode| inode.attr.clone())
+                .ok_or(FsError::NotFound);
+        }
         match head {
             Ok(meta) => {
                 let attr = self.attr_from_meta(&meta);
@@ -938,7 +977,18 @@ impl<S: ObjectStore> Fs<S> {
                 return Ok(attr);
             }
         }
-        match self.store.head(&self.key(&path)).await {
+        let asked = Instant::now();
+        let head = self.store.head(&self.key(&path)).await;
+        // Written or confirmed by this mount while the HEAD ran: that is newer.
+        let newer = {
+            let inodes = self.inodes.lock().unwrap();
+            let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+            (inode.fetched >= asked).then(|| inode.attr.clone())
+        };
+        if let Some(attr) = newer {
+            return Ok(self.current_attr(attr).await);
+        }
+        match head {
             Ok(meta) => {
                 let fresh = self.attr_from_meta(&meta);
                 let mut inodes = self.inodes.lock().unwrap();
@@ -1007,6 +1057,26 @@ impl<S: ObjectStore> Fs<S> {
         Ok(entries)
     }
 
+    /// The attributes entry `entry` of directory `dir` (from a listing taken at its opendir)
+    /// has now, or `None` if this mount removed it since: `ls -l` reads a folder in several
+    /// calls, and what it hands the kernel (which keeps the sizes, and names as entries)
+    /// must not undo a write, an unlink or a rename that came in between.
+    pub async fn entry_now(&self, dir: u64, entry: &DirEntry) -> Option<Attr> {
+        let path = join(&self.dir_path(dir).ok()?, &entry.name);
+        let known = self
+            .inodes
+            .lock()
+            .unwrap()
+            .by_path(&path)
+            .map(|inode| inode.attr.clone());
+        match known {
+            Some(attr) => Some(self.current_attr(attr).await),
+            None if self.negative.lock().unwrap().contains_key(&path) => None,
+            // Not in the table (a name the kernel has forgotten): as listed.
+            None => Some(entry.attr.clone()),
+        }
+    }
+
     /// The entries of directory `ino` from the store, if they fit in `max_pages` pages. With
     /// `trust_files`, files get inodes with the listing's attributes (readdir hands those to
     /// the kernel anyway); without, only directories do, and a lookup of a file still HEADs it
@@ -1069,9 +1139,34 @@ impl<S: ObjectStore> Fs<S> {
                 break;
             }
         }
+        // Names this mount removed (or found missing) since the listing began: the listing
+        // is older than that, and does not bring them back.
+        let gone_since: HashSet<String> = {
+            let negative = self.negative.lock().unwrap();
+            let names = dirs.iter().chain(files.iter().map(|(name, _, _)| name));
+            names
+                .filter(|name| {
+                    negative
+                        .get(&join(&path, name))
+                        .is_some_and(|at| *at >= started)
+                })
+                .cloned()
+                .collect()
+        };
+        dirs.retain(|name| !gone_since.contains(name));
+        files.retain(|(name, _, _)| !gone_since.contains(name));
         let mut entries = Vec::with_capacity(files.len() + dirs.len());
         let mut inodes = self.inodes.lock().unwrap();
         for name in &dirs {
+            let child = join(&path, name);
+            if let Some(known) = inodes.by_path(&child).filter(|k| k.fetched >= started) {
+                // Made or confirmed by this mount since the listing began.
+                entries.push(DirEntry {
+                    name: name.clone(),
+                    attr: known.attr.clone(),
+                });
+                continue;
+            }
             let attr = inodes.upsert(
                 ino,
                 name,
@@ -1094,10 +1189,14 @@ impl<S: ObjectStore> Fs<S> {
                 (
                     known.attr.ino,
                     known.metadata_known && known.etag.as_ref() == Some(&etag),
+                    known.fetched >= started,
                 )
             }) {
+                // Written or confirmed by this mount since the listing began: what the mount
+                // knows is newer than what the listing shows.
+                Some((known, _, true)) => inodes.get(known).expect("indexed").attr.clone(),
                 // Unchanged since a HEAD: keep what it learnt (kind, mode, owner).
-                Some((known, true)) => {
+                Some((known, true, false)) => {
                     let inode = inodes.get_mut(known).expect("indexed inodes exist");
                     inode.fetched = Instant::now();
                     inode.attr.clone()
@@ -1115,17 +1214,24 @@ impl<S: ObjectStore> Fs<S> {
         }
         drop(inodes);
         self.sweep_inodes();
-        let names = entries
-            .iter()
-            .map(|e| (e.name.clone(), e.attr.kind == Kind::Dir))
-            .collect();
-        self.listings.lock().unwrap().insert(
-            ino,
-            Listing {
-                at: started,
-                names: Some(names),
-            },
-        );
+        // Names this mount made or removed here while the listing ran may be missing from it,
+        // or in it still: it cannot answer "no such file" for the TTL then.
+        let changed_meanwhile = self
+            .entries_changed
+            .lock()
+            .unwrap()
+            .get(&ino)
+            .is_some_and(|at| *at >= started);
+        let names = (!changed_meanwhile).then(|| {
+            entries
+                .iter()
+                .map(|e| (e.name.clone(), e.attr.kind == Kind::Dir))
+                .collect()
+        });
+        self.listings
+            .lock()
+            .unwrap()
+            .insert(ino, Listing { at: started, names });
         Ok(Some(entries))
     }
 
@@ -1816,8 +1922,13 @@ impl<S: ObjectStore> Fs<S> {
                 let size = self
                     .inode_path(src.ino)
                     .map_or(src.size, |(_, attr)| attr.size);
-                self.copy_object(&src_key, size, &dst_key, None).await?;
+                let copied = self.copy_object(&src_key, size, &dst_key, None).await?;
                 self.store.delete(&src_key).await?;
+                // The copy's own ETag: a store may give a copy another than its source's
+                // (AWS S3 for a source uploaded in parts), and reads are pinned to it.
+                if let Some(inode) = self.inodes.lock().unwrap().get_mut(src.ino) {
+                    inode.etag = Some(copied.etag);
+                }
             }
             if let Some(state) = state.as_mut() {
                 state.set_key(dst_key);

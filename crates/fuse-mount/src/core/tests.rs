@@ -1519,6 +1519,47 @@ fn staged(dir: &std::path::Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_older_than_changes_made_meanwhile_does_not_undo_them() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    let d = fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.unwrap();
+    let f = write_file(&*fs, d.ino, "f", b"one").await;
+    write_file(&*fs, d.ino, "gone", b"x").await;
+    // `ls` lists d; the store answers, and the answer arrives after the changes below.
+    store.hold_listings("vol/d/");
+    let listing = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.readdir(d.ino).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    fs.unlink(d.ino, "gone").await.unwrap();
+    write_file(&*fs, d.ino, "f", b"three").await;
+    let made = write_file(&*fs, d.ino, "new", b"new").await;
+    store.release_listings();
+    listing.await.unwrap().unwrap();
+    // What the mount did since the listing began stands: for a lookup, a stat, an `ls -l`
+    // (the opendir's listing as handed out entry by entry), and the next lookups of names.
+    assert!(matches!(
+        fs.lookup(d.ino, "gone").await,
+        Err(FsError::NotFound)
+    ));
+    assert_eq!(fs.getattr(f.ino).await.unwrap().size, 5);
+    assert_eq!(fs.lookup(d.ino, "f").await.unwrap().size, 5);
+    assert_eq!(fs.lookup(d.ino, "new").await.unwrap().ino, made.ino);
+    let stale = DirEntry {
+        name: "gone".into(),
+        attr: f.clone(),
+    };
+    assert_eq!(fs.entry_now(d.ino, &stale).await, None);
+    let old_f = DirEntry {
+        name: "f".into(),
+        attr: f.clone(),
+    };
+    assert_eq!(fs.entry_now(d.ino, &old_f).await.map(|a| a.size), Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_close_during_the_removal_of_an_open_file_leaves_nothing_staged() {
     let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
     let dir = tempfile::tempdir().unwrap();
