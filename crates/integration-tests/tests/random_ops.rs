@@ -69,8 +69,14 @@ struct Open {
 
 /// The same operations on the mount and on a local folder, with a log of what was done.
 struct Twin<'a> {
-    mount: &'a TestMount,
+    /// The mount's root.
+    mount: std::path::PathBuf,
     local: &'a Path,
+    /// The file names this twin uses, in every folder.
+    names: Vec<String>,
+    /// Other twins use the same folders at the same time (with other names): no folder
+    /// operations, no listings to compare.
+    shared: bool,
     rng: StdRng,
     open: BTreeMap<u64, Open>,
     log: Vec<String>,
@@ -83,7 +89,7 @@ impl Twin<'_> {
         what: String,
         op: impl Fn(&Path) -> io::Result<T>,
     ) {
-        let on_mount = outcome(op(&self.mount.path("")));
+        let on_mount = outcome(op(&self.mount));
         let on_local = outcome(op(self.local));
         self.log.push(what);
         if on_mount != on_local {
@@ -128,7 +134,10 @@ impl Twin<'_> {
 
     fn any_path(&mut self) -> String {
         let folder = FOLDERS[self.rng.random_range(0..FOLDERS.len())];
-        format!("{folder}{}", NAMES[self.rng.random_range(0..NAMES.len())])
+        format!(
+            "{folder}{}",
+            self.names[self.rng.random_range(0..self.names.len())]
+        )
     }
 
     fn any_folder(&mut self) -> &'static str {
@@ -143,6 +152,7 @@ impl Twin<'_> {
     fn step(&mut self, step: u64) {
         match self.rng.random_range(0..16) {
             0 | 1 => self.open_file(step),
+            12..=15 if self.shared => self.read(),
             2 | 3 => self.write(),
             4 => self.read(),
             5 => self.close(),
@@ -216,7 +226,7 @@ impl Twin<'_> {
                 .append(append)
                 .open(root.join(&path))
         };
-        let (on_mount, on_local) = (open(&self.mount.path("")), open(self.local));
+        let (on_mount, on_local) = (open(&self.mount), open(self.local));
         self.log.push(format!("#{step} open {path} read {read} write {write} create {create} truncate {truncate} append {append}"));
         match (on_mount, on_local) {
             (Ok(mount), Ok(local)) => {
@@ -318,20 +328,17 @@ impl Twin<'_> {
     }
 }
 
-fn run_seed(env: &S3Env, seed: u64, steps: u64) {
-    let m = TestMount::new(env, &format!("random-{seed}"), "vol", |c| c);
-    let local = tempfile::tempdir().unwrap();
-    for dir in ["d1", "d2"] {
-        fs::create_dir(m.path(dir)).unwrap();
-        fs::create_dir(local.path().join(dir)).unwrap();
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let mut twin = Twin {
-        mount: &m,
-        local: local.path(),
-        rng: StdRng::seed_from_u64(seed),
-        open: BTreeMap::new(),
-        log: vec![format!("seed {seed}")],
-    };
+}
+
+/// `steps` random operations, then a sync of every file still open.
+fn run_twin(mut twin: Twin<'_>, steps: u64) -> Twin<'_> {
     for step in 0..steps {
         twin.step(step);
     }
@@ -343,6 +350,59 @@ fn run_seed(env: &S3Env, seed: u64, steps: u64) {
             outcome(f.local.sync_all()),
         );
     }
+    twin
+}
+
+/// `threads` twins on one mount (each its own names, all in the same folders, and a lister
+/// meanwhile when more than one), `steps` operations each; then every object must hold what
+/// its local file holds, and nothing may stay staged.
+fn run_seed(env: &S3Env, seed: u64, steps: u64, threads: u64) {
+    let m = TestMount::new(env, &format!("random-{seed}"), "vol", |c| c);
+    let local = tempfile::tempdir().unwrap();
+    for dir in ["d1", "d2"] {
+        fs::create_dir(m.path(dir)).unwrap();
+        fs::create_dir(local.path().join(dir)).unwrap();
+    }
+    let twin = |t: u64| Twin {
+        mount: m.path(""),
+        local: local.path(),
+        names: match threads {
+            1 => NAMES.iter().map(|n| n.to_string()).collect(),
+            _ => (0..4).map(|i| format!("t{t}-{i}")).collect(),
+        },
+        shared: threads > 1,
+        rng: StdRng::seed_from_u64(seed * 100 + t),
+        open: BTreeMap::new(),
+        log: vec![format!("seed {seed}, twin {t}")],
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let twin = std::thread::scope(|scope| {
+        // The lister stops however this ends (a twin's panic too), or the scope waits for it.
+        let _stop_lister = SetOnDrop(&done);
+        if threads > 1 {
+            // `ls -l` of the shared folders meanwhile.
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    for folder in FOLDERS {
+                        for entry in fs::read_dir(m.path(folder)).into_iter().flatten().flatten() {
+                            let _ = entry.metadata();
+                        }
+                    }
+                }
+            });
+        }
+        let twin = &twin;
+        let others: Vec<_> = (1..threads)
+            .map(|t| scope.spawn(move || run_twin(twin(t), steps)))
+            .collect();
+        let first = run_twin(twin(0), steps);
+        for other in others {
+            other
+                .join()
+                .expect("a twin failed (its panic is printed above)");
+        }
+        first
+    });
     // Every file the local folder has is an object with its bytes, and nothing else is.
     let mut expected = BTreeMap::new();
     for folder in FOLDERS {
@@ -410,7 +470,18 @@ fn random_operations_through_the_mount_do_what_they_do_on_a_local_folder() {
     let Some(env) = S3Env::from_env() else { return };
     let (seeds, steps) = seeds_and_steps(1..5, 500);
     for seed in seeds {
-        run_seed(&env, seed, steps);
+        run_seed(&env, seed, steps, 1);
+    }
+}
+
+/// Six programs at once on one mount, each with its own files in the same folders, and an
+/// `ls -l` of those folders in a loop: each sees what a local folder would show it.
+#[test]
+fn random_operations_of_six_programs_at_once_do_what_they_do_on_a_local_folder() {
+    let Some(env) = S3Env::from_env() else { return };
+    let (seeds, steps) = seeds_and_steps(1..2, 200);
+    for seed in seeds {
+        run_seed(&env, seed, steps, 6);
     }
 }
 

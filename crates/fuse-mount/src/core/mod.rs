@@ -1448,20 +1448,25 @@ impl<S: ObjectStore> Fs<S> {
         fh: u64,
         ino: u64,
     ) -> FsResult<Arc<tokio::sync::Mutex<SequentialReader<S>>>> {
-        if let Some(reader) = self
+        let cached = self
             .handles
             .lock()
             .unwrap()
             .get(&fh)
-            .and_then(|h| h.reader.clone())
-        {
-            return Ok(reader);
-        }
-        if !self.inodes.lock().unwrap().is_named(ino) {
-            return Err(FsError::Removed);
-        }
+            .and_then(|h| h.reader.clone());
+        let named = self.inodes.lock().unwrap().is_named(ino);
         let (path, attr) = self.inode_path(ino)?;
         let key = self.key(&path);
+        if let Some(reader) = cached {
+            // Unless a rename (of the file or of a folder above it) moved the object since:
+            // its bytes are under the new name now.
+            if !named || reader.lock().await.object().key == key {
+                return Ok(reader);
+            }
+        }
+        if !named {
+            return Err(FsError::Removed);
+        }
         let (etag, size) = match self.known_etag(ino) {
             Some(etag) => (etag, attr.size),
             None => {

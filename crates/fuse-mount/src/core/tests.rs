@@ -1518,6 +1518,30 @@ fn staged(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+#[tokio::test]
+async fn a_file_open_for_reading_is_read_on_under_its_new_name_after_a_rename() {
+    let (f, _store) = fixture();
+    let d = f.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.unwrap();
+    let data = common::conformance::pattern(5 << 20, 4);
+    let attr = write_file(&f.fs, d.ino, "f", &data).await;
+    let fh = f.fs.open(attr.ino, false, false).await.unwrap();
+    assert_eq!(&f.fs.read(fh, 0, 10).await.unwrap()[..], &data[..10]);
+    // Moved, then its folder too: reads of bytes not cached yet find them at the new name.
+    f.fs.rename(d.ino, "f", d.ino, "g").await.unwrap();
+    let at = 3 << 20;
+    assert_eq!(
+        &f.fs.read(fh, at, 10).await.unwrap()[..],
+        &data[at as usize..at as usize + 10]
+    );
+    f.fs.rename(ROOT_INO, "d", ROOT_INO, "e").await.unwrap();
+    let at = (4 << 20) + 7;
+    assert_eq!(
+        &f.fs.read(fh, at, 10).await.unwrap()[..],
+        &data[at as usize..at as usize + 10]
+    );
+    f.fs.release(fh).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_older_than_changes_made_meanwhile_does_not_undo_them() {
     let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
