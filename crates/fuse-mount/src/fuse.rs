@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::metrics::{metrics, FuseErrorLabels, OpLabels};
 use common::ObjectStore;
@@ -27,7 +27,8 @@ pub struct FuseAdapter<S: ObjectStore> {
     runtime: Handle,
     ttl: Duration,
     /// Listings of open directory handles, served by offset.
-    dirs: Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>,
+    /// Open directories: when each was listed (at opendir), and its entries then.
+    dirs: Arc<Mutex<HashMap<u64, Listed>>>,
     next_dir: AtomicU64,
 }
 
@@ -49,19 +50,23 @@ impl<S: ObjectStore> FuseAdapter<S> {
     /// The listing of open directory handle `fh` of `ino`. A handle this process did not give
     /// out (the kernel got it from the process this one took the mount over from) is listed
     /// again.
-    fn dir_entries(&self, fh: u64, ino: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
-        if let Some(entries) = self.dirs.lock().unwrap().get(&fh).cloned() {
-            return Ok(entries);
+    fn dir_entries(&self, fh: u64, ino: u64) -> Result<Listed, Errno> {
+        if let Some(listed) = self.dirs.lock().unwrap().get(&fh).cloned() {
+            return Ok(listed);
         }
+        let at = Instant::now();
         let entries = self
             .runtime
             .block_on(self.fs.readdir(ino))
             .map_err(|e| errno(&e))?;
-        let entries = Arc::new(entries);
-        self.dirs.lock().unwrap().insert(fh, entries.clone());
-        Ok(entries)
+        let listed = (at, Arc::new(entries));
+        self.dirs.lock().unwrap().insert(fh, listed.clone());
+        Ok(listed)
     }
 }
+
+/// An open directory's entries and when they were listed.
+type Listed = (Instant, Arc<Vec<DirEntry>>);
 
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
@@ -387,8 +392,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let dirs = self.dirs.clone();
         let handle = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        let at = Instant::now();
         spawn_reply!(self, "opendir", reply, fs => fs.readdir(ino.0).await, |entries| {
-            dirs.lock().unwrap().insert(handle, Arc::new(entries));
+            dirs.lock().unwrap().insert(handle, (at, Arc::new(entries)));
             reply.opened(FileHandle(handle), FopenFlags::empty())
         });
     }
@@ -403,7 +409,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         count_op("readdir");
         let entries = match self.dir_entries(fh.0, ino.0) {
-            Ok(entries) => entries,
+            Ok((_, entries)) => entries,
             Err(e) => return reply.error(e),
         };
         let dots = [
@@ -432,8 +438,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         mut reply: ReplyDirectoryPlus,
     ) {
         count_op("readdirplus");
-        let entries = match self.dir_entries(fh.0, ino.0) {
-            Ok(entries) => entries,
+        let (listed_at, entries) = match self.dir_entries(fh.0, ino.0) {
+            Ok(listed) => listed,
             Err(e) => return reply.error(e),
         };
         let Ok(own) = self.runtime.block_on(self.fs.getattr(ino.0)) else {
@@ -446,8 +452,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
                 // Each entry as it is now, not as opendir listed it (none if removed since).
                 _ => {
                     let entry = &entries[i - 2];
-                    let now = self.runtime.block_on(self.fs.entry_now(ino.0, entry));
-                    (entry.name.as_str(), now)
+                    (
+                        entry.name.as_str(),
+                        self.fs.entry_now(ino.0, entry, listed_at),
+                    )
                 }
             };
             let Some(attr) = attr else { continue };

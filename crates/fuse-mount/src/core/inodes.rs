@@ -52,6 +52,10 @@ pub struct Inode {
     pub etag: Option<ETag>,
     /// When the attributes were last confirmed by the store (or written by us).
     pub fetched: Instant,
+    /// When this mount last changed the file without the store confirming its attributes
+    /// (a write not yet uploaded, a rename, a chmod): an answer of the store sent before that
+    /// is older than what the mount knows, though not a reason to trust it longer.
+    pub changed: Instant,
     /// The version whose bytes the kernel may hold in its page cache from an earlier open.
     pub kernel_cached: Option<ETag>,
     /// Whether mode/uid/gid came from the object's metadata (HEAD) rather than defaults
@@ -59,6 +63,13 @@ pub struct Inode {
     pub metadata_known: bool,
     /// Entries of it the kernel was given and has not forgotten.
     pub lookups: u64,
+}
+
+impl Inode {
+    /// Since when the mount's knowledge of it holds: confirmed by the store, or changed here.
+    pub fn known_at(&self) -> Instant {
+        self.fetched.max(self.changed)
+    }
 }
 
 /// What a HEAD (or our own upload) taught about a file, kept after its inode goes, so that a
@@ -100,6 +111,7 @@ impl InodeTable {
                 attr: root,
                 etag: None,
                 fetched: Instant::now(),
+                changed: Instant::now(),
                 kernel_cached: None,
                 metadata_known: true,
                 lookups: 1,
@@ -231,6 +243,7 @@ impl InodeTable {
                         attr,
                         etag: None,
                         fetched,
+                        changed: fetched,
                         kernel_cached: None,
                         metadata_known: j.owner.is_some(),
                         // The kernel may hold any number of entries of it: never dropped
@@ -337,6 +350,7 @@ impl InodeTable {
                 attr,
                 etag,
                 fetched: Instant::now(),
+                changed: Instant::now(),
                 kernel_cached: None,
                 metadata_known,
                 lookups: 0,
@@ -492,9 +506,9 @@ impl InodeTable {
                 }
             }
             inode.path = new.clone();
-            // Known as of now under the new name: older answers about it (a listing that ran
-            // meanwhile) must not replace what the move left.
-            inode.fetched = Instant::now();
+            // Older answers about the new name (a listing that ran meanwhile) must not replace
+            // what the move left.
+            inode.changed = Instant::now();
             self.by_path.insert(new, ino);
         }
     }

@@ -192,7 +192,8 @@ pub struct DirEntry {
 struct Handle<S: ObjectStore> {
     ino: u64,
     writable: bool,
-    reader: Option<Arc<tokio::sync::Mutex<SequentialReader<S>>>>,
+    /// Its reader, and the count of renames when the reader's key was last checked.
+    reader: Option<(Arc<tokio::sync::Mutex<SequentialReader<S>>>, u64)>,
 }
 
 type SharedFile<S> = Arc<tokio::sync::Mutex<FileState<S>>>;
@@ -241,6 +242,10 @@ pub struct Fs<S: ObjectStore> {
     /// mkdir, rmdir), by its inode: a listing that began before that is older than what the
     /// mount knows of the directory's names.
     entries_changed: Mutex<HashMap<u64, Instant>>,
+    /// Held by each rename from start to end (see `rename`).
+    renames: tokio::sync::Mutex<()>,
+    /// Renames done so far: a handle's reader checks its key again only after one.
+    renamed: AtomicU64,
     /// Stale `getattr`s of files, by directory inode: since when (within a TTL), how many.
     stale_stats: Mutex<HashMap<u64, (Instant, u32)>>,
     /// Write state of files with written data, by inode.
@@ -265,35 +270,6 @@ pub fn first_handle_number() -> u64 {
         .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
         .unwrap_or(1)
         .max(1)
-}
-
-/// Lock the write states of two files (given with their inode numbers), in inode order, as
-/// folder renames lock the states below them: two renames taking two states the other way
-/// round would each hold one the other waits for.
-async fn lock_in_inode_order<'a, S: ObjectStore>(
-    a: Option<&'a (u64, SharedFile<S>)>,
-    b: Option<&'a (u64, SharedFile<S>)>,
-) -> (
-    Option<tokio::sync::MutexGuard<'a, FileState<S>>>,
-    Option<tokio::sync::MutexGuard<'a, FileState<S>>>,
-) {
-    match (a, b) {
-        (Some((a_ino, a)), Some((b_ino, b))) if b_ino < a_ino => {
-            let b = b.lock().await;
-            (Some(a.lock().await), Some(b))
-        }
-        _ => {
-            let a = match a {
-                Some((_, a)) => Some(a.lock().await),
-                None => None,
-            };
-            let b = match b {
-                Some((_, b)) => Some(b.lock().await),
-                None => None,
-            };
-            (a, b)
-        }
-    }
 }
 
 /// A name in a directory: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
@@ -392,6 +368,8 @@ impl<S: ObjectStore> Fs<S> {
             negative: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             entries_changed: Mutex::new(HashMap::new()),
+            renames: tokio::sync::Mutex::new(()),
+            renamed: AtomicU64::new(0),
             stale_stats: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             open_counts: Mutex::new(HashMap::new()),
@@ -728,14 +706,29 @@ impl<S: ObjectStore> Fs<S> {
     /// (an `ls` running while a file is rewritten or removed would bring back its old size, or
     /// the file itself).
     fn known_since(&self, path: &str, asked: Instant) -> bool {
+        // Both under the table's lock, which an unlink holds while it records the removal.
+        let inodes = self.inodes.lock().unwrap();
+        let known_since = inodes.by_path(path).map(|inode| inode.known_at());
         let missing_since = self.negative.lock().unwrap().get(path).copied();
-        let known_since = self
-            .inodes
-            .lock()
-            .unwrap()
-            .by_path(path)
-            .map(|inode| inode.fetched);
         missing_since.is_some_and(|at| at >= asked) || known_since.is_some_and(|at| at >= asked)
+    }
+
+    /// The entry at `path` as this mount knows it, for an answer of the store that came back
+    /// older than that (see [`known_since`](Self::known_since)).
+    fn known_entry(&self, path: &str) -> FsResult<Attr> {
+        let inodes = self.inodes.lock().unwrap();
+        inodes
+            .by_path(path)
+            .map(|inode| inode.attr.clone())
+            .ok_or(FsError::NotFound)
+    }
+
+    /// Forget `path` (unlinked, removed or moved away by this mount) and remember it missing,
+    /// in one step for [`known_since`](Self::known_since) and listings.
+    fn record_removal(&self, path: &str) {
+        let mut inodes = self.inodes.lock().unwrap();
+        inodes.remove_path(path);
+        self.set_negative(path, true);
     }
 
     fn set_negative(&self, path: &str, missing: bool) {
@@ -794,16 +787,17 @@ impl<S: ObjectStore> Fs<S> {
     /// Keep a listing of `parent` up to date with a change made through this mount: `name`
     /// is now an entry of kind `entry`, or (`None`) gone.
     fn note_name(&self, parent: u64, name: &str, entry: Option<Kind>) {
+        let mut listings = self.listings.lock().unwrap();
         {
             let mut changed = self.entries_changed.lock().unwrap();
-            if changed.len() > 1024 {
+            if changed.len() > 4096 {
                 changed.retain(|_, at| self.is_fresh(*at));
             }
             changed.insert(parent, Instant::now());
         }
         if let Some(Listing {
             names: Some(names), ..
-        }) = self.listings.lock().unwrap().get_mut(&parent)
+        }) = listings.get_mut(&parent)
         {
             match entry {
                 Some(kind) => names.insert(name.to_string(), kind == Kind::Dir),
@@ -871,6 +865,9 @@ impl<S: ObjectStore> Fs<S> {
         let asked = Instant::now();
         let (head, listing) = tokio::join!(self.store.head(&key), self.store.list(&list_params));
         let listing = listing?;
+        if self.known_since(&path, asked) {
+            return self.known_entry(&path);
+        }
         // A directory shadows an object of the same name (see SEMANTICS.md).
         if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
             return Ok(self.found_dir(parent, name, path));
@@ -906,12 +903,7 @@ impl<S: ObjectStore> Fs<S> {
         asked: Instant,
     ) -> FsResult<Attr> {
         if self.known_since(&path, asked) {
-            // This mount made, wrote or removed it while the HEAD ran: that is newer.
-            let inodes = self.inodes.lock().unwrap();
-            return inodes
-                .by_path(&path)
-                .map(|inode| inode.attr.clone())
-                .ok_or(FsError::NotFound);
+            return self.known_entry(&path);
         }
         match head {
             Ok(meta) => {
@@ -983,7 +975,7 @@ impl<S: ObjectStore> Fs<S> {
         let newer = {
             let inodes = self.inodes.lock().unwrap();
             let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
-            (inode.fetched >= asked).then(|| inode.attr.clone())
+            (inode.known_at() >= asked).then(|| inode.attr.clone())
         };
         if let Some(attr) = newer {
             return Ok(self.current_attr(attr).await);
@@ -1061,20 +1053,23 @@ impl<S: ObjectStore> Fs<S> {
     /// has now, or `None` if this mount removed it since: `ls -l` reads a folder in several
     /// calls, and what it hands the kernel (which keeps the sizes, and names as entries)
     /// must not undo a write, an unlink or a rename that came in between.
-    pub async fn entry_now(&self, dir: u64, entry: &DirEntry) -> Option<Attr> {
+    ///
+    /// Never waits: the table has the size of files being written (a write updates it), and
+    /// a state lock can be held for a whole upload.
+    pub fn entry_now(&self, dir: u64, entry: &DirEntry, listed_at: Instant) -> Option<Attr> {
         let path = join(&self.dir_path(dir).ok()?, &entry.name);
-        let known = self
-            .inodes
+        let inodes = self.inodes.lock().unwrap();
+        if let Some(inode) = inodes.by_path(&path) {
+            return Some(inode.attr.clone());
+        }
+        let removed_since = self
+            .negative
             .lock()
             .unwrap()
-            .by_path(&path)
-            .map(|inode| inode.attr.clone());
-        match known {
-            Some(attr) => Some(self.current_attr(attr).await),
-            None if self.negative.lock().unwrap().contains_key(&path) => None,
-            // Not in the table (a name the kernel has forgotten): as listed.
-            None => Some(entry.attr.clone()),
-        }
+            .get(&path)
+            .is_some_and(|at| *at >= listed_at);
+        // Else not in the table (a name the kernel has forgotten): as listed.
+        (!removed_since).then(|| entry.attr.clone())
     }
 
     /// The entries of directory `ino` from the store, if they fit in `max_pages` pages. With
@@ -1141,25 +1136,42 @@ impl<S: ObjectStore> Fs<S> {
         }
         // Names this mount removed (or found missing) since the listing began: the listing
         // is older than that, and does not bring them back.
-        let gone_since: HashSet<String> = {
-            let negative = self.negative.lock().unwrap();
-            let names = dirs.iter().chain(files.iter().map(|(name, _, _)| name));
-            names
-                .filter(|name| {
-                    negative
-                        .get(&join(&path, name))
-                        .is_some_and(|at| *at >= started)
-                })
-                .cloned()
-                .collect()
-        };
-        dirs.retain(|name| !gone_since.contains(name));
-        files.retain(|(name, _, _)| !gone_since.contains(name));
-        let mut entries = Vec::with_capacity(files.len() + dirs.len());
+        // Files being written: what the mount has of them is newer than any listing.
+        let written: HashSet<u64> = self.files.lock().unwrap().keys().copied().collect();
+        let moved = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .map(|dir| dir.path.clone());
+        if moved.is_some_and(|now| now != path) {
+            // Moved while listed (a rename of it or of a folder above it): this listing is of
+            // a name it no longer has, so list it again where it is now.
+            return Box::pin(self.list_dir(ino, max_pages, trust_files)).await;
+        }
+        // Under the table's lock, which unlink and rename hold while they record a removal.
         let mut inodes = self.inodes.lock().unwrap();
+        {
+            let mut negative = self.negative.lock().unwrap();
+            let mut gone = |name: &String| {
+                let child = join(&path, name);
+                match negative.get(&child) {
+                    Some(at) if *at >= started => true,
+                    // Found missing before the listing began, which shows it: it is back.
+                    Some(_) => {
+                        negative.remove(&child);
+                        false
+                    }
+                    None => false,
+                }
+            };
+            dirs.retain(|name| !gone(name));
+            files.retain(|(name, _, _)| !gone(name));
+        }
+        let mut entries = Vec::with_capacity(files.len() + dirs.len());
         for name in &dirs {
             let child = join(&path, name);
-            if let Some(known) = inodes.by_path(&child).filter(|k| k.fetched >= started) {
+            if let Some(known) = inodes.by_path(&child).filter(|k| k.known_at() >= started) {
                 // Made or confirmed by this mount since the listing began.
                 entries.push(DirEntry {
                     name: name.clone(),
@@ -1189,7 +1201,7 @@ impl<S: ObjectStore> Fs<S> {
                 (
                     known.attr.ino,
                     known.metadata_known && known.etag.as_ref() == Some(&etag),
-                    known.fetched >= started,
+                    known.known_at() >= started || written.contains(&known.attr.ino),
                 )
             }) {
                 // Written or confirmed by this mount since the listing began: what the mount
@@ -1216,22 +1228,37 @@ impl<S: ObjectStore> Fs<S> {
         self.sweep_inodes();
         // Names this mount made or removed here while the listing ran may be missing from it,
         // or in it still: it cannot answer "no such file" for the TTL then.
+        let names: HashMap<String, bool> = entries
+            .iter()
+            .map(|e| (e.name.clone(), e.attr.kind == Kind::Dir))
+            .collect();
+        // Checked and stored under the listings' lock, which `note_name` holds while it
+        // records a change: none can slip in between.
+        let mut listings = self.listings.lock().unwrap();
         let changed_meanwhile = self
             .entries_changed
             .lock()
             .unwrap()
             .get(&ino)
             .is_some_and(|at| *at >= started);
-        let names = (!changed_meanwhile).then(|| {
-            entries
-                .iter()
-                .map(|e| (e.name.clone(), e.attr.kind == Kind::Dir))
-                .collect()
-        });
-        self.listings
-            .lock()
-            .unwrap()
-            .insert(ino, Listing { at: started, names });
+        if !changed_meanwhile {
+            listings.insert(
+                ino,
+                Listing {
+                    at: started,
+                    names: Some(names),
+                },
+            );
+        } else if !listings.get(&ino).is_some_and(|l| self.is_fresh(l.at)) {
+            // No fresh listing kept up to date by `note_name` to fall back on.
+            listings.insert(
+                ino,
+                Listing {
+                    at: started,
+                    names: None,
+                },
+            );
+        }
         Ok(Some(entries))
     }
 
@@ -1321,6 +1348,7 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
             inode.attr.size = 0;
             inode.attr.mtime = SystemTime::now();
+            inode.changed = Instant::now();
         }
         Ok(())
     }
@@ -1448,19 +1476,28 @@ impl<S: ObjectStore> Fs<S> {
         fh: u64,
         ino: u64,
     ) -> FsResult<Arc<tokio::sync::Mutex<SequentialReader<S>>>> {
+        let renamed = self.renamed.load(Ordering::Acquire);
         let cached = self
             .handles
             .lock()
             .unwrap()
             .get(&fh)
             .and_then(|h| h.reader.clone());
+        if let Some((reader, checked)) = &cached {
+            if *checked == renamed {
+                return Ok(reader.clone());
+            }
+        }
         let named = self.inodes.lock().unwrap().is_named(ino);
         let (path, attr) = self.inode_path(ino)?;
         let key = self.key(&path);
-        if let Some(reader) = cached {
+        if let Some((reader, _)) = cached {
             // Unless a rename (of the file or of a folder above it) moved the object since:
             // its bytes are under the new name now.
             if !named || reader.lock().await.object().key == key {
+                if let Some(handle) = self.handles.lock().unwrap().get_mut(&fh) {
+                    handle.reader = Some((reader.clone(), renamed));
+                }
                 return Ok(reader);
             }
         }
@@ -1481,7 +1518,7 @@ impl<S: ObjectStore> Fs<S> {
             self.config.readahead.clone(),
         )));
         if let Some(handle) = self.handles.lock().unwrap().get_mut(&fh) {
-            handle.reader = Some(reader.clone());
+            handle.reader = Some((reader.clone(), renamed));
         }
         Ok(reader)
     }
@@ -1499,6 +1536,7 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
             inode.attr.size = size;
             inode.attr.mtime = SystemTime::now();
+            inode.changed = Instant::now();
         }
         Ok(data.len() as u32)
     }
@@ -1601,6 +1639,7 @@ impl<S: ObjectStore> Fs<S> {
             let mut inodes = self.inodes.lock().unwrap();
             if let Some(inode) = inodes.get_mut(ino) {
                 inode.attr = attr.clone();
+                inode.changed = Instant::now();
             }
             if changes.mode.is_some() || changes.uid.is_some() || changes.gid.is_some() {
                 inodes.journal_owner(ino);
@@ -1756,8 +1795,7 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(state) = state.as_mut() {
             state.detach();
         }
-        self.inodes.lock().unwrap().remove_path(&path);
-        self.set_negative(&path, true);
+        self.record_removal(&path);
         self.note_name(parent, name, None);
         Ok(())
     }
@@ -1787,8 +1825,7 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::NotEmpty);
         }
         self.store.delete(&marker).await?;
-        self.inodes.lock().unwrap().remove_path(&path);
-        self.set_negative(&path, true);
+        self.record_removal(&path);
         self.note_name(parent, name, None);
         Ok(())
     }
@@ -1804,6 +1841,10 @@ impl<S: ObjectStore> Fs<S> {
     ) -> FsResult<()> {
         self.check_writable()?;
         check_name(new_name)?;
+        // One rename at a time: renames are the only operations that hold the write states
+        // of several files at once (the moved and the replaced file, every file below a
+        // moved folder), and two of them could each hold one the other waits for.
+        let _one_rename = self.renames.lock().await;
         let src = self.lookup(parent, name).await?;
         let from = join(&self.dir_path(parent)?, name);
         let to = join(&self.dir_path(new_parent)?, new_name);
@@ -1824,23 +1865,21 @@ impl<S: ObjectStore> Fs<S> {
                 self.rmdir(new_parent, new_name).await?;
                 None
             }
-            Ok(dst) => self
-                .state_kept_past_removal(dst.ino)
-                .await?
-                .map(|state| (dst.ino, state)),
+            Ok(dst) => self.state_kept_past_removal(dst.ino).await?,
             Err(FsError::NotFound) => None,
             Err(e) => return Err(e),
         };
-        // A file moved keeps its state locked from its commit to its new key (below).
-        let moved = match src.kind {
-            Kind::Dir => None,
-            _ => self.file_state(src.ino).map(|state| (src.ino, state)),
+        let mut replaced = match &replaced {
+            Some(state) => {
+                let mut state = state.lock().await;
+                self.stage_all(&mut state).await?;
+                Some(state)
+            }
+            None => None,
         };
-        let (mut replaced, mut moved) =
-            lock_in_inode_order(replaced.as_ref(), moved.as_ref()).await;
-        if let Some(replaced) = replaced.as_mut() {
-            self.stage_all(replaced).await?;
-        }
+        // Files whose copy got another ETag than its source (AWS S3 gives one to a copy of an
+        // object uploaded in parts): reads are pinned to the ETag, so it must be the copy's.
+        let mut moved_etags: Vec<(String, common::ETag)> = Vec::new();
         if src.kind == Kind::Dir {
             if to.starts_with(&format!("{from}/")) {
                 return Err(FsError::Invalid("cannot move a directory into itself"));
@@ -1863,10 +1902,15 @@ impl<S: ObjectStore> Fs<S> {
                     break;
                 }
             }
+            // The copies' ETags, by their paths below the new folder.
+            let mut copied: Vec<(String, common::ETag)> = Vec::with_capacity(objects.len());
             for (key, size) in &objects {
-                let dst_key = format!("{dst_prefix}{}", &key[src_prefix.len()..]);
-                self.copy_object(key, *size, &dst_key, None).await?;
+                let rest = &key[src_prefix.len()..];
+                let dst_key = format!("{dst_prefix}{rest}");
+                let copy = self.copy_object(key, *size, &dst_key, None).await?;
+                copied.push((join(&to, rest), copy.etag));
             }
+            moved_etags = copied;
             for (key, _) in &objects {
                 self.store.delete(key).await?;
             }
@@ -1904,7 +1948,11 @@ impl<S: ObjectStore> Fs<S> {
         } else {
             // Its state stays locked from its commit to its new key: a close meanwhile would
             // upload under the old name, into the copy's gap or after the delete.
-            let state = &mut moved;
+            let state = self.file_state(src.ino);
+            let mut state = match &state {
+                Some(state) => Some(state.lock().await),
+                None => None,
+            };
             let (src_key, dst_key) = (self.key(&from), self.key(&to));
             let never_committed = match state.as_mut() {
                 Some(state) => {
@@ -1929,11 +1977,7 @@ impl<S: ObjectStore> Fs<S> {
                     .map_or(src.size, |(_, attr)| attr.size);
                 let copied = self.copy_object(&src_key, size, &dst_key, None).await?;
                 self.store.delete(&src_key).await?;
-                // The copy's own ETag: a store may give a copy another than its source's
-                // (AWS S3 for a source uploaded in parts), and reads are pinned to it.
-                if let Some(inode) = self.inodes.lock().unwrap().get_mut(src.ino) {
-                    inode.etag = Some(copied.etag);
-                }
+                moved_etags.push((to.clone(), copied.etag));
             }
             if let Some(state) = state.as_mut() {
                 state.set_key(dst_key);
@@ -1943,11 +1987,25 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(replaced) = replaced.as_mut() {
             replaced.detach();
         }
-        self.inodes
-            .lock()
-            .unwrap()
-            .rename(&from, &to, new_parent, new_name);
-        self.set_negative(&from, true);
+        {
+            // One step, as for an unlink (see `record_removal`).
+            let mut inodes = self.inodes.lock().unwrap();
+            inodes.rename(&from, &to, new_parent, new_name);
+            self.set_negative(&from, true);
+            for (path, etag) in moved_etags {
+                let Some(ino) = inodes.by_path(&path).map(|i| i.attr.ino) else {
+                    continue;
+                };
+                let inode = inodes.get_mut(ino).expect("indexed inodes exist");
+                if inode.etag.as_ref() != Some(&etag) {
+                    // The copy is of whatever the old name held then, which may be another
+                    // client's newer version: the next open or read HEADs it for its ETag
+                    // and size.
+                    inode.etag = None;
+                }
+            }
+        }
+        self.renamed.fetch_add(1, Ordering::Release);
         self.set_negative(&to, false);
         self.note_name(parent, name, None);
         self.note_name(new_parent, new_name, Some(src.kind));

@@ -1552,6 +1552,7 @@ async fn a_listing_older_than_changes_made_meanwhile_does_not_undo_them() {
     write_file(&*fs, d.ino, "gone", b"x").await;
     // `ls` lists d; the store answers, and the answer arrives after the changes below.
     store.hold_listings("vol/d/");
+    let listed_at = Instant::now();
     let listing = {
         let fs = fs.clone();
         tokio::spawn(async move { fs.readdir(d.ino).await })
@@ -1575,12 +1576,15 @@ async fn a_listing_older_than_changes_made_meanwhile_does_not_undo_them() {
         name: "gone".into(),
         attr: f.clone(),
     };
-    assert_eq!(fs.entry_now(d.ino, &stale).await, None);
+    assert_eq!(fs.entry_now(d.ino, &stale, listed_at), None);
     let old_f = DirEntry {
         name: "f".into(),
         attr: f.clone(),
     };
-    assert_eq!(fs.entry_now(d.ino, &old_f).await.map(|a| a.size), Some(5));
+    assert_eq!(
+        fs.entry_now(d.ino, &old_f, listed_at).map(|a| a.size),
+        Some(5)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
