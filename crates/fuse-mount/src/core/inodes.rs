@@ -193,7 +193,7 @@ impl InodeTable {
     pub fn unheld_before(&self, stale: Instant) -> Vec<u64> {
         self.inodes
             .iter()
-            .filter(|(&ino, i)| ino != ROOT_INO && i.lookups == 0 && i.fetched < stale)
+            .filter(|(&ino, i)| ino != ROOT_INO && i.lookups == 0 && i.known_at() < stale)
             .map(|(&ino, _)| ino)
             .collect()
     }

@@ -413,6 +413,10 @@ impl<S: ObjectStore> Fs<S> {
             match FileState::adopt(&staging, &key) {
                 Ok(state) => {
                     tracing::info!(key, staging = %staging.display(), "took over a file being written");
+                    // Listings and readdirplus give the table's size of files being written.
+                    if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+                        inode.attr.size = state.size;
+                    }
                     self.files
                         .lock()
                         .unwrap()
@@ -1531,10 +1535,9 @@ impl<S: ObjectStore> Fs<S> {
         let state = self.ensure_file_state(ino, false).await?;
         let mut state = state.lock().await;
         state.write(&*self.store, offset, data).await?;
-        let size = state.size;
-        drop(state);
+        // Under the state's lock, so that two writes reach the table in their order.
         if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
-            inode.attr.size = size;
+            inode.attr.size = state.size;
             inode.attr.mtime = SystemTime::now();
             inode.changed = Instant::now();
         }
@@ -1638,6 +1641,11 @@ impl<S: ObjectStore> Fs<S> {
         {
             let mut inodes = self.inodes.lock().unwrap();
             if let Some(inode) = inodes.get_mut(ino) {
+                // A write since this setattr began may have grown the file: its size stays
+                // unless this sets one.
+                if changes.size.is_none() {
+                    attr.size = inode.attr.size;
+                }
                 inode.attr = attr.clone();
                 inode.changed = Instant::now();
             }
@@ -1851,6 +1859,10 @@ impl<S: ObjectStore> Fs<S> {
         if from == to {
             return Ok(());
         }
+        // Before anything is removed (an empty folder in the way, below).
+        if src.kind == Kind::Dir && to.starts_with(&format!("{from}/")) {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
         // A file replaced by the move: as for an unlink of it, those who still have it open
         // keep reading it whole, and its writes never reach the store again (its state stays
         // locked meanwhile, so no close of it overwrites what is moved in).
@@ -1881,9 +1893,6 @@ impl<S: ObjectStore> Fs<S> {
         // object uploaded in parts): reads are pinned to the ETag, so it must be the copy's.
         let mut moved_etags: Vec<(String, common::ETag)> = Vec::new();
         if src.kind == Kind::Dir {
-            if to.starts_with(&format!("{from}/")) {
-                return Err(FsError::Invalid("cannot move a directory into itself"));
-            }
             let moving = self.settle_all_below(&from).await?;
             let (src_prefix, dst_prefix) = (
                 format!("{}/", self.key(&from)),
@@ -1992,6 +2001,7 @@ impl<S: ObjectStore> Fs<S> {
             let mut inodes = self.inodes.lock().unwrap();
             inodes.rename(&from, &to, new_parent, new_name);
             self.set_negative(&from, true);
+            self.set_negative(&to, false);
             for (path, etag) in moved_etags {
                 let Some(ino) = inodes.by_path(&path).map(|i| i.attr.ino) else {
                     continue;
@@ -1999,14 +2009,16 @@ impl<S: ObjectStore> Fs<S> {
                 let inode = inodes.get_mut(ino).expect("indexed inodes exist");
                 if inode.etag.as_ref() != Some(&etag) {
                     // The copy is of whatever the old name held then, which may be another
-                    // client's newer version: the next open or read HEADs it for its ETag
-                    // and size.
+                    // client's newer version: the next stat, open or read HEADs it for its
+                    // ETag and size (`changed` still keeps older listings off it).
                     inode.etag = None;
+                    if let Some(stale) = Instant::now().checked_sub(self.config.attr_ttl) {
+                        inode.fetched = stale;
+                    }
                 }
             }
         }
         self.renamed.fetch_add(1, Ordering::Release);
-        self.set_negative(&to, false);
         self.note_name(parent, name, None);
         self.note_name(new_parent, new_name, Some(src.kind));
         Ok(())

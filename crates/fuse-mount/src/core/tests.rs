@@ -605,6 +605,13 @@ async fn rename_moves_files_and_whole_directories() {
             .errno(),
         libc::EISDIR
     );
+    // Into itself: refused before anything is removed, an empty folder in the way too.
+    let a = f.fs.mkdir(ROOT_INO, "a", 0o755, 0, 0).await.unwrap();
+    f.fs.mkdir(a.ino, "b", 0o755, 0, 0).await.unwrap();
+    let err = f.fs.rename(ROOT_INO, "a", a.ino, "b").await.unwrap_err();
+    assert_eq!(err.errno(), libc::EINVAL);
+    assert_eq!(f.fs.lookup(a.ino, "b").await.unwrap().kind, Kind::Dir);
+    assert_eq!(body(&store, "vol/a/b/").await, b"");
 }
 
 #[tokio::test]
