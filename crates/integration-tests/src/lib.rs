@@ -107,6 +107,15 @@ macro_rules! require_s3 {
     };
 }
 
+/// The runtime a [`TestMount`] serves its filesystem on.
+fn mount_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A real FUSE mount of a fresh bucket on the test S3 server, served by its own runtime, for
 /// tests that use the mount with plain `std::fs` calls from the test thread. Unmounted (after
 /// uploading what was written) when dropped.
@@ -142,11 +151,7 @@ impl TestMount {
         prefix: &str,
         configure: impl FnOnce(fuse_mount::FsConfig) -> fuse_mount::FsConfig,
     ) -> TestMount {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = mount_runtime();
         let store = runtime.block_on(env.new_bucket(tag));
         Self::of_bucket(runtime, store, client, tag, prefix, configure)
     }
@@ -159,11 +164,7 @@ impl TestMount {
         prefix: &str,
         configure: impl FnOnce(fuse_mount::FsConfig) -> fuse_mount::FsConfig,
     ) -> TestMount {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = mount_runtime();
         let bucket: BucketName = common::ObjectStore::bucket(self.store.as_ref())
             .parse()
             .unwrap();
