@@ -52,10 +52,11 @@ impl<S: ObjectStore> FailureStore<S> {
         self.resumed.notify_waiters();
     }
 
-    async fn wait_if_stalled(&self, key: &str) {
+    /// Wait while `slot` names `name` (a stalled key, a held prefix).
+    async fn wait_while_named(&self, slot: &Mutex<Option<String>>, name: &str) {
         loop {
             let resumed = self.resumed.notified();
-            if self.stalled_key.lock().unwrap().as_deref() != Some(key) {
+            if slot.lock().unwrap().as_deref() != Some(name) {
                 return;
             }
             resumed.await;
@@ -71,16 +72,6 @@ impl<S: ObjectStore> FailureStore<S> {
     pub fn release_listings(&self) {
         *self.held_listing.lock().unwrap() = None;
         self.resumed.notify_waiters();
-    }
-
-    async fn wait_if_held(&self, prefix: &str) {
-        loop {
-            let resumed = self.resumed.notified();
-            if self.held_listing.lock().unwrap().as_deref() != Some(prefix) {
-                return;
-            }
-            resumed.await;
-        }
     }
 
     pub fn inner(&self) -> &S {
@@ -153,14 +144,15 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
         if_match: Option<&ETag>,
     ) -> StoreResult<ByteStream> {
         self.check(Op::Get)?;
-        self.wait_if_stalled(key).await;
+        self.wait_while_named(&self.stalled_key, key).await;
         self.inner.get_stream(key, range, if_match).await
     }
 
     async fn list(&self, params: &ListParams) -> StoreResult<ListPage> {
         self.check(Op::List)?;
         let page = self.inner.list(params).await;
-        self.wait_if_held(&params.prefix).await;
+        self.wait_while_named(&self.held_listing, &params.prefix)
+            .await;
         page
     }
 
