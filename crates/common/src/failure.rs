@@ -28,6 +28,8 @@ pub struct FailureStore<S> {
     /// Listings of this prefix, once answered, wait until
     /// [`release_listings`](FailureStore::release_listings).
     held_listing: Mutex<Option<String>>,
+    /// HEADs of this key, once answered, wait until [`release_heads`](FailureStore::release_heads).
+    held_head: Mutex<Option<String>>,
     resumed: tokio::sync::Notify,
 }
 
@@ -38,6 +40,7 @@ impl<S: ObjectStore> FailureStore<S> {
             failures: Mutex::new(HashMap::new()),
             stalled_key: Mutex::new(None),
             held_listing: Mutex::new(None),
+            held_head: Mutex::new(None),
             resumed: tokio::sync::Notify::new(),
         }
     }
@@ -71,6 +74,17 @@ impl<S: ObjectStore> FailureStore<S> {
 
     pub fn release_listings(&self) {
         *self.held_listing.lock().unwrap() = None;
+        self.resumed.notify_waiters();
+    }
+
+    /// Hold the answers of HEADs of `key` until [`release_heads`](Self::release_heads): an
+    /// answer that arrives after changes made meanwhile.
+    pub fn hold_heads(&self, key: &str) {
+        *self.held_head.lock().unwrap() = Some(key.to_string());
+    }
+
+    pub fn release_heads(&self) {
+        *self.held_head.lock().unwrap() = None;
         self.resumed.notify_waiters();
     }
 
@@ -134,7 +148,9 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
 
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         self.check(Op::Head)?;
-        self.inner.head(key).await
+        let meta = self.inner.head(key).await;
+        self.wait_while_named(&self.held_head, key).await;
+        meta
     }
 
     async fn get_stream(

@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod files;
+mod gate;
 pub mod inodes;
 pub mod journal;
 pub mod metadata;
@@ -244,6 +245,8 @@ pub struct Fs<S: ObjectStore> {
     entries_changed: Mutex<HashMap<u64, Instant>>,
     /// Held by each rename from start to end (see `rename`).
     renames: tokio::sync::Mutex<()>,
+    /// Keeps operations off the names a rename is moving (see `gate`).
+    gate: gate::RenameGate,
     /// Renames done so far: a handle's reader checks its key again only after one.
     renamed: AtomicU64,
     /// Stale `getattr`s of files, by directory inode: since when (within a TTL), how many.
@@ -369,6 +372,7 @@ impl<S: ObjectStore> Fs<S> {
             listings: Mutex::new(HashMap::new()),
             entries_changed: Mutex::new(HashMap::new()),
             renames: tokio::sync::Mutex::new(()),
+            gate: gate::RenameGate::default(),
             renamed: AtomicU64::new(0),
             stale_stats: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
@@ -649,6 +653,49 @@ impl<S: ObjectStore> Fs<S> {
         Ok(path)
     }
 
+    /// Run `op`, an operation on the name `name` in directory `parent`, through the rename
+    /// gate (see `gate`): not while a rename moves that name, and with no rename moving it
+    /// until `op` is done.
+    async fn on_child<T>(
+        &self,
+        parent: u64,
+        name: &str,
+        op: impl std::future::Future<Output = FsResult<T>>,
+    ) -> FsResult<T> {
+        if gate::is_through_gate() {
+            return op.await;
+        }
+        let _pass = loop {
+            let path = join(&self.dir_path(parent)?, name);
+            let pass = self.gate.pass(&path).await;
+            // Moved by a rename while this waited: through at its new path.
+            if join(&self.dir_path(parent)?, name) == path {
+                break pass;
+            }
+        };
+        gate::through_gate(op).await
+    }
+
+    /// [`on_child`](Self::on_child) for an operation on inode `ino`.
+    async fn on_inode<T>(
+        &self,
+        ino: u64,
+        op: impl std::future::Future<Output = FsResult<T>>,
+    ) -> FsResult<T> {
+        if gate::is_through_gate() {
+            return op.await;
+        }
+        let path_of = |ino| self.inode_path(ino).map(|(path, _)| path);
+        let _pass = loop {
+            let path = path_of(ino)?;
+            let pass = self.gate.pass(&path).await;
+            if path_of(ino)? == path {
+                break pass;
+            }
+        };
+        gate::through_gate(op).await
+    }
+
     fn file_state(&self, ino: u64) -> Option<SharedFile<S>> {
         self.files.lock().unwrap().get(&ino).cloned()
     }
@@ -820,6 +867,11 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Find `name` in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        self.on_child(parent, name, self.lookup_passed(parent, name))
+            .await
+    }
+
+    async fn lookup_passed(&self, parent: u64, name: &str) -> FsResult<Attr> {
         check_name(name)?;
         let path = join(&self.dir_path(parent)?, name);
         if let Some(attr) = self.trusted_attr(&path) {
@@ -931,6 +983,10 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        self.on_inode(ino, self.getattr_passed(ino)).await
+    }
+
+    async fn getattr_passed(&self, ino: u64) -> FsResult<Attr> {
         let (path, attr, fetched, parent, name) = {
             let inodes = self.inodes.lock().unwrap();
             let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
@@ -1294,6 +1350,11 @@ impl<S: ObjectStore> Fs<S> {
         writable: bool,
         truncate: bool,
     ) -> FsResult<(u64, bool)> {
+        self.on_inode(ino, self.open_passed(ino, writable, truncate))
+            .await
+    }
+
+    async fn open_passed(&self, ino: u64, writable: bool, truncate: bool) -> FsResult<(u64, bool)> {
         if writable || truncate {
             self.check_writable()?;
         }
@@ -1381,6 +1442,12 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(state) = self.file_state(ino) {
             return Ok((state, false));
         }
+        // Its object key comes from its path: not while a rename moves it.
+        self.on_inode(ino, self.new_file_state(ino, empty)).await
+    }
+
+    /// The write state of `ino`, made by this call unless another made it meanwhile.
+    async fn new_file_state(&self, ino: u64, empty: bool) -> FsResult<(SharedFile<S>, bool)> {
         // Removed while open without its bytes kept: its old name is no source for them.
         if !self.inodes.lock().unwrap().is_named(ino) {
             return Err(FsError::Removed);
@@ -1617,6 +1684,10 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn setattr(&self, ino: u64, changes: SetAttr) -> FsResult<Attr> {
+        self.on_inode(ino, self.setattr_passed(ino, changes)).await
+    }
+
+    async fn setattr_passed(&self, ino: u64, changes: SetAttr) -> FsResult<Attr> {
         self.check_writable()?;
         let (path, mut attr) = self.inode_path(ino)?;
         if let Some(size) = changes.size {
@@ -1704,6 +1775,19 @@ impl<S: ObjectStore> Fs<S> {
         gid: u32,
         if_exists: IfExists,
     ) -> FsResult<(Attr, u64)> {
+        let create = self.create_passed(parent, name, mode, uid, gid, if_exists);
+        self.on_child(parent, name, create).await
+    }
+
+    async fn create_passed(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        if_exists: IfExists,
+    ) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         match self.lookup(parent, name).await {
             // (A directory or symlink the kernel did not know of: not a file to open here.)
@@ -1763,6 +1847,18 @@ impl<S: ObjectStore> Fs<S> {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
+        let mkdir = self.mkdir_passed(parent, name, mode, uid, gid);
+        self.on_child(parent, name, mkdir).await
+    }
+
+    async fn mkdir_passed(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
         let path = self.path_for_new_entry(parent, name).await?;
         let attr = Attr {
             ino: 0,
@@ -1784,6 +1880,11 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.on_child(parent, name, self.unlink_passed(parent, name))
+            .await
+    }
+
+    async fn unlink_passed(&self, parent: u64, name: &str) -> FsResult<()> {
         self.check_writable()?;
         let attr = self.lookup(parent, name).await?;
         if attr.kind == Kind::Dir {
@@ -1809,6 +1910,11 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.on_child(parent, name, self.rmdir_passed(parent, name))
+            .await
+    }
+
+    async fn rmdir_passed(&self, parent: u64, name: &str) -> FsResult<()> {
         self.check_writable()?;
         let attr = self.lookup(parent, name).await?;
         if attr.kind != Kind::Dir {
@@ -1853,9 +1959,27 @@ impl<S: ObjectStore> Fs<S> {
         // of several files at once (the moved and the replaced file, every file below a
         // moved folder), and two of them could each hold one the other waits for.
         let _one_rename = self.renames.lock().await;
-        let src = self.lookup(parent, name).await?;
+        // Only renames change paths: these two hold until this one is done.
         let from = join(&self.dir_path(parent)?, name);
         let to = join(&self.dir_path(new_parent)?, new_name);
+        // Operations on names at or below either wait for the rename (see `gate`).
+        let _closed = self.gate.close(&from, &to).await;
+        let rename = self.rename_passed(parent, name, new_parent, new_name, &from, &to);
+        gate::through_gate(rename).await
+    }
+
+    /// [`rename`](Self::rename) of `from` to `to`, the gate closed on both.
+    async fn rename_passed(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        from: &str,
+        to: &str,
+    ) -> FsResult<()> {
+        let (from, to) = (from.to_string(), to.to_string());
+        let src = self.lookup(parent, name).await?;
         if from == to {
             return Ok(());
         }
@@ -1893,7 +2017,7 @@ impl<S: ObjectStore> Fs<S> {
         // object uploaded in parts): reads are pinned to the ETag, so it must be the copy's.
         let mut moved_etags: Vec<(String, common::ETag)> = Vec::new();
         if src.kind == Kind::Dir {
-            let moving = self.settle_all_below(&from).await?;
+            let mut moving = self.settle_all_below(&from).await?;
             let (src_prefix, dst_prefix) = (
                 format!("{}/", self.key(&from)),
                 format!("{}/", self.key(&to)),
@@ -1923,31 +2047,9 @@ impl<S: ObjectStore> Fs<S> {
             for (key, _) in &objects {
                 self.store.delete(key).await?;
             }
-            // The files being written below go on under their new names: those settled above
-            // (still locked), and any opened below meanwhile.
-            let settled: HashSet<u64> = moving.iter().map(|(ino, _)| *ino).collect();
-            let below = format!("{from}/");
-            let others: Vec<SharedFile<S>> = {
-                let inodes = self.inodes.lock().unwrap();
-                self.files
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(ino, _)| {
-                        !settled.contains(ino)
-                            && inodes.is_named(**ino)
-                            && inodes
-                                .get(**ino)
-                                .is_some_and(|i| i.path.starts_with(&below))
-                    })
-                    .map(|(_, state)| state.clone())
-                    .collect()
-            };
-            let mut guards: Vec<_> = moving.into_iter().map(|(_, guard)| guard).collect();
-            for state in others {
-                guards.push(state.lock_owned().await);
-            }
-            for state in &mut guards {
+            // The files being written below go on under their new names. (The gate keeps new
+            // ones from being opened for writing below meanwhile: the settled are all.)
+            for (_, state) in &mut moving {
                 if let Some(rest) = state.key.strip_prefix(&src_prefix) {
                     let key = format!("{dst_prefix}{rest}");
                     state.set_key(key);
@@ -2146,6 +2248,18 @@ impl<S: ObjectStore> Fs<S> {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
+        let symlink = self.symlink_passed(parent, name, target, uid, gid);
+        self.on_child(parent, name, symlink).await
+    }
+
+    async fn symlink_passed(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
         let path = self.path_for_new_entry(parent, name).await?;
         let attr = Attr {
             ino: 0,
@@ -2168,6 +2282,10 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<String> {
+        self.on_inode(ino, self.readlink_passed(ino)).await
+    }
+
+    async fn readlink_passed(&self, ino: u64) -> FsResult<String> {
         let (path, attr) = self.inode_path(ino)?;
         if attr.kind != Kind::Symlink {
             return Err(FsError::Invalid("not a symbolic link"));

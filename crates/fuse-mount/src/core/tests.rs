@@ -1853,3 +1853,69 @@ async fn a_takeover_of_an_append_to_a_big_file_keeps_its_bytes_in_the_store() {
     );
     assert!(std::fs::read_dir(dir.path().join("recovery")).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_write_during_the_rename_of_its_folder_lands_under_the_new_name() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    let a = fs.mkdir(ROOT_INO, "a", 0o755, 0, 0).await.unwrap();
+    let x = write_file(&*fs, a.ino, "x", b"old bytes").await;
+    // Open, not written yet: its first write fetches its bytes (stalled here) for a write
+    // state whose object key comes from its path.
+    let fh = fs.open(x.ino, true, false).await.unwrap();
+    store.stall_gets("vol/a/x");
+    let write = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.write(fh, 0, b"NEW").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let rename = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !rename.is_finished(),
+        "the rename waits for the write in flight below it"
+    );
+    store.resume_gets();
+    assert_eq!(write.await.unwrap().unwrap(), 3);
+    rename.await.unwrap().unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(body(store.inner(), "vol/b/x").await, b"NEW bytes");
+    assert!(
+        store.head("vol/a/x").await.is_err(),
+        "the old name came back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_answered_after_the_rename_of_its_folder_finds_the_moved_file() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Fs::new(store.clone(), config(&dir)).unwrap();
+    let a = writer.mkdir(ROOT_INO, "a", 0o755, 0, 0).await.unwrap();
+    write_file(&writer, a.ino, "y", b"y bytes").await;
+    // A mount that has not seen y yet: its lookup HEADs it, and the answer comes late.
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    let a = fs.lookup(ROOT_INO, "a").await.unwrap();
+    store.hold_heads("vol/a/y");
+    let lookup = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.lookup(a.ino, "y").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let rename = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.release_heads();
+    let y = lookup.await.unwrap().unwrap();
+    rename.await.unwrap().unwrap();
+    // The inode the kernel got for a/y is b/y now: readable, and where a stat looks.
+    assert_eq!(read_all(&*fs, y.ino).await, b"y bytes");
+    let b = fs.lookup(ROOT_INO, "b").await.unwrap();
+    assert_eq!(fs.lookup(b.ino, "y").await.unwrap().ino, y.ino);
+}
