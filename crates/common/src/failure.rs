@@ -25,12 +25,12 @@ pub struct FailureStore<S> {
     failures: Mutex<HashMap<Op, Injected>>,
     /// GETs of this key wait until [`resume_gets`](FailureStore::resume_gets).
     stalled_key: Mutex<Option<String>>,
-    /// Listings of this prefix, once answered, wait until
-    /// [`release_listings`](FailureStore::release_listings).
-    held_listing: Mutex<Option<String>>,
-    /// HEADs of this key, once answered, wait until [`release_heads`](FailureStore::release_heads).
-    held_head: Mutex<Option<String>>,
+    /// Requests of an operation on a key (a listing: of a prefix) that, once answered, wait
+    /// until [`release_answers`](FailureStore::release_answers).
+    held: Mutex<HashMap<Op, String>>,
     resumed: tokio::sync::Notify,
+    /// Requests waiting now on a stalled key or a held answer.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl<S: ObjectStore> FailureStore<S> {
@@ -39,9 +39,9 @@ impl<S: ObjectStore> FailureStore<S> {
             inner,
             failures: Mutex::new(HashMap::new()),
             stalled_key: Mutex::new(None),
-            held_listing: Mutex::new(None),
-            held_head: Mutex::new(None),
+            held: Mutex::new(HashMap::new()),
             resumed: tokio::sync::Notify::new(),
+            waiting: Default::default(),
         }
     }
 
@@ -55,37 +55,61 @@ impl<S: ObjectStore> FailureStore<S> {
         self.resumed.notify_waiters();
     }
 
-    /// Wait while `slot` names `name` (a stalled key, a held prefix).
-    async fn wait_while_named(&self, slot: &Mutex<Option<String>>, name: &str) {
+    /// Wait while `stalled` says so (a stalled key, a held answer).
+    async fn wait_while(&self, stalled: impl Fn() -> bool) {
+        use std::sync::atomic::Ordering;
+        let mut counted = false;
         loop {
             let resumed = self.resumed.notified();
-            if slot.lock().unwrap().as_deref() != Some(name) {
+            if !stalled() {
+                if counted {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
                 return;
+            }
+            if !counted {
+                counted = true;
+                self.waiting.fetch_add(1, Ordering::SeqCst);
             }
             resumed.await;
         }
     }
 
-    /// Hold the answers of listings of `prefix` until [`release_listings`](Self::release_listings):
-    /// a listing that arrives after changes made meanwhile, older than them.
-    pub fn hold_listings(&self, prefix: &str) {
-        *self.held_listing.lock().unwrap() = Some(prefix.to_string());
+    /// How many requests wait now on a stalled key or a held answer: a test waits for this
+    /// before it goes on with what must happen while they wait.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    pub fn release_listings(&self) {
-        *self.held_listing.lock().unwrap() = None;
+    /// Wait until at least `count` requests wait on a stalled key or a held answer.
+    pub async fn until_waiting(&self, count: usize) {
+        while self.waiting() < count {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Hold the answers of requests of `op` on `key` (for [`Op::List`]: listings of that
+    /// prefix) until [`release_answers`](Self::release_answers): done in the store, the
+    /// answer arrives late, after changes made meanwhile. Supported for HEAD, LIST and DELETE.
+    pub fn hold_answers(&self, op: Op, key: &str) {
+        self.held.lock().unwrap().insert(op, key.to_string());
+    }
+
+    pub fn release_answers(&self) {
+        self.held.lock().unwrap().clear();
         self.resumed.notify_waiters();
     }
 
-    /// Hold the answers of HEADs of `key` until [`release_heads`](Self::release_heads): an
-    /// answer that arrives after changes made meanwhile.
-    pub fn hold_heads(&self, key: &str) {
-        *self.held_head.lock().unwrap() = Some(key.to_string());
+    /// Wait while answers of `op` on `key` are held.
+    async fn hold_answer(&self, op: Op, key: &str) {
+        self.wait_while(|| self.held.lock().unwrap().get(&op).map(String::as_str) == Some(key))
+            .await;
     }
 
-    pub fn release_heads(&self) {
-        *self.held_head.lock().unwrap() = None;
-        self.resumed.notify_waiters();
+    /// Wait while GETs of `key` are stalled.
+    async fn stall_get(&self, key: &str) {
+        self.wait_while(|| self.stalled_key.lock().unwrap().as_deref() == Some(key))
+            .await;
     }
 
     pub fn inner(&self) -> &S {
@@ -149,7 +173,7 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         self.check(Op::Head)?;
         let meta = self.inner.head(key).await;
-        self.wait_while_named(&self.held_head, key).await;
+        self.hold_answer(Op::Head, key).await;
         meta
     }
 
@@ -160,15 +184,14 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
         if_match: Option<&ETag>,
     ) -> StoreResult<ByteStream> {
         self.check(Op::Get)?;
-        self.wait_while_named(&self.stalled_key, key).await;
+        self.stall_get(key).await;
         self.inner.get_stream(key, range, if_match).await
     }
 
     async fn list(&self, params: &ListParams) -> StoreResult<ListPage> {
         self.check(Op::List)?;
         let page = self.inner.list(params).await;
-        self.wait_while_named(&self.held_listing, &params.prefix)
-            .await;
+        self.hold_answer(Op::List, &params.prefix).await;
         page
     }
 
@@ -246,6 +269,8 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.check(Op::Delete)?;
-        self.inner.delete(key).await
+        let deleted = self.inner.delete(key).await;
+        self.hold_answer(Op::Delete, key).await;
+        deleted
     }
 }

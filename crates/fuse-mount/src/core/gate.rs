@@ -39,7 +39,7 @@ pub async fn through_gate<F: Future>(op: F) -> F::Output {
 #[derive(Debug, Default)]
 pub struct RenameGate {
     state: Mutex<GateState>,
-    /// Notified whenever a pass ends or a rename opens the gate again.
+    /// Notified when a pass ends while a rename waits, and when a rename opens the gate again.
     changed: Notify,
 }
 
@@ -90,6 +90,12 @@ impl RenameGate {
         }
     }
 
+    /// Whether a rename has closed the gate (or is closing it).
+    #[cfg(test)]
+    pub fn is_closed(&self) -> bool {
+        !self.state.lock().unwrap().closed.is_empty()
+    }
+
     /// Close the gate at and below `from` and `to` for a rename, once the operations in
     /// flight there are done. It opens again when the returned guard drops.
     pub async fn close(&self, from: &str, to: &str) -> Closed<'_> {
@@ -120,7 +126,7 @@ pub struct Pass<'a> {
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        {
+        let rename_waiting = {
             let mut state = self.gate.state.lock().unwrap();
             if let Some(count) = state.passes.get_mut(&self.path) {
                 *count -= 1;
@@ -128,8 +134,13 @@ impl Drop for Pass<'_> {
                     state.passes.remove(&self.path);
                 }
             }
+            !state.closed.is_empty()
+        };
+        // Only a closing rename waits for passes to end (the operations waiting for a pass
+        // wait for the rename): no need to wake them all at every operation's end.
+        if rename_waiting {
+            self.gate.changed.notify_waiters();
         }
-        self.gate.changed.notify_waiters();
     }
 }
 

@@ -983,30 +983,39 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        // Answered from the table: nothing to wait for (`ls -l` of a folder being moved
+        // asks for its attributes from a FUSE thread, which must not wait for the move).
+        if let Some(attr) = self.attr_at_hand(ino)? {
+            return Ok(self.current_attr(attr).await);
+        }
         self.on_inode(ino, self.getattr_passed(ino)).await
     }
 
-    async fn getattr_passed(&self, ino: u64) -> FsResult<Attr> {
-        let (path, attr, fetched, parent, name) = {
-            let inodes = self.inodes.lock().unwrap();
-            let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
-            let (parent, name) = (inode.parent, inode.name.clone());
-            (
-                inode.path.clone(),
-                inode.attr.clone(),
-                inode.fetched,
-                parent,
-                name,
-            )
-        };
+    /// The attributes of `ino` if the store need not be asked for them: the root, folders,
+    /// files being written, files removed while open, and attributes within their TTL.
+    fn attr_at_hand(&self, ino: u64) -> FsResult<Option<Attr>> {
         let written = self.file_state(ino).is_some();
+        let inodes = self.inodes.lock().unwrap();
+        let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
         // A file removed while open has no name to ask the store about (it may be another
         // file's now): what is known of it stays.
-        let named = self.inodes.lock().unwrap().is_named(ino);
-        if ino == ROOT_INO || attr.kind == Kind::Dir || written || !named || self.is_fresh(fetched)
-        {
+        let at_hand = ino == ROOT_INO
+            || inode.attr.kind == Kind::Dir
+            || written
+            || !inodes.is_named(ino)
+            || self.is_fresh(inode.fetched);
+        Ok(at_hand.then(|| inode.attr.clone()))
+    }
+
+    async fn getattr_passed(&self, ino: u64) -> FsResult<Attr> {
+        if let Some(attr) = self.attr_at_hand(ino)? {
             return Ok(self.current_attr(attr).await);
         }
+        let (path, parent, name) = {
+            let inodes = self.inodes.lock().unwrap();
+            let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+            (inode.path.clone(), inode.parent, inode.name.clone())
+        };
         // Many files of one directory stat-ed past the TTL (`rm`, `ls -l`, `find`, `du` of
         // many files): a listing of a small parent confirms every file in it unchanged since
         // its last HEAD, one listing per TTL instead of a HEAD each. (Not for the first few:
@@ -1198,93 +1207,95 @@ impl<S: ObjectStore> Fs<S> {
         // is older than that, and does not bring them back.
         // Files being written: what the mount has of them is newer than any listing.
         let written: HashSet<u64> = self.files.lock().unwrap().keys().copied().collect();
-        let moved = self
-            .inodes
-            .lock()
-            .unwrap()
-            .get(ino)
-            .map(|dir| dir.path.clone());
-        if moved.is_some_and(|now| now != path) {
+        // Under the table's lock, which unlink and rename hold while they record a removal
+        // or a move.
+        let merged = {
+            let mut inodes = self.inodes.lock().unwrap();
+            if inodes.get(ino).is_some_and(|dir| dir.path != path) {
+                None
+            } else {
+                {
+                    let mut negative = self.negative.lock().unwrap();
+                    let mut gone = |name: &String| {
+                        let child = join(&path, name);
+                        match negative.get(&child) {
+                            Some(at) if *at >= started => true,
+                            // Found missing before the listing began, which shows it: it is back.
+                            Some(_) => {
+                                negative.remove(&child);
+                                false
+                            }
+                            None => false,
+                        }
+                    };
+                    dirs.retain(|name| !gone(name));
+                    files.retain(|(name, _, _)| !gone(name));
+                }
+                let mut entries = Vec::with_capacity(files.len() + dirs.len());
+                for name in &dirs {
+                    let child = join(&path, name);
+                    if let Some(known) = inodes.by_path(&child).filter(|k| k.known_at() >= started)
+                    {
+                        // Made or confirmed by this mount since the listing began.
+                        entries.push(DirEntry {
+                            name: name.clone(),
+                            attr: known.attr.clone(),
+                        });
+                        continue;
+                    }
+                    let attr = inodes.upsert(
+                        ino,
+                        name,
+                        join(&path, name),
+                        self.dir_attr(SystemTime::now()),
+                        None,
+                        true,
+                    );
+                    entries.push(DirEntry {
+                        name: name.clone(),
+                        attr,
+                    });
+                }
+                for (name, attr, etag) in files {
+                    if dirs.binary_search(&name).is_ok() {
+                        continue; // a directory shadows an object of the same name
+                    }
+                    let child = join(&path, &name);
+                    let attr = match inodes.by_path(&child).map(|known| {
+                        (
+                            known.attr.ino,
+                            known.metadata_known && known.etag.as_ref() == Some(&etag),
+                            known.known_at() >= started || written.contains(&known.attr.ino),
+                        )
+                    }) {
+                        // Written or confirmed by this mount since the listing began: what the mount
+                        // knows is newer than what the listing shows.
+                        Some((known, _, true)) => inodes.get(known).expect("indexed").attr.clone(),
+                        // Unchanged since a HEAD: keep what it learnt (kind, mode, owner).
+                        Some((known, true, false)) => {
+                            let inode = inodes.get_mut(known).expect("indexed inodes exist");
+                            inode.fetched = Instant::now();
+                            inode.attr.clone()
+                        }
+                        _ => match inodes.recall(ino, &name, &child, &attr, &etag) {
+                            // Its inode went (the kernel forgot it), what a HEAD taught was kept.
+                            Some(recalled) => recalled,
+                            None if trust_files => {
+                                inodes.upsert(ino, &name, child, attr, Some(etag), false)
+                            }
+                            None => attr,
+                        },
+                    };
+                    entries.push(DirEntry { name, attr });
+                }
+                Some(entries)
+            }
+        };
+        let Some(entries) = merged else {
             // Moved while listed (a rename of it or of a folder above it): this listing is of
             // a name it no longer has, so list it again where it is now.
             return Box::pin(self.list_dir(ino, max_pages, trust_files)).await;
-        }
-        // Under the table's lock, which unlink and rename hold while they record a removal.
-        let mut inodes = self.inodes.lock().unwrap();
-        {
-            let mut negative = self.negative.lock().unwrap();
-            let mut gone = |name: &String| {
-                let child = join(&path, name);
-                match negative.get(&child) {
-                    Some(at) if *at >= started => true,
-                    // Found missing before the listing began, which shows it: it is back.
-                    Some(_) => {
-                        negative.remove(&child);
-                        false
-                    }
-                    None => false,
-                }
-            };
-            dirs.retain(|name| !gone(name));
-            files.retain(|(name, _, _)| !gone(name));
-        }
-        let mut entries = Vec::with_capacity(files.len() + dirs.len());
-        for name in &dirs {
-            let child = join(&path, name);
-            if let Some(known) = inodes.by_path(&child).filter(|k| k.known_at() >= started) {
-                // Made or confirmed by this mount since the listing began.
-                entries.push(DirEntry {
-                    name: name.clone(),
-                    attr: known.attr.clone(),
-                });
-                continue;
-            }
-            let attr = inodes.upsert(
-                ino,
-                name,
-                join(&path, name),
-                self.dir_attr(SystemTime::now()),
-                None,
-                true,
-            );
-            entries.push(DirEntry {
-                name: name.clone(),
-                attr,
-            });
-        }
-        for (name, attr, etag) in files {
-            if dirs.binary_search(&name).is_ok() {
-                continue; // a directory shadows an object of the same name
-            }
-            let child = join(&path, &name);
-            let attr = match inodes.by_path(&child).map(|known| {
-                (
-                    known.attr.ino,
-                    known.metadata_known && known.etag.as_ref() == Some(&etag),
-                    known.known_at() >= started || written.contains(&known.attr.ino),
-                )
-            }) {
-                // Written or confirmed by this mount since the listing began: what the mount
-                // knows is newer than what the listing shows.
-                Some((known, _, true)) => inodes.get(known).expect("indexed").attr.clone(),
-                // Unchanged since a HEAD: keep what it learnt (kind, mode, owner).
-                Some((known, true, false)) => {
-                    let inode = inodes.get_mut(known).expect("indexed inodes exist");
-                    inode.fetched = Instant::now();
-                    inode.attr.clone()
-                }
-                _ => match inodes.recall(ino, &name, &child, &attr, &etag) {
-                    // Its inode went (the kernel forgot it), what a HEAD taught was kept.
-                    Some(recalled) => recalled,
-                    None if trust_files => {
-                        inodes.upsert(ino, &name, child, attr, Some(etag), false)
-                    }
-                    None => attr,
-                },
-            };
-            entries.push(DirEntry { name, attr });
-        }
-        drop(inodes);
+        };
         self.sweep_inodes();
         // Names this mount made or removed here while the listing ran may be missing from it,
         // or in it still: it cannot answer "no such file" for the TTL then.
@@ -1448,6 +1459,10 @@ impl<S: ObjectStore> Fs<S> {
 
     /// The write state of `ino`, made by this call unless another made it meanwhile.
     async fn new_file_state(&self, ino: u64, empty: bool) -> FsResult<(SharedFile<S>, bool)> {
+        // Made while this waited at the gate (by a rename onto the file, for its descriptors).
+        if let Some(state) = self.file_state(ino) {
+            return Ok((state, false));
+        }
         // Removed while open without its bytes kept: its old name is no source for them.
         if !self.inodes.lock().unwrap().is_named(ino) {
             return Err(FsError::Removed);
@@ -1531,6 +1546,22 @@ impl<S: ObjectStore> Fs<S> {
                 .await?
                 .into());
         }
+        match self.read_object(fh, ino, offset, size).await {
+            Err(FsError::Store(e)) if e.kind() == ErrorKind::NotFound => {
+                // A rename of the file (or of a folder above it) may be under way: it deletes
+                // the old name before it records the new one. Read on where it leaves it.
+                if let Ok((path, _)) = self.inode_path(ino) {
+                    drop(self.gate.pass(&path).await);
+                }
+                self.read_object(fh, ino, offset, size).await
+            }
+            read => read,
+        }
+    }
+
+    /// Read `size` bytes at `offset` from the object of file `ino` (not being written), open
+    /// as handle `fh`.
+    async fn read_object(&self, fh: u64, ino: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let reader = self.reader(fh, ino).await?;
         // Advise under the lock, read outside it: the kernel sends reads of one handle in
         // parallel, and they must not wait for each other.

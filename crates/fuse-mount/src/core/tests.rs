@@ -1558,7 +1558,7 @@ async fn a_listing_older_than_changes_made_meanwhile_does_not_undo_them() {
     let f = write_file(&*fs, d.ino, "f", b"one").await;
     write_file(&*fs, d.ino, "gone", b"x").await;
     // `ls` lists d; the store answers, and the answer arrives after the changes below.
-    store.hold_listings("vol/d/");
+    store.hold_answers(Op::List, "vol/d/");
     let listed_at = Instant::now();
     let listing = {
         let fs = fs.clone();
@@ -1568,7 +1568,7 @@ async fn a_listing_older_than_changes_made_meanwhile_does_not_undo_them() {
     fs.unlink(d.ino, "gone").await.unwrap();
     write_file(&*fs, d.ino, "f", b"three").await;
     let made = write_file(&*fs, d.ino, "new", b"new").await;
-    store.release_listings();
+    store.release_answers();
     listing.await.unwrap().unwrap();
     // What the mount did since the listing began stands: for a lookup, a stat, an `ls -l`
     // (the opendir's listing as handed out entry by entry), and the next lookups of names.
@@ -1869,11 +1869,14 @@ async fn a_first_write_during_the_rename_of_its_folder_lands_under_the_new_name(
         let fs = fs.clone();
         tokio::spawn(async move { fs.write(fh, 0, b"NEW").await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.until_waiting(1).await;
     let rename = {
         let fs = fs.clone();
         tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
     };
+    while !fs.gate.is_closed() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         !rename.is_finished(),
@@ -1900,22 +1903,56 @@ async fn a_lookup_answered_after_the_rename_of_its_folder_finds_the_moved_file()
     // A mount that has not seen y yet: its lookup HEADs it, and the answer comes late.
     let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
     let a = fs.lookup(ROOT_INO, "a").await.unwrap();
-    store.hold_heads("vol/a/y");
+    store.hold_answers(Op::Head, "vol/a/y");
     let lookup = {
         let fs = fs.clone();
         tokio::spawn(async move { fs.lookup(a.ino, "y").await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.until_waiting(1).await;
     let rename = {
         let fs = fs.clone();
         tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
     };
+    while !fs.gate.is_closed() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // (Without the gate, the rename would be done now, before the HEAD's answer.)
     tokio::time::sleep(Duration::from_millis(50)).await;
-    store.release_heads();
+    store.release_answers();
     let y = lookup.await.unwrap().unwrap();
     rename.await.unwrap().unwrap();
     // The inode the kernel got for a/y is b/y now: readable, and where a stat looks.
     assert_eq!(read_all(&*fs, y.ino).await, b"y bytes");
     let b = fs.lookup(ROOT_INO, "b").await.unwrap();
     assert_eq!(fs.lookup(b.ino, "y").await.unwrap().ino, y.ino);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_open_for_reading_reads_on_while_its_folder_is_moved() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    let a = fs.mkdir(ROOT_INO, "a", 0o755, 0, 0).await.unwrap();
+    let bytes = common::conformance::pattern(3 << 20, 7);
+    let x = write_file(&*fs, a.ino, "x", &bytes).await;
+    let fh = fs.open(x.ino, false, false).await.unwrap();
+    // The rename has deleted a/x and not yet recorded b/x when the read comes.
+    store.hold_answers(Op::Delete, "vol/a/x");
+    let rename = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
+    };
+    store.until_waiting(1).await;
+    let read = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.read(fh, 2 << 20, 4096).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.release_answers();
+    rename.await.unwrap().unwrap();
+    assert_eq!(
+        &read.await.unwrap().unwrap()[..],
+        &bytes[2 << 20..(2 << 20) + 4096]
+    );
+    fs.release(fh).await.unwrap();
 }
