@@ -20,6 +20,8 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
+use super::is_at_or_below;
+
 tokio::task_local! {
     /// Set while a task runs an operation that is through the gate (or is the rename that
     /// closed it).
@@ -49,12 +51,6 @@ struct GateState {
     closed: Vec<String>,
     /// Paths of the operations in flight, each with how many.
     passes: HashMap<String, usize>,
-}
-
-/// Whether `path` is `top` or below it.
-fn is_at_or_below(path: &str, top: &str) -> bool {
-    path.strip_prefix(top)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl GateState {

@@ -286,6 +286,12 @@ fn check_name(name: &str) -> FsResult<()> {
     Ok(())
 }
 
+/// Whether `path` is `top` or a path below it.
+fn is_at_or_below(path: &str, top: &str) -> bool {
+    path.strip_prefix(top)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 fn join(parent: &str, name: &str) -> String {
     if parent.is_empty() {
         name.to_string()
@@ -2134,7 +2140,12 @@ impl<S: ObjectStore> Fs<S> {
             let mut inodes = self.inodes.lock().unwrap();
             inodes.rename(&from, &to, new_parent, new_name);
             self.set_negative(&from, true);
-            self.set_negative(&to, false);
+            // Names found missing below the target before (`mv d e` onto an empty e after
+            // a lookup of e/f) are the moved files' now.
+            self.negative
+                .lock()
+                .unwrap()
+                .retain(|path, _| !is_at_or_below(path, &to));
             for (path, etag) in moved_etags {
                 let Some(ino) = inodes.by_path(&path).map(|i| i.attr.ino) else {
                     continue;

@@ -1956,3 +1956,24 @@ async fn a_file_open_for_reading_reads_on_while_its_folder_is_moved() {
     );
     fs.release(fh).await.unwrap();
 }
+
+#[tokio::test]
+async fn names_found_missing_below_a_folder_are_found_once_a_folder_is_moved_there() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    // Attributes never trusted, missing names for long: only the negative entry answers.
+    let config = config(&dir).ttls(Duration::ZERO, Duration::from_secs(60));
+    let fs = Fs::new(store.clone(), config).unwrap();
+    let a = fs.mkdir(ROOT_INO, "a", 0o755, 0, 0).await.unwrap();
+    let b = fs.mkdir(ROOT_INO, "b", 0o755, 0, 0).await.unwrap();
+    write_file(&fs, b.ino, "x", b"x bytes").await;
+    assert!(matches!(
+        fs.lookup(a.ino, "x").await,
+        Err(FsError::NotFound)
+    ));
+    // `mv b a` onto the empty a: a/x is b's x now.
+    fs.rename(ROOT_INO, "b", ROOT_INO, "a").await.unwrap();
+    let a = fs.lookup(ROOT_INO, "a").await.unwrap();
+    let x = fs.lookup(a.ino, "x").await.unwrap();
+    assert_eq!(read_all(&fs, x.ino).await, b"x bytes");
+}
