@@ -586,3 +586,57 @@ fn odd_keys_never_escape_the_mount_nor_crash_it() {
         assert_eq!(m.object(key), format!("body {i}").as_bytes(), "{key:?}");
     }
 }
+
+#[test]
+fn semantics_files_made_in_a_folder_while_it_is_moved_end_up_under_the_new_name() {
+    use std::os::fd::AsRawFd;
+    let Some(m) = mount("move-busy") else { return };
+    fs::create_dir(m.path("a")).unwrap();
+    // Enough files that the move (a copy and a delete each) takes a while.
+    for i in 0..40 {
+        fs::write(m.path(&format!("a/old{i}")), format!("old{i}")).unwrap();
+    }
+    // A program working in the folder through a descriptor of it (its working directory),
+    // which follows the folder wherever it moves.
+    let folder = fs::File::open(m.path("a")).unwrap();
+    let inside = format!("/proc/self/fd/{}", folder.as_raw_fd());
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let worker = {
+        let made = made.clone();
+        std::thread::spawn(move || {
+            for i in 0..60 {
+                let name = format!("{inside}/new{i}");
+                fs::write(&name, format!("new{i}")).unwrap();
+                assert_eq!(fs::read_to_string(&name).unwrap(), format!("new{i}"));
+                fs::metadata(format!("{inside}/old{}", i % 40)).unwrap();
+                made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    while made.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    fs::rename(m.path("a"), m.path("b")).unwrap();
+    worker.join().unwrap();
+    drop(folder);
+    assert!(!m.path("a").exists());
+    let mut names: Vec<String> = fs::read_dir(m.path("b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 100, "{names:?}");
+    for i in 0..60 {
+        assert_eq!(
+            m.object(&format!("vol/b/new{i}")),
+            format!("new{i}").as_bytes()
+        );
+    }
+    // Nothing left under the old name in the bucket, for other clients to see.
+    let left = m.runtime.block_on(async {
+        common::ObjectStore::list(&*m.store, &common::ListParams::new("vol/a/".to_string()))
+            .await
+            .unwrap()
+    });
+    assert!(left.objects.is_empty(), "{:?}", left.objects);
+}
