@@ -1854,6 +1854,20 @@ async fn a_takeover_of_an_append_to_a_big_file_keeps_its_bytes_in_the_store() {
     assert!(std::fs::read_dir(dir.path().join("recovery")).is_err());
 }
 
+/// Start `mv a b`, and return once it has closed the rename gate on both names.
+async fn move_a_to_b_in_the_background<S: ObjectStore>(
+    fs: &Arc<Fs<S>>,
+) -> tokio::task::JoinHandle<FsResult<()>> {
+    let rename = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
+    };
+    while !fs.gate.is_closed() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    rename
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_write_during_the_rename_of_its_folder_lands_under_the_new_name() {
     let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
@@ -1870,13 +1884,7 @@ async fn a_first_write_during_the_rename_of_its_folder_lands_under_the_new_name(
         tokio::spawn(async move { fs.write(fh, 0, b"NEW").await })
     };
     store.until_waiting(1).await;
-    let rename = {
-        let fs = fs.clone();
-        tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
-    };
-    while !fs.gate.is_closed() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let rename = move_a_to_b_in_the_background(&fs).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         !rename.is_finished(),
@@ -1909,13 +1917,7 @@ async fn a_lookup_answered_after_the_rename_of_its_folder_finds_the_moved_file()
         tokio::spawn(async move { fs.lookup(a.ino, "y").await })
     };
     store.until_waiting(1).await;
-    let rename = {
-        let fs = fs.clone();
-        tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
-    };
-    while !fs.gate.is_closed() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let rename = move_a_to_b_in_the_background(&fs).await;
     // (Without the gate, the rename would be done now, before the HEAD's answer.)
     tokio::time::sleep(Duration::from_millis(50)).await;
     store.release_answers();
@@ -1938,10 +1940,7 @@ async fn a_file_open_for_reading_reads_on_while_its_folder_is_moved() {
     let fh = fs.open(x.ino, false, false).await.unwrap();
     // The rename has deleted a/x and not yet recorded b/x when the read comes.
     store.hold_answers(Op::Delete, "vol/a/x");
-    let rename = {
-        let fs = fs.clone();
-        tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
-    };
+    let rename = move_a_to_b_in_the_background(&fs).await;
     store.until_waiting(1).await;
     let read = {
         let fs = fs.clone();
