@@ -1274,8 +1274,8 @@ impl<S: ObjectStore> Fs<S> {
                             known.known_at() >= started || written.contains(&known.attr.ino),
                         )
                     }) {
-                        // Written or confirmed by this mount since the listing began: what the mount
-                        // knows is newer than what the listing shows.
+                        // Written or confirmed by this mount since the listing began: what
+                        // the mount knows is newer than what the listing shows.
                         Some((known, _, true)) => inodes.get(known).expect("indexed").attr.clone(),
                         // Unchanged since a HEAD: keep what it learnt (kind, mode, owner).
                         Some((known, true, false)) => {
