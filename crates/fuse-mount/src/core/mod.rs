@@ -671,14 +671,9 @@ impl<S: ObjectStore> Fs<S> {
         if gate::is_through_gate() {
             return op.await;
         }
-        let _pass = loop {
-            let path = join(&self.dir_path(parent)?, name);
-            let pass = self.gate.pass(&path).await;
-            // Moved by a rename while this waited: through at its new path.
-            if join(&self.dir_path(parent)?, name) == path {
-                break pass;
-            }
-        };
+        let _pass = self
+            .pass_at(|| Ok(join(&self.dir_path(parent)?, name)))
+            .await?;
         gate::through_gate(op).await
     }
 
@@ -691,15 +686,22 @@ impl<S: ObjectStore> Fs<S> {
         if gate::is_through_gate() {
             return op.await;
         }
-        let path_of = |ino| self.inode_path(ino).map(|(path, _)| path);
-        let _pass = loop {
-            let path = path_of(ino)?;
-            let pass = self.gate.pass(&path).await;
-            if path_of(ino)? == path {
-                break pass;
-            }
-        };
+        let _pass = self
+            .pass_at(|| self.inode_path(ino).map(|(path, _)| path))
+            .await?;
         gate::through_gate(op).await
+    }
+
+    /// A pass through the rename gate at the path `path_now` gives, once no rename moves it.
+    async fn pass_at(&self, path_now: impl Fn() -> FsResult<String>) -> FsResult<gate::Pass<'_>> {
+        loop {
+            let path = path_now()?;
+            let pass = self.gate.pass(&path).await;
+            // Moved by a rename while this waited: through at its new path.
+            if path_now()? == path {
+                return Ok(pass);
+            }
+        }
     }
 
     fn file_state(&self, ino: u64) -> Option<SharedFile<S>> {
@@ -2001,7 +2003,7 @@ impl<S: ObjectStore> Fs<S> {
         let to = join(&self.dir_path(new_parent)?, new_name);
         // Operations on names at or below either wait for the rename (see `gate`).
         let _closed = self.gate.close(&from, &to).await;
-        let rename = self.rename_passed(parent, name, new_parent, new_name, &from, &to);
+        let rename = self.rename_passed(parent, name, new_parent, new_name, from, to);
         gate::through_gate(rename).await
     }
 
@@ -2012,10 +2014,9 @@ impl<S: ObjectStore> Fs<S> {
         name: &str,
         new_parent: u64,
         new_name: &str,
-        from: &str,
-        to: &str,
+        from: String,
+        to: String,
     ) -> FsResult<()> {
-        let (from, to) = (from.to_string(), to.to_string());
         let src = self.lookup(parent, name).await?;
         if from == to {
             return Ok(());
