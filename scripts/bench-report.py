@@ -212,6 +212,33 @@ def group_table(run, group):
     return table(headers, rows)
 
 
+def cpu_table(run):
+    """Where the CPU time of the cold read and of the write went, per system: the backend and
+    the client share the machine's cores, so what one spends the other cannot."""
+    cores = run.param_int("cores")
+    rows = []
+    for what, prefix in (("cold read", "cold"), ("write", "write")):
+        for s in run.systems:
+            busy = run.median(s, f"{prefix}_cpu_busy_s")
+            wall = run.median(s, f"{prefix}_cpu_wall_s")
+            if not is_num(busy) or not is_num(wall) or wall <= 0:
+                continue
+            backend = run.median(s, f"{prefix}_cpu_backend_s")
+            daemon = run.median(s, f"{prefix}_cpu_daemon_s") if s != "s3" else None
+            rest = busy - (backend if is_num(backend) else 0) - (daemon if is_num(daemon) else 0)
+            rows.append([what, run.label(s), num(wall, "s"),
+                         num(backend, "s") if is_num(backend) else "-",
+                         num(daemon, "s") if is_num(daemon) else "-",
+                         num(max(rest, 0.0), "s"),
+                         # Ticks are 10 ms: a short run can count a little over its cores.
+                         f"{min(busy / wall, cores or busy / wall):.1f}"
+                         + (f" of {cores}" if cores else "")])
+    if not rows:
+        return None
+    return table(["workload", "system", "wall time (s)", "RGW + OSD (CPU-s)", "FUSE daemon (CPU-s)",
+                  "the rest (CPU-s)", "cores busy"], rows)
+
+
 def ls_cost_table(run, group):
     sizes = [int(c[0][3:-2]) for c in group.columns]
     rows = []
@@ -495,6 +522,14 @@ def report(run):
         lines += t + [""]
         if g.key == "ls":
             lines += ls_cost_table(run, g) + [""]
+        cpu = cpu_table(run) if g.key == "sequential" else None
+        if cpu:
+            lines += ["Where the CPU went during the cold read and the write (medians): the "
+                      "backend (RGW and its OSD) and the client share the machine's cores, so "
+                      "CPU time a FUSE daemon spends is taken from RGW when the cores are busy. "
+                      "The rest: the reading or writing program (`cat`, `dd`, `curl`), kernel "
+                      "threads (page-cache writeback) and everything else on the machine.", ""]
+            lines += cpu + [""]
         if g.note:
             lines += [g.note, ""]
         mine = [x for x in tgs if x[0] == g.key]
