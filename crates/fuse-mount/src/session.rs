@@ -48,13 +48,30 @@ impl MountHandle {
         self.connection.try_clone()
     }
 
-    /// End the session: unmount (fuser knows how for its own mounts), then wait for the
-    /// session thread.
-    fn end_session(&self, session: fuser::BackgroundSession) -> std::io::Result<()> {
-        if self.taken_over {
-            nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty())?;
+    /// End the session: unmount, then wait for the session thread. When the unmount fails
+    /// (`EBUSY`: a process has a file open or its working folder in the mount) the session
+    /// goes on serving and is kept, so that a later call can try again: fuser's own unmount
+    /// would drop it, leaving the mount served by a thread nobody can reach.
+    fn end_session(&mut self) -> std::io::Result<()> {
+        use nix::errno::Errno;
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty()) {
+            Ok(()) => {}
+            // Unmounted from outside (`umount`, `fusermount3 -u`): the session ended with it.
+            Err(Errno::EINVAL) if session.guard.is_finished() => {}
+            // Not root: fuser unmounts its own mounts through `fusermount3 -u`.
+            Err(Errno::EPERM) if !self.taken_over => return session.umount_and_join(),
+            Err(e) => {
+                self.session = Some(session);
+                return Err(e.into());
+            }
         }
-        session.umount_and_join()
+        // Not `umount_and_join`: until the session thread has seen the unmount, fuser thinks
+        // its mount is still there, and its unmount would fail (EINVAL). Once the thread has
+        // ended, dropping fuser's mount finds it gone.
+        session.join()
     }
 
     /// True once the session ended (for example after `fusermount3 -u` from outside).
@@ -62,12 +79,11 @@ impl MountHandle {
         self.session.as_ref().is_none_or(|s| s.guard.is_finished())
     }
 
-    /// Unmount and wait until the session has ended (written files are uploaded first).
-    pub fn unmount(mut self) -> std::io::Result<()> {
-        match self.session.take() {
-            Some(session) => self.end_session(session),
-            None => Ok(()),
-        }
+    /// Unmount and wait until the session has ended (written files are uploaded first). A
+    /// mount still in use (`EBUSY`) stays mounted and served by this handle: the error says
+    /// why, and a later call can try again.
+    pub fn unmount(&mut self) -> std::io::Result<()> {
+        self.end_session()
     }
 
     /// Detach the mount and wait up to `limit` for its session to end; for shutdown, where
@@ -143,19 +159,9 @@ pub fn lazy_unmount(mountpoint: &Path) -> std::io::Result<()> {
 
 impl Drop for MountHandle {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            // Unmounted from outside (`umount`, `fusermount3 -u`): the session ended with the
-            // mount, and the unmount here finds nothing to unmount (EINVAL).
-            let ended_outside = session.guard.is_finished();
-            match self.end_session(session) {
-                Err(e) if ended_outside && e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::debug!(mountpoint = %self.mountpoint.display(), "unmounted from outside");
-                }
-                Err(e) => {
-                    tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed")
-                }
-                Ok(()) => {}
-            }
+        if let Err(e) = self.end_session() {
+            // Dropping the session leaves its thread serving whoever still uses the mount.
+            tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
         }
     }
 }

@@ -269,12 +269,14 @@ impl TestMount {
             .unwrap();
     }
 
-    /// Unmount now (uploading pending writes), returning any error.
+    /// Unmount now (uploading pending writes), returning any error; a mount still in use
+    /// (`EBUSY`) stays mounted and can be unmounted again later.
     pub fn unmount(&mut self) -> std::io::Result<()> {
-        match self.handle.take() {
-            Some(h) => h.unmount(),
-            None => Ok(()),
+        if let Some(handle) = self.handle.as_mut() {
+            handle.unmount()?;
         }
+        self.handle = None;
+        Ok(())
     }
 }
 

@@ -640,3 +640,36 @@ fn semantics_files_made_in_a_folder_while_it_is_moved_end_up_under_the_new_name(
     });
     assert!(left.objects.is_empty(), "{:?}", left.objects);
 }
+
+/// An unmount refused because the mount is in use (EBUSY) leaves it mounted and served: the
+/// file open meanwhile still writes and closes into the store, and a later unmount works.
+/// (Before, the refused unmount dropped the session, so nobody could reach the mount any more.)
+#[test]
+fn a_busy_unmount_keeps_the_mount_served_until_it_is_free() {
+    let Some(mut m) = mount("busy-unmount") else {
+        return;
+    };
+    let mut open = fs::File::create(m.path("open.txt")).unwrap();
+    open.write_all(b"written before the unmount; ").unwrap();
+
+    let err = m
+        .unmount()
+        .expect_err("an unmount of a mount with an open file");
+    assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
+
+    open.write_all(b"and after it").unwrap();
+    drop(open);
+    fs::write(m.path("later.txt"), b"a new file").unwrap();
+    assert_eq!(
+        fs::read(m.path("open.txt")).unwrap(),
+        b"written before the unmount; and after it"
+    );
+    assert!(fuse_mount::is_mounted(&m.path("")), "still mounted");
+    m.unmount().expect("the unmount once the file is closed");
+    assert!(!fuse_mount::is_mounted(&m.path("")), "unmounted");
+    assert_eq!(
+        m.object("vol/open.txt"),
+        b"written before the unmount; and after it"
+    );
+    assert_eq!(m.object("vol/later.txt"), b"a new file");
+}

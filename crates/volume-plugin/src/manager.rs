@@ -54,7 +54,7 @@ pub struct VolumeManager<M: Mounter> {
     catalogue: Mutex<Catalogue>,
     slots: Mutex<HashMap<String, Slot<M>>>,
     /// Volumes with a mount, readable without waiting for their turn (Get, Path, List).
-    mounted: Mutex<HashSet<String>>,
+    mounted: Arc<Mutex<HashSet<String>>>,
     /// Mount IDs Docker gave this process. IDs in the catalogue from before a restart may be
     /// stale (their Unmount can have come while the plugin was down).
     session_ids: Mutex<HashSet<(String, String)>>,
@@ -84,7 +84,7 @@ impl<M: Mounter> VolumeManager<M> {
             settings,
             catalogue: Mutex::new(catalogue),
             slots: Mutex::new(HashMap::new()),
-            mounted: Mutex::new(HashSet::new()),
+            mounted: Arc::default(),
             session_ids: Mutex::new(HashSet::new()),
         }
     }
@@ -209,15 +209,27 @@ impl<M: Mounter> VolumeManager<M> {
 
     /// Unmount (uploading what was written first) in a task that keeps the volume's turn, and
     /// hand the turn back: if the call is given up at Docker's deadline, the unmount still
-    /// ends before any other call on the volume starts, so no second mount can race it.
+    /// ends before any other call on the volume starts, so no second mount can race it. A
+    /// mount that cannot go (still in use) is put back in its slot, still mounted.
     async fn unmount_in_turn(&self, name: &str, mut turn: Turn<M>) -> Result<Turn<M>, String> {
         let Some(mount) = turn.take() else {
             return Ok(turn);
         };
-        self.mounted.lock().unwrap().remove(name);
-        let (result, turn) = tokio::spawn(async move { (mount.unmount().await, turn) })
-            .await
-            .map_err(|e| format!("the unmount of volume {name} crashed: {e}"))?;
+        let (mounted, name) = (self.mounted.clone(), name.to_string());
+        let (result, turn) = tokio::spawn(async move {
+            match mount.unmount().await {
+                Ok(()) => {
+                    mounted.lock().unwrap().remove(&name);
+                    (Ok(()), turn)
+                }
+                Err((mount, e)) => {
+                    *turn = Some(mount);
+                    (Err(e), turn)
+                }
+            }
+        })
+        .await
+        .map_err(|e| format!("the unmount crashed: {e}"))?;
         result.map(|()| turn)
     }
 
@@ -228,16 +240,17 @@ impl<M: Mounter> VolumeManager<M> {
         let mut turn = self.turn(name, "Mount").await?;
         let record = self.record(name).ok_or_else(|| no_such_volume(name))?;
         let mountpoint = self.ensure_mounted(&record, &mut turn).await?;
-        self.session_ids
-            .lock()
-            .unwrap()
-            .insert((name.to_string(), id.to_string()));
         let mounts = self.catalogue.lock().unwrap().update(|volumes| {
             volumes.get_mut(name).map_or(0, |v| {
                 v.mount_ids.insert(id.to_string());
                 v.mount_ids.len()
             })
         })?;
+        // Only once saved: a Mount that failed gets no Unmount, so its ID must not block Remove.
+        self.session_ids
+            .lock()
+            .unwrap()
+            .insert((name.to_string(), id.to_string()));
         publish_mounts(name, mounts);
         Ok(mountpoint)
     }
@@ -424,7 +437,7 @@ impl<M: Mounter> VolumeManager<M> {
                 };
                 match manager.ensure_mounted(&record, &mut mounted).await {
                     Ok(_) => tracing::info!(volume = %name, mounts = record.mount_ids.len(), "restored the mount"),
-                    // The IDs stay: the next Mount or Path call tries again.
+                    // The IDs stay: the next Mount of the volume tries again.
                     Err(e) => tracing::error!(volume = %name, "cannot restore the mount: {e}"),
                 }
             }

@@ -68,8 +68,11 @@ pub trait MountedVolume: Send + Sync + std::fmt::Debug + 'static {
     /// Figures of this mount for `Status` (cache hits, ...).
     fn status(&self) -> Map<String, Value>;
 
-    /// Upload what was written, then unmount.
-    async fn unmount(self) -> Result<(), String>;
+    /// Upload what was written, then unmount. A mount that cannot go (still in use) comes
+    /// back with the reason, still mounted.
+    async fn unmount(self) -> Result<(), (Self, String)>
+    where
+        Self: Sized;
 
     /// For the plugin's shutdown: upload what was written and detach, within `limit`, even
     /// when containers still use the mount. By default, [`unmount`](Self::unmount).
@@ -78,7 +81,7 @@ pub trait MountedVolume: Send + Sync + std::fmt::Debug + 'static {
         Self: Sized,
     {
         let _ = limit;
-        self.unmount().await
+        self.unmount().await.map_err(|(_, e)| e)
     }
 }
 
@@ -403,20 +406,42 @@ impl MountedVolume for FuseMount {
         })
     }
 
-    async fn unmount(mut self) -> Result<(), String> {
-        let Some(handle) = self.handle.take() else {
+    async fn unmount(mut self) -> Result<(), (Self, String)> {
+        let Some(mut handle) = self.handle.take() else {
             return Ok(());
         };
         let mountpoint = handle.mountpoint().to_path_buf();
         // Unmounting waits for the session's last uploads, which run on the runtime's workers.
-        let result = tokio::task::spawn_blocking(move || handle.unmount())
-            .await
-            .map_err(|e| format!("unmount of {} panicked: {e}", mountpoint.display()))?
-            .map_err(|e| format!("cannot unmount {}: {e}", mountpoint.display()));
-        // A mount still in use goes on: the supervisor keeps holding it.
-        if result.is_ok() {
-            self.released();
+        let unmounted = tokio::task::spawn_blocking(move || {
+            let result = handle.unmount();
+            (handle, result)
+        })
+        .await;
+        match unmounted {
+            Ok((_, Ok(()))) => {
+                self.released();
+                Ok(())
+            }
+            // Still in use: it goes on, served by this mount, and the supervisor keeps
+            // holding it.
+            Ok((handle, Err(e))) => {
+                self.handle = Some(handle);
+                let why = if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) {
+                    format!(
+                        "{} is still in use outside Docker (a process has a file open or its \
+                         working folder in it): the volume stays mounted; stop that process, \
+                         then remove the volume or mount it again",
+                        mountpoint.display()
+                    )
+                } else {
+                    format!("cannot unmount {}: {e}", mountpoint.display())
+                };
+                Err((self, why))
+            }
+            Err(e) => Err((
+                self,
+                format!("unmount of {} panicked: {e}", mountpoint.display()),
+            )),
         }
-        result
     }
 }

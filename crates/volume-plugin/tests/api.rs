@@ -31,6 +31,8 @@ struct FakeMounter {
     max_live: Arc<AtomicUsize>,
     /// How long an unmount takes (uploading what was written).
     unmount_ms: Arc<AtomicU64>,
+    /// While set, unmounts fail as a mount in use does (EBUSY).
+    busy: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -38,6 +40,7 @@ struct FakeMount {
     alive: Arc<AtomicBool>,
     live: Arc<AtomicUsize>,
     unmount_ms: Arc<AtomicU64>,
+    busy: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -69,6 +72,7 @@ impl Mounter for FakeMounter {
             alive,
             live: self.live.clone(),
             unmount_ms: self.unmount_ms.clone(),
+            busy: self.busy.clone(),
         })
     }
 }
@@ -85,9 +89,12 @@ impl MountedVolume for FakeMount {
         m
     }
 
-    async fn unmount(self) -> Result<(), String> {
+    async fn unmount(self) -> Result<(), (Self, String)> {
         let ms = self.unmount_ms.load(Ordering::SeqCst).max(5);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        if self.busy.load(Ordering::SeqCst) {
+            return Err((self, "the mount is still in use".into()));
+        }
         self.live.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
@@ -410,6 +417,47 @@ async fn remove_is_refused_while_mounted_and_forgets_only_the_volume() {
         .err("/VolumeDriver.Mount", json!({"Name": "v", "ID": id(2)}))
         .await;
     assert!(err.contains("no such volume"), "{err}");
+}
+
+/// A mount that cannot go (a process outside Docker still uses it) stays the volume's mount:
+/// the next Mount uses it instead of mounting a second filesystem over it, and Remove is
+/// refused, keeping the volume, until the unmount works.
+#[tokio::test]
+async fn a_mount_still_in_use_stays_mounted_and_blocks_remove_until_it_is_free() {
+    let plugin = Plugin::new(None);
+    plugin.create("v", json!({"bucket": "bkt"})).await;
+    let mountpoint = plugin.mount("v", &id(1)).await;
+    plugin.mounter.busy.store(true, Ordering::SeqCst);
+
+    let err = plugin
+        .err("/VolumeDriver.Unmount", json!({"Name": "v", "ID": id(1)}))
+        .await;
+    assert!(err.contains("still in use"), "{err}");
+    assert_eq!(plugin.live(), 1, "the mount goes on");
+    let path = plugin.ok("/VolumeDriver.Path", json!({"Name": "v"})).await;
+    assert_eq!(path["Mountpoint"], mountpoint.as_str());
+
+    assert_eq!(plugin.mount("v", &id(2)).await, mountpoint);
+    assert_eq!((plugin.made(), plugin.live()), (1, 1), "no second mount");
+    let err = plugin
+        .err("/VolumeDriver.Unmount", json!({"Name": "v", "ID": id(2)}))
+        .await;
+    assert!(err.contains("still in use"), "{err}");
+    let err = plugin
+        .err("/VolumeDriver.Remove", json!({"Name": "v"}))
+        .await;
+    assert!(err.contains("still in use"), "{err}");
+    assert!(
+        plugin.catalogue_text().contains("\"v\""),
+        "the volume is kept"
+    );
+
+    plugin.mounter.busy.store(false, Ordering::SeqCst);
+    plugin
+        .ok("/VolumeDriver.Remove", json!({"Name": "v"}))
+        .await;
+    assert_eq!(plugin.live(), 0);
+    assert!(!plugin.catalogue_text().contains("\"v\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
