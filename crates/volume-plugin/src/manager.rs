@@ -448,6 +448,14 @@ impl<M: Mounter> VolumeManager<M> {
     /// Before the plugin exits: upload what was written and unmount every volume. The mount
     /// IDs stay in the catalogue, so the next start mounts them again.
     pub async fn shutdown(&self) {
+        self.shutdown_within(SHUTDOWN_LIMIT).await
+    }
+
+    /// [`shutdown`](Self::shutdown) within `limit`: all volumes at once, and a volume whose
+    /// turn another call holds (a mount waiting on a slow backend, an unmount uploading) waits
+    /// for it only as long as the limit lasts.
+    pub async fn shutdown_within(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         let slots: Vec<(String, Slot<M>)> = self
             .slots
             .lock()
@@ -455,14 +463,18 @@ impl<M: Mounter> VolumeManager<M> {
             .iter()
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
-        // All at once, each bounded: Docker kills the plugin 10 s after asking it to stop.
         let stops = slots.into_iter().map(|(name, slot)| async move {
-            let mount = slot.lock().await.take();
-            if let Some(mount) = mount {
-                match mount.shutdown(SHUTDOWN_LIMIT).await {
-                    Ok(()) => tracing::info!(volume = %name, "unmounted for shutdown"),
-                    Err(e) => tracing::error!(volume = %name, "unmount at shutdown failed: {e}"),
-                }
+            let Ok(mut turn) = tokio::time::timeout_at(deadline, slot.lock_owned()).await else {
+                tracing::error!(volume = %name, "not unmounted at shutdown: another call on it took the whole {limit:?}");
+                return;
+            };
+            let Some(mount) = turn.take() else {
+                return;
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match mount.shutdown(left).await {
+                Ok(()) => tracing::info!(volume = %name, "unmounted for shutdown"),
+                Err(e) => tracing::error!(volume = %name, "unmount at shutdown failed: {e}"),
             }
         });
         futures::future::join_all(stops).await;

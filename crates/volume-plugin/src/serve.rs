@@ -6,6 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UnixListener;
 
@@ -68,6 +69,9 @@ fn async_listener(listener: std::os::unix::net::UnixListener) -> Result<UnixList
         .map_err(|e| format!("cannot serve the plugin socket: {e}"))
 }
 
+/// How long calls under way at a stop get to finish before the volumes are unmounted.
+const CALLS_AT_STOP: Duration = Duration::from_secs(1);
+
 /// Resolves at SIGTERM or SIGINT. The handlers are in place when this returns (not at the
 /// first poll): a stop that comes while the plugin starts is not lost, and does not kill it
 /// before it can upload.
@@ -125,9 +129,28 @@ pub async fn serve(
         let manager = manager.clone();
         async move { manager.restore_mounts().await }
     });
-    let served = axum::serve(listener, api::router(manager.clone()))
-        .with_graceful_shutdown(stop)
-        .await;
+    // Calls under way at the stop get a moment to answer, not their whole deadline: Docker
+    // kills the plugin 10 s after asking it to stop, and the uploads below need that time.
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
+    let server =
+        axum::serve(listener, api::router(manager.clone())).with_graceful_shutdown(async move {
+            stop.await;
+            let _ = stopping.send(());
+        });
+    let calls_given_up = async {
+        match stopped.await {
+            Ok(()) => tokio::time::sleep(CALLS_AT_STOP).await,
+            // The server ended without a stop (it failed): that branch answers.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        served = server => served,
+        () = calls_given_up => {
+            tracing::warn!("calls still under way at the stop are given up");
+            Ok(())
+        }
+    };
     // A restore still running would race the unmounts below.
     restore.abort();
     let _ = restore.await;

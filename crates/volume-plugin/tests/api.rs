@@ -33,6 +33,9 @@ struct FakeMounter {
     unmount_ms: Arc<AtomicU64>,
     /// While set, unmounts fail as a mount in use does (EBUSY).
     busy: Arc<AtomicBool>,
+    /// Mounts begun, and how long one takes (at least 20 ms).
+    started: Arc<AtomicUsize>,
+    mount_ms: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -61,8 +64,10 @@ impl Mounter for FakeMounter {
         mountpoint: &Path,
     ) -> Result<FakeMount, String> {
         assert!(mountpoint.is_dir(), "the manager prepares the mountpoint");
+        self.started.fetch_add(1, Ordering::SeqCst);
         // Long enough for concurrent calls to pile up behind a mount in progress.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let ms = self.mount_ms.load(Ordering::SeqCst).max(20);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
         let alive = Arc::new(AtomicBool::new(true));
         self.mounts.lock().unwrap().push(alive.clone());
         self.made.fetch_add(1, Ordering::SeqCst);
@@ -458,6 +463,35 @@ async fn a_mount_still_in_use_stays_mounted_and_blocks_remove_until_it_is_free()
         .await;
     assert_eq!(plugin.live(), 0);
     assert!(!plugin.catalogue_text().contains("\"v\""));
+}
+
+/// A stop while another call holds a volume's turn (a mount waiting on a slow backend) still
+/// unmounts the other volumes, within its limit: Docker kills the plugin 10 s after the stop.
+#[tokio::test]
+async fn a_shutdown_is_not_held_up_by_a_call_in_progress() {
+    let plugin = Plugin::new(None);
+    plugin.create("a", json!({"bucket": "bkt"})).await;
+    plugin.create("slow", json!({"bucket": "bkt"})).await;
+    plugin.mount("a", &id(1)).await;
+    plugin.mounter.mount_ms.store(60_000, Ordering::SeqCst);
+    let manager = plugin.manager.clone();
+    let stuck = tokio::spawn(async move { manager.mount("slow", &id(2)).await });
+    while plugin.mounter.started.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let started = std::time::Instant::now();
+    plugin
+        .manager
+        .shutdown_within(Duration::from_millis(300))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the shutdown waited {:?} for the slow mount",
+        started.elapsed()
+    );
+    assert_eq!(plugin.live(), 0, "volume a was unmounted");
+    stuck.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
