@@ -395,6 +395,11 @@ impl<S: ObjectStore> Fs<S> {
     /// Take up the files the old process was writing: each staging file whose key names an
     /// inode of the journal becomes that file's write state again, uploaded at its next commit.
     async fn adopt_staged_files(&self) {
+        // Containers wait on the mount until the takeover ends: the objects' modes and owners
+        // are asked for only this long in all (a backend that is down would hold every HEAD
+        // for its whole timeout); the rest come with the next lookup after the TTL.
+        const METADATA_TIME: Duration = Duration::from_secs(2);
+        let metadata_deadline = tokio::time::Instant::now() + METADATA_TIME;
         // One per key, the last written: an older one of the same key (left by an earlier
         // crash) goes to the recovery folder.
         let mut newest: HashMap<String, (SystemTime, PathBuf)> = HashMap::new();
@@ -444,7 +449,9 @@ impl<S: ObjectStore> Fs<S> {
             if known {
                 continue;
             }
-            if let Ok(meta) = self.store.head(&key).await {
+            if let Ok(Ok(meta)) =
+                tokio::time::timeout_at(metadata_deadline, self.store.head(&key)).await
+            {
                 let attr = self.attr_from_meta(&meta);
                 if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
                     inode.attr = Attr {

@@ -1101,6 +1101,48 @@ async fn a_takeover_keeps_inode_numbers_handles_and_staged_writes() {
     );
 }
 
+/// A takeover does not wait on a backend that does not answer for the staged files' modes and
+/// owners: containers are waiting on the mount meanwhile.
+#[tokio::test]
+async fn a_takeover_does_not_wait_long_on_a_backend_that_does_not_answer() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir).journal_inodes();
+    // Made by another client: its mode and owner are the object's, asked for at the takeover.
+    store
+        .put(
+            "vol/open.txt",
+            Bytes::from_static(b"old"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    let old = Fs::new(store.clone(), config.clone()).unwrap();
+    let open = old.lookup(ROOT_INO, "open.txt").await.unwrap();
+    let fh = old.open(open.ino, true, true).await.unwrap();
+    old.write(fh, 0, b"staged").await.unwrap();
+    std::mem::forget(old);
+    store.hold_answers(Op::Head, "vol/open.txt");
+
+    let started = std::time::Instant::now();
+    let new = tokio::time::timeout(
+        Duration::from_secs(10),
+        Fs::take_over(store.clone(), config),
+    )
+    .await
+    .expect("the takeover ends while the HEAD is held")
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    store.release_answers();
+    new.take_up_handle(fh, open.ino);
+    new.release(fh).await.unwrap();
+    assert_eq!(body(store.inner(), "vol/open.txt").await, b"staged");
+}
+
 /// A crash while the object's bytes were being copied into a new staging file (the first write
 /// of an append) leaves that copy unfinished: the process taking over must fetch the object
 /// again, not adopt the copy (it uploaded zeros in place of a log's earlier lines).
