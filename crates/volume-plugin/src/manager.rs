@@ -234,12 +234,23 @@ impl<M: Mounter> VolumeManager<M> {
     }
 
     /// Mount for Docker mount `id`: the first ID mounts the filesystem, later ones share it.
-    pub async fn mount(&self, name: &str, id: &str) -> Result<PathBuf, String> {
+    pub async fn mount(self: &Arc<Self>, name: &str, id: &str) -> Result<PathBuf, String> {
         check_volume_name(name)?;
         check_mount_id(id)?;
-        let mut turn = self.turn(name, "Mount").await?;
+        let turn = self.turn(name, "Mount").await?;
         let record = self.record(name).ok_or_else(|| no_such_volume(name))?;
-        let mountpoint = self.ensure_mounted(&record, &mut turn).await?;
+        // In a task that keeps the turn, as an unmount does: a Mount given up at Docker's
+        // deadline still ends, and the next call finds its mount. (Cut short, a takeover of
+        // the live mount a crashed worker left would leave it served by nobody: its users
+        // would wait forever.)
+        let manager = self.clone();
+        let (mountpoint, _turn) = tokio::spawn(async move {
+            let mut turn = turn;
+            (manager.ensure_mounted(&record, &mut turn).await, turn)
+        })
+        .await
+        .map_err(|e| format!("the mount crashed: {e}"))?;
+        let mountpoint = mountpoint?;
         let mounts = self.catalogue.lock().unwrap().update(|volumes| {
             volumes.get_mut(name).map_or(0, |v| {
                 v.mount_ids.insert(id.to_string());

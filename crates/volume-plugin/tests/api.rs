@@ -666,6 +666,33 @@ async fn an_unmount_given_up_at_the_deadline_still_ends_before_the_next_mount() 
     assert_eq!((plugin.made(), plugin.live()), (2, 1));
 }
 
+/// A Mount given up at Docker's deadline still ends (a takeover cut short would leave the
+/// live mount a crashed worker left served by nobody), and the next Mount uses its mount.
+#[tokio::test]
+async fn a_mount_given_up_at_the_deadline_still_ends_and_the_next_mount_uses_it() {
+    let plugin = Plugin::new(None);
+    plugin.create("v", json!({"bucket": "bkt"})).await;
+    plugin.mounter.mount_ms.store(300, Ordering::SeqCst);
+    let given_up =
+        tokio::time::timeout(Duration::from_millis(50), plugin.manager.mount("v", &id(1))).await;
+    assert!(given_up.is_err(), "the mount should still be running");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while plugin.made() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mount never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    plugin.mount("v", &id(2)).await;
+    assert_eq!((plugin.made(), plugin.live()), (1, 1), "one mount, reused");
+    assert_eq!(
+        plugin.stored_ids("v").len(),
+        1,
+        "only the answered Mount's ID"
+    );
+}
+
 #[tokio::test]
 async fn mount_ids_left_from_before_a_restart_do_not_block_remove() {
     let plugin = Plugin::new(None);
