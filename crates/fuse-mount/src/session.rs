@@ -48,11 +48,12 @@ impl MountHandle {
         self.connection.try_clone()
     }
 
-    /// End the session: unmount, then wait for the session thread. When the unmount fails
-    /// (`EBUSY`: a process has a file open or its working folder in the mount) the session
-    /// goes on serving and is kept, so that a later call can try again: fuser's own unmount
-    /// would drop it, leaving the mount served by a thread nobody can reach.
-    fn end_session(&mut self) -> std::io::Result<()> {
+    /// Unmount and wait until the session has ended (written files are uploaded first). A
+    /// mount still in use (`EBUSY`: a process has a file open or its working folder in it)
+    /// stays mounted and served by this handle: the error says why, and a later call can try
+    /// again. (fuser's own unmount would drop the session, leaving the mount served by a
+    /// thread nobody can reach.)
+    pub fn unmount(&mut self) -> std::io::Result<()> {
         use nix::errno::Errno;
         let Some(session) = self.session.take() else {
             return Ok(());
@@ -77,13 +78,6 @@ impl MountHandle {
     /// True once the session ended (for example after `fusermount3 -u` from outside).
     pub fn is_finished(&self) -> bool {
         self.session.as_ref().is_none_or(|s| s.guard.is_finished())
-    }
-
-    /// Unmount and wait until the session has ended (written files are uploaded first). A
-    /// mount still in use (`EBUSY`) stays mounted and served by this handle: the error says
-    /// why, and a later call can try again.
-    pub fn unmount(&mut self) -> std::io::Result<()> {
-        self.end_session()
     }
 
     /// Detach the mount and wait up to `limit` for its session to end; for shutdown, where
@@ -159,7 +153,7 @@ pub fn lazy_unmount(mountpoint: &Path) -> std::io::Result<()> {
 
 impl Drop for MountHandle {
     fn drop(&mut self) {
-        if let Err(e) = self.end_session() {
+        if let Err(e) = self.unmount() {
             // Dropping the session leaves its thread serving whoever still uses the mount.
             tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
         }
