@@ -167,6 +167,11 @@ impl<S: ObjectStore> StreamingUpload<S> {
         self.bytes_written
     }
 
+    /// Whether the multipart upload has begun: its metadata is then fixed.
+    pub fn started(&self) -> bool {
+        self.upload_id.is_some()
+    }
+
     /// Replace the object's metadata, if nothing has been sent yet: the multipart upload
     /// fixes it when it is created, at the first full part. Returns whether it was replaced.
     pub fn set_metadata(&mut self, metadata: UserMetadata) -> bool {

@@ -253,9 +253,31 @@ fn the_metrics_endpoint_counts_what_the_mount_does() {
     assert!(child.wait().success());
 }
 
+/// A child process of this test, killed (by its pid) when the test is done with it or fails.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A program that writes the file named by its first argument into the one named by its
+/// second, says `written`, and then holds it open until it is killed.
+const HOLDING_WRITER: &str = "
+import os, sys, time
+data = open(sys.argv[1], 'rb').read()
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+view = memoryview(data)
+while view:
+    view = view[os.write(fd, view[:1 << 20]):]
+print('written', flush=True)
+time.sleep(3600)
+";
+
 #[test]
 fn sigkill_mid_write_leaves_the_old_version_and_the_next_start_cleans_up() {
-    use std::io::Write;
     let Some(env) = S3Env::from_env() else { return };
     let bucket = bucket(&env, "cli-kill");
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -273,10 +295,30 @@ fn sigkill_mid_write_leaves_the_old_version_and_the_next_start_cleans_up() {
     let mut child = mount();
     let safe = common::conformance::pattern(3 << 20, 2);
     std::fs::write(mnt.path().join("safe"), &safe).unwrap();
-    // 40 MiB over the old object, streaming as 8 MiB parts, never closed.
+    // 40 MiB over the old object, streaming as 8 MiB parts, never closed. Written by a
+    // process of its own: while this one holds a file of the mount open, any other test of
+    // this binary that runs a command forks it, and the close of the fork's copy at its exec
+    // is a flush, which would upload the file half written.
     let new = common::conformance::pattern(40 << 20, 3);
-    let mut file = std::fs::File::create(mnt.path().join("big")).unwrap();
-    file.write_all(&new).unwrap();
+    let source = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(source.path(), &new).unwrap();
+    let mut writer = KilledOnDrop(
+        Command::new("python3")
+            .arg("-c")
+            .arg(HOLDING_WRITER)
+            .arg(source.path())
+            .arg(mnt.path().join("big"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(writer.0.stdout.take().unwrap()),
+        &mut said,
+    )
+    .unwrap();
+    assert_eq!(said, "written\n", "the writer could not write the file");
     let pending = || {
         rt.block_on(common::ObjectStore::list_multipart_uploads(&store, ""))
             .unwrap()
@@ -292,11 +334,10 @@ fn sigkill_mid_write_leaves_the_old_version_and_the_next_start_cleans_up() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SIGKILL straight from this process: `kill(1)` would be forked with the file open, and
-    // the close of that copy at exec is a flush, which uploads the file.
     child.child.kill().unwrap();
     child.wait();
-    drop(file);
+    // Its descriptor closes on a dead mount now: no flush reaches anyone.
+    drop(writer);
 
     let get = |key: &str| {
         let meta = rt.block_on(common::ObjectStore::head(&store, key)).unwrap();

@@ -47,6 +47,9 @@ pub struct FileState<S: ObjectStore> {
     ahead: BTreeMap<u64, u64>,
     /// The file was unlinked while open: its bytes must not be uploaded any more.
     pub detached: bool,
+    /// Dropped from the mount's table of written files (its last close, or a stop): a write
+    /// that waited for this state meanwhile must go to the file's current one instead.
+    pub retired: bool,
     /// The object version the staging file started from (or last committed) and its size:
     /// the bytes below `unchanged_below` are still that version's, and a commit has the store
     /// copy them instead of uploading them again (an append to a big file sends the new bytes
@@ -256,6 +259,7 @@ impl<S: ObjectStore> FileState<S> {
             stream_next: 0,
             ahead: BTreeMap::new(),
             detached: false,
+            retired: false,
             base,
             unchanged_below: u64::MAX,
             in_store_below,
@@ -306,6 +310,7 @@ impl<S: ObjectStore> FileState<S> {
             stream_next: 0,
             ahead: BTreeMap::new(),
             detached: false,
+            retired: false,
             base,
             unchanged_below: in_store_below,
             in_store_below,
@@ -650,6 +655,16 @@ impl<S: ObjectStore> FileState<S> {
         )
         .await?;
         up.finish().await
+    }
+
+    /// Give the object the `metadata` made now, if the stream has not begun its upload yet
+    /// (which fixes the metadata).
+    pub fn set_stream_metadata(&mut self, metadata: impl FnOnce() -> Option<UserMetadata>) {
+        if let Some(stream) = self.stream.as_mut().filter(|s| !s.started()) {
+            if let Some(metadata) = metadata() {
+                stream.set_metadata(metadata);
+            }
+        }
     }
 
     /// Stop streaming: the metadata changed (chmod, chown, utimens) after the upload began,

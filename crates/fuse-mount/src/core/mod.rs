@@ -198,6 +198,8 @@ struct Handle<S: ObjectStore> {
 }
 
 type SharedFile<S> = Arc<tokio::sync::Mutex<FileState<S>>>;
+/// A write state held locked, that knows its own [`SharedFile`].
+type LockedFile<S> = tokio::sync::OwnedMutexGuard<FileState<S>>;
 
 /// The inode table is not swept below this many inodes.
 const MIN_SWEEP: usize = 4096;
@@ -1420,14 +1422,12 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Empty file `ino` for an open with `O_TRUNC`.
     async fn empty_at_open(&self, ino: u64) -> FsResult<()> {
-        let (state, made) = self.file_state_made(ino, true).await?;
-        let mut guard = state.lock().await;
+        let (mut guard, made) = self.lock_file_state(ino, true).await?;
         if let Err(e) = guard.truncate(0).await {
-            if made {
-                // Nobody else has it: not left for an unmount to put over the object.
-                drop(guard);
-                self.files.lock().unwrap().remove(&ino);
-                state.lock().await.discard();
+            // Not left for an unmount to put over the object.
+            let state = LockedFile::mutex(&guard).clone();
+            if made && self.unregister_file_state(ino, &state, &mut guard, true) {
+                guard.discard();
             }
             return Err(e);
         }
@@ -1457,13 +1457,93 @@ impl<S: ObjectStore> Fs<S> {
         Some((handle.ino, last))
     }
 
-    /// The write state of `ino`, made on first need. An existing object's bytes are copied into
-    /// the staging file, unless `empty` (the file is about to be truncated to nothing).
-    async fn ensure_file_state(&self, ino: u64, empty: bool) -> FsResult<SharedFile<S>> {
-        Ok(self.file_state_made(ino, empty).await?.0)
+    /// The write state of `ino` locked, made on first need (see
+    /// [`file_state_made`](Self::file_state_made)), and whether this call made it. Never one
+    /// retired while this waited for its lock: writes to it would reach no object.
+    async fn lock_file_state(&self, ino: u64, empty: bool) -> FsResult<(LockedFile<S>, bool)> {
+        loop {
+            let (state, made) = self.file_state_made(ino, empty).await?;
+            let guard = state.lock_owned().await;
+            if !guard.retired {
+                return Ok((guard, made));
+            }
+        }
     }
 
-    /// [`ensure_file_state`](Self::ensure_file_state), also saying whether this call made it.
+    /// Take `state`, the write state of `ino` that the caller holds locked as `guard`, out of
+    /// the table and mark it retired, if it is still the file's state and, unless
+    /// `even_if_open`, no handle has the file open: one opened after a last close began keeps
+    /// the state for its own last close. Returns whether it was taken out.
+    fn unregister_file_state(
+        &self,
+        ino: u64,
+        state: &SharedFile<S>,
+        guard: &mut FileState<S>,
+        even_if_open: bool,
+    ) -> bool {
+        let mut files = self.files.lock().unwrap();
+        if !files.get(&ino).is_some_and(|s| Arc::ptr_eq(s, state)) {
+            return false;
+        }
+        // Checked under the table's lock: a handle counted after this (`take_up_handle`)
+        // looks the state up after it, and makes a new one.
+        if !even_if_open && self.open_counts.lock().unwrap().contains_key(&ino) {
+            return false;
+        }
+        files.remove(&ino);
+        guard.retired = true;
+        true
+    }
+
+    /// Drop the write state of `ino`, which no handle has open (after its last close, or a
+    /// truncate by path), unless a handle opened since uses it. Bytes the store never
+    /// acknowledged move to the recovery folder, and the error is logged (close has no one to
+    /// tell).
+    async fn retire_closed_file(&self, ino: u64) {
+        let Some(state) = self.file_state(ino) else {
+            return;
+        };
+        let mut guard = state.lock().await;
+        if !self.unregister_file_state(ino, &state, &mut guard, false) {
+            return;
+        }
+        if guard.dirty && !guard.detached {
+            // Whole, if the store still gives the bytes it had of it.
+            let _ = guard.load_from_store(&*self.store, 0..u64::MAX).await;
+            let kept = guard.keep_for_recovery(&self.config.recovery_dir);
+            tracing::error!(key = %kept.display(), "upload failed at the last close; the data is kept in the recovery folder");
+        } else {
+            guard.discard();
+        }
+    }
+
+    /// At a stop: drop the write state of `ino` if the store has all its bytes, even while
+    /// the file is open (a write after this makes a new state), so that the next start does
+    /// not take its staging file for a crash's leftover. A file removed while open keeps its
+    /// state: its bytes are in no object, only there.
+    async fn retire_clean_file(&self, ino: u64) {
+        let Some(state) = self.file_state(ino) else {
+            return;
+        };
+        let mut guard = state.lock().await;
+        if guard.dirty || guard.detached {
+            return;
+        }
+        if self.unregister_file_state(ino, &state, &mut guard, true) {
+            guard.discard();
+            // Their readers were made before the writes: the next read makes one of the
+            // version now stored.
+            for handle in self.handles.lock().unwrap().values_mut() {
+                if handle.ino == ino {
+                    handle.reader = None;
+                }
+            }
+        }
+    }
+
+    /// The write state of `ino`, made on first need, and whether this call made it. An
+    /// existing object's bytes are copied into the staging file, unless `empty` (the file is
+    /// about to be truncated to nothing).
     async fn file_state_made(&self, ino: u64, empty: bool) -> FsResult<(SharedFile<S>, bool)> {
         if let Some(state) = self.file_state(ino) {
             return Ok((state, false));
@@ -1645,8 +1725,15 @@ impl<S: ObjectStore> Fs<S> {
         if !writable {
             return Err(FsError::BadHandle);
         }
-        let state = self.ensure_file_state(ino, false).await?;
-        let mut state = state.lock().await;
+        let (mut state, _) = self.lock_file_state(ino, false).await?;
+        // A multipart upload fixes the object's metadata when it begins, at a part this write
+        // may fill: with the mtime of now, not that of when the state was made (the old
+        // version's, for a file emptied by its open).
+        state.set_stream_metadata(|| {
+            let mut attr = self.inodes.lock().unwrap().get(ino)?.attr.clone();
+            attr.mtime = SystemTime::now();
+            Some(self.metadata_of(&attr))
+        });
         state.write(&*self.store, offset, data).await?;
         // Under the state's lock, so that two writes reach the table in their order.
         if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
@@ -1712,20 +1799,7 @@ impl<S: ObjectStore> Fs<S> {
             return Ok(());
         }
         let result = self.commit(ino).await;
-        // Another task may still hold the state for a moment (a getattr reading its size): the
-        // files go now all the same, or they would be left behind for a later start to find.
-        let state = self.files.lock().unwrap().remove(&ino);
-        if let Some(state) = state {
-            let mut state = state.lock().await;
-            if state.dirty && !state.detached {
-                // Whole, if the store still gives the bytes it had of it.
-                let _ = state.load_from_store(&*self.store, 0..u64::MAX).await;
-                let kept = state.keep_for_recovery(&self.config.recovery_dir);
-                tracing::error!(key = %kept.display(), "upload failed at the last close; the data is kept in the recovery folder");
-            } else {
-                state.discard();
-            }
-        }
+        self.retire_closed_file(ino).await;
         result
     }
 
@@ -1740,8 +1814,8 @@ impl<S: ObjectStore> Fs<S> {
             if attr.kind != Kind::File {
                 return Err(FsError::IsDir);
             }
-            let state = self.ensure_file_state(ino, size == 0).await?;
-            state.lock().await.truncate(size).await?;
+            let (mut state, _) = self.lock_file_state(ino, size == 0).await?;
+            state.truncate(size).await?;
             attr.size = size;
             attr.mtime = SystemTime::now();
         }
@@ -1780,10 +1854,7 @@ impl<S: ObjectStore> Fs<S> {
             if !open {
                 // truncate(2) or chmod by path: nothing will close it, so commit now.
                 self.commit(ino).await?;
-                let state = self.files.lock().unwrap().remove(&ino);
-                if let Some(state) = state {
-                    state.lock().await.discard();
-                }
+                self.retire_closed_file(ino).await;
             }
         } else if metadata_changed && ino != ROOT_INO {
             let metadata = self.metadata_of(&attr);
@@ -1865,9 +1936,8 @@ impl<S: ObjectStore> Fs<S> {
         };
         let attr = self.record_new_entry(parent, name, path, attr, None);
         self.inodes.lock().unwrap().journal_owner(attr.ino);
-        let state = self.ensure_file_state(attr.ino, true).await?;
         {
-            let mut state = state.lock().await;
+            let (mut state, _) = self.lock_file_state(attr.ino, true).await?;
             state.truncate(0).await?;
             state.mark_created();
         }
@@ -2356,13 +2426,17 @@ impl<S: ObjectStore> Fs<S> {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
-    /// Upload everything written and not yet committed (unmount, SIGTERM).
+    /// Upload everything written and not yet committed, and drop the staging files of what
+    /// the store then has (unmount, SIGTERM).
     pub async fn flush_all(&self) -> FsResult<()> {
         let inos: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
         let mut first_error = None;
         for ino in inos {
-            if let Err(e) = self.commit(ino).await {
-                first_error.get_or_insert(e);
+            match self.commit(ino).await {
+                Ok(()) => self.retire_clean_file(ino).await,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)

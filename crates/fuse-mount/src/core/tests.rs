@@ -2018,3 +2018,137 @@ async fn names_found_missing_below_a_folder_are_found_once_a_folder_is_moved_the
     let x = fs.lookup(a.ino, "x").await.unwrap();
     assert_eq!(read_all(&fs, x.ino).await, b"x bytes");
 }
+
+/// Two processes have a file open when the worker is taken over; the new worker counts a
+/// handle only once it is used. The first process's close is then the last one the new worker
+/// knows of, and while it uploads, the second process writes. That close must not drop the
+/// write state the second one writes to (its bytes would reach no object while its `close`
+/// said they were stored, or land in the recovery folder as a failed upload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_the_last_known_close_of_a_file_reaches_the_store() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir).journal_inodes();
+    let (staging_dir, recovery_dir) = (config.staging_dir.clone(), config.recovery_dir.clone());
+    let old = Fs::new(store.clone(), config.clone()).unwrap();
+    let (attr, first) = old
+        .create(ROOT_INO, "f", 0o644, 0, 0, IfExists::Truncate)
+        .await
+        .unwrap();
+    old.write(first, 0, b"a\n").await.unwrap();
+    old.flush(first).await.unwrap();
+    let second = old.open(attr.ino, true, false).await.unwrap();
+    std::mem::forget(old);
+
+    let fs = Arc::new(Fs::take_over(store.clone(), config).await.unwrap());
+    fs.recover_leftovers().await;
+    fs.take_up_handle(first, attr.ino);
+    // Made now and held, so that the close waits for it once it has counted its handle out.
+    let state = fs.lock_file_state(attr.ino, false).await.unwrap().0;
+    let release = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.release(first).await })
+    };
+    while fs.handle_ino(first).is_ok() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    fs.take_up_handle(second, attr.ino);
+    let append = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.write(second, 2, b"b\n").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(state);
+    release.await.unwrap().unwrap();
+    assert_eq!(append.await.unwrap().unwrap(), 2);
+    fs.flush(second).await.unwrap();
+    fs.release(second).await.unwrap();
+    assert_eq!(body(&store, "vol/f").await, b"a\nb\n");
+    assert_eq!(staged(&staging_dir), Vec::<String>::new());
+    assert!(
+        std::fs::read_dir(&recovery_dir).map_or(true, |mut d| d.next().is_none()),
+        "nothing failed, nothing is for recovery"
+    );
+}
+
+/// A file emptied by its open and written again streams out as a multipart upload, which
+/// fixes the object's metadata when it begins: the stored mtime is that of this writing, not
+/// the old version's (`rsync` and `make` compare it).
+#[tokio::test]
+async fn a_file_rewritten_through_o_trunc_stores_the_mtime_of_its_writing() {
+    let (f, store) = fixture();
+    let fs = &f.fs;
+    let attr = write_file(fs, ROOT_INO, "f", b"old").await;
+    let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs.setattr(
+        attr.ino,
+        SetAttr {
+            mtime: Some(long_ago),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let meta = store.head("vol/f").await.unwrap().user_metadata;
+    assert_eq!(meta["mtime"], "1000000000");
+    let started = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let fh = fs.open(attr.ino, true, true).await.unwrap();
+    let data = common::conformance::pattern(5000, 3);
+    fs.write(fh, 0, &data).await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert!(
+        store.request_count(Op::UploadPart) >= 4,
+        "streamed in parts"
+    );
+    assert_eq!(body(&store, "vol/f").await, data);
+    let meta = store.head("vol/f").await.unwrap().user_metadata;
+    let stored: u64 = meta["mtime"].parse().unwrap();
+    assert!(
+        stored >= started,
+        "stored mtime {stored}, written from {started} on"
+    );
+}
+
+/// A stop (unmount, SIGTERM) uploads the files still open and drops the staging files of
+/// what the store then has: the next start must not move them to the recovery folder as a
+/// crash's leftovers, where an operator might copy a stale version back. Writes after it
+/// still reach the store.
+#[tokio::test]
+async fn a_stop_with_files_open_leaves_nothing_for_the_next_start_to_recover() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::new(store.clone(), config(&dir)).unwrap();
+    let staging_dir = fs.config().staging_dir.clone();
+    let (_, fh) = fs
+        .create(ROOT_INO, "log", 0o644, 0, 0, IfExists::Truncate)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"line 1\n").await.unwrap();
+    fs.flush_all().await.unwrap();
+    assert_eq!(body(&store, "vol/log").await, b"line 1\n");
+    assert_eq!(staged(&staging_dir), Vec::<String>::new());
+    // The file is still open, and read and written on after the stop began.
+    assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"line 1\n");
+    fs.write(fh, 7, b"line 2\n").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/log").await, b"line 1\nline 2\n");
+    fs.flush_all().await.unwrap();
+    assert_eq!(
+        &fs.read(fh, 0, 100).await.unwrap()[..],
+        b"line 1\nline 2\n",
+        "a read after the stop reads what is stored now"
+    );
+    // The process ends without a last close.
+    std::mem::forget(fs);
+    let next = Fs::new(store.clone(), config(&dir)).unwrap();
+    let leftovers = next.recover_leftovers().await;
+    assert!(
+        leftovers.rescued.is_empty(),
+        "moved to recovery: {:?}",
+        leftovers.rescued
+    );
+}
