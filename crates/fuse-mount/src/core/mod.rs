@@ -195,6 +195,10 @@ struct Handle<S: ObjectStore> {
     writable: bool,
     /// Its reader, and the count of renames when the reader's key was last checked.
     reader: Option<(Arc<tokio::sync::Mutex<SequentialReader<S>>>, u64)>,
+    /// The object version (ETag, size) the open found, which the kernel's cached pages were
+    /// kept for: its reader reads that version, not one seen later, so that the pages the
+    /// kernel has and the reads it sends never mix two versions.
+    opened_as: Option<(common::ETag, u64)>,
 }
 
 type SharedFile<S> = Arc<tokio::sync::Mutex<FileState<S>>>;
@@ -484,6 +488,7 @@ impl<S: ObjectStore> Fs<S> {
                 ino,
                 writable: true,
                 reader: None,
+                opened_as: None,
             },
         );
         *self.open_counts.lock().unwrap().entry(ino).or_default() += 1;
@@ -1358,6 +1363,7 @@ impl<S: ObjectStore> Fs<S> {
                 ino,
                 writable,
                 reader: None,
+                opened_as: None,
             },
         );
         *self.open_counts.lock().unwrap().entry(ino).or_default() += 1;
@@ -1404,19 +1410,26 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         let written = self.file_state(ino).is_some();
-        let keep_cache = {
+        let (keep_cache, opened_as) = {
             let mut inodes = self.inodes.lock().unwrap();
-            inodes.get_mut(ino).is_some_and(|inode| {
-                let same = inode.etag.is_some() && inode.etag == inode.kernel_cached;
-                // What the kernel caches through a writable handle is not a stored version.
-                inode.kernel_cached = if writable || written {
-                    None
-                } else {
-                    inode.etag.clone()
-                };
-                same && !writable && !written
-            })
+            match inodes.get_mut(ino) {
+                Some(inode) => {
+                    let same = inode.etag.is_some() && inode.etag == inode.kernel_cached;
+                    // What the kernel caches through a writable handle is not a stored version.
+                    inode.kernel_cached = if writable || written {
+                        None
+                    } else {
+                        inode.etag.clone()
+                    };
+                    let opened_as = inode.etag.clone().map(|etag| (etag, inode.attr.size));
+                    (same && !writable && !written, opened_as)
+                }
+                None => (false, None),
+            }
         };
+        if let Some(handle) = self.handles.lock().unwrap().get_mut(&fh) {
+            handle.opened_as = opened_as;
+        }
         Ok((fh, keep_cache))
     }
 
@@ -1536,6 +1549,7 @@ impl<S: ObjectStore> Fs<S> {
             for handle in self.handles.lock().unwrap().values_mut() {
                 if handle.ino == ino {
                     handle.reader = None;
+                    handle.opened_as = None;
                 }
             }
         }
@@ -1665,7 +1679,19 @@ impl<S: ObjectStore> Fs<S> {
             reader.advise(offset, size as u64);
             (reader.cache().clone(), reader.object().clone())
         };
-        Ok(cache.read(&object, offset, size as u64).await?)
+        let data = cache.read(&object, offset, size as u64).await?;
+        // The kernel keeps these pages for the file, not for this handle: if an open since
+        // expects another version, the pages are a mix now, and no open may keep them.
+        if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
+            if inode
+                .kernel_cached
+                .as_ref()
+                .is_some_and(|v| *v != object.etag)
+            {
+                inode.kernel_cached = None;
+            }
+        }
+        Ok(data)
     }
 
     async fn reader(
@@ -1674,17 +1700,18 @@ impl<S: ObjectStore> Fs<S> {
         ino: u64,
     ) -> FsResult<Arc<tokio::sync::Mutex<SequentialReader<S>>>> {
         let renamed = self.renamed.load(Ordering::Acquire);
-        let cached = self
-            .handles
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .and_then(|h| h.reader.clone());
+        let (cached, opened_as) = match self.handles.lock().unwrap().get(&fh) {
+            Some(h) => (h.reader.clone(), h.opened_as.clone()),
+            None => (None, None),
+        };
         if let Some((reader, checked)) = &cached {
             if *checked == renamed {
                 return Ok(reader.clone());
             }
         }
+        // The version the open found, unless a rename moved the object since (its copy may
+        // have another ETag).
+        let opened_as = opened_as.filter(|_| cached.is_none());
         let named = self.inodes.lock().unwrap().is_named(ino);
         let (path, attr) = self.inode_path(ino)?;
         let key = self.key(&path);
@@ -1701,8 +1728,8 @@ impl<S: ObjectStore> Fs<S> {
         if !named {
             return Err(FsError::Removed);
         }
-        let (etag, size) = match self.known_etag(ino) {
-            Some(etag) => (etag, attr.size),
+        let (etag, size) = match opened_as.or_else(|| Some((self.known_etag(ino)?, attr.size))) {
+            Some(version) => version,
             None => {
                 let meta = self.store.head(&key).await?;
                 (meta.etag, meta.size)

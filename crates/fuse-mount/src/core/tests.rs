@@ -2152,3 +2152,71 @@ async fn a_stop_with_files_open_leaves_nothing_for_the_next_start_to_recover() {
         leftovers.rescued
     );
 }
+
+/// Reads are pinned to the version the open found (SEMANTICS.md, "No mixed versions"), not to
+/// one the mount learns of between the open and the first read: the kernel may have kept pages
+/// of the version the open found, and the reads it sends must be of that version too.
+#[tokio::test]
+async fn a_file_is_read_as_the_version_its_open_found() {
+    let (f, store) = fixture();
+    let fs = &f.fs;
+    let attr = write_file(fs, ROOT_INO, "f", b"version A").await;
+    let fh = fs.open(attr.ino, false, false).await.unwrap();
+    let b = b"version B, longer";
+    store
+        .put("vol/f", Bytes::from_static(b), &UserMetadata::new())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        fs.getattr(attr.ino).await.unwrap().size,
+        b.len() as u64,
+        "the mount knows of the new version"
+    );
+    match fs.read(fh, 0, 100).await {
+        Err(e) => assert_eq!(e.errno(), libc::ESTALE),
+        Ok(data) => assert_eq!(
+            &data[..],
+            b"version A",
+            "read through a descriptor opened on A"
+        ),
+    }
+    fs.release(fh).await.unwrap();
+    assert_eq!(read_all(fs, attr.ino).await, b);
+}
+
+/// The kernel caches pages per file, not per descriptor: pages a descriptor still on an older
+/// version reads after an open of a newer one must not be kept by a later open.
+#[tokio::test]
+async fn pages_read_of_an_older_version_are_not_kept_for_a_newer_one() {
+    let (f, store) = fixture();
+    let fs = &f.fs;
+    let attr = write_file(fs, ROOT_INO, "f", b"version A").await;
+    let on_a = fs.open(attr.ino, false, false).await.unwrap();
+    assert_eq!(&fs.read(on_a, 0, 100).await.unwrap()[..], b"version A");
+    store
+        .put(
+            "vol/f",
+            Bytes::from_static(b"version B"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (on_b, kept) = fs
+        .open_with_cache_hint(attr.ino, false, false)
+        .await
+        .unwrap();
+    assert!(!kept, "a new version: the kernel drops what it cached");
+    assert_eq!(&fs.read(on_b, 0, 100).await.unwrap()[..], b"version B");
+    // The first descriptor reads on (from the chunk cache), and the kernel caches A's pages.
+    assert_eq!(&fs.read(on_a, 0, 100).await.unwrap()[..], b"version A");
+    let (again, kept) = fs
+        .open_with_cache_hint(attr.ino, false, false)
+        .await
+        .unwrap();
+    assert!(!kept, "the cached pages are a mix of A and B");
+    for fh in [on_a, on_b, again] {
+        fs.release(fh).await.unwrap();
+    }
+}
