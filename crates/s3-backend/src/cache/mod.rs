@@ -479,18 +479,30 @@ impl<S: ObjectStore> ChunkCache<S> {
             ));
         }
         let key = self.key_of(object, index);
-        if let Some(data) = self.tiers.memory.get(&key) {
-            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-            metrics()
-                .cache_hits
-                .get_or_create(&TierLabels { tier: "memory" })
-                .inc();
-            return Ok(data);
+        // A chunk is kept under its version's ETag, and fetched for a reader's idea of the
+        // object's size: one that had the ETag with a stale, smaller size fetched the last
+        // chunk short. Only a chunk of the length this reader expects is its chunk.
+        let range = self.chunk_range(object, index);
+        let whole = |data: &Bytes| data.len() as u64 == range.end - range.start;
+        match self.tiers.memory.get(&key) {
+            Some(data) if whole(&data) => {
+                self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+                metrics()
+                    .cache_hits
+                    .get_or_create(&TierLabels { tier: "memory" })
+                    .inc();
+                return Ok(data);
+            }
+            Some(_) => self.tiers.memory.invalidate(&key),
+            None => {}
         }
         let pending = self.inflight.lock().unwrap().get(&key).cloned();
         if let Some(pending) = pending {
             self.stats.joined_fetches.fetch_add(1, Ordering::Relaxed);
             let data = pending.await?;
+            if !whole(&data) {
+                return self.fetch_direct(object, index).await;
+            }
             // A fetch for the disk tier only (prefetch_to_disk) left memory alone; what is
             // read now is kept there like any chunk read.
             if !self.tiers.memory.contains_key(&key) {
@@ -501,14 +513,19 @@ impl<S: ObjectStore> ChunkCache<S> {
         }
         self.prefetch(object, index..index + 1, Tier::MemoryAndDisk);
         let pending = self.inflight.lock().unwrap().get(&key).cloned();
-        match pending {
-            Some(pending) => pending.await,
+        let data = match pending {
+            Some(pending) => pending.await?,
             // Finished between the two looks: it is in memory now (or was evicted at once
             // under a tiny budget, in which case fetch it directly).
             None => match self.tiers.memory.get(&key) {
-                Some(data) => Ok(data),
-                None => self.fetch_direct(object, index).await,
+                Some(data) => data,
+                None => return self.fetch_direct(object, index).await,
             },
+        };
+        if whole(&data) {
+            Ok(data)
+        } else {
+            self.fetch_direct(object, index).await
         }
     }
 

@@ -315,3 +315,25 @@ async fn a_disk_cap_of_zero_turns_the_disk_tier_off() {
         "the old chunks are gone, and nothing was written"
     );
 }
+
+/// Chunks are kept under their version's ETag: a reader that had the ETag with a stale,
+/// smaller size fetched the last chunk short, and a reader with the right size must not be
+/// given that short chunk (its read would end early, or the bytes after shift).
+#[tokio::test]
+async fn a_chunk_fetched_short_for_a_stale_size_is_not_served_whole() {
+    let store = Arc::new(InMemoryStore::new("b"));
+    let size = 2 * CHUNK as usize;
+    let obj = object(&*store, "f", size, 4).await;
+    let cache = cache(store.clone(), small_chunks());
+    let stale = ObjectVersion {
+        size: CHUNK + 100,
+        ..obj.clone()
+    };
+    assert_eq!(cache.read(&stale, CHUNK, CHUNK).await.unwrap().len(), 100);
+    let whole = pattern(size, 4);
+    assert_eq!(
+        cache.read(&obj, CHUNK, CHUNK).await.unwrap(),
+        whole.slice(CHUNK as usize..)
+    );
+    assert_eq!(cache.read(&obj, 0, size as u64).await.unwrap(), whole);
+}
