@@ -305,11 +305,13 @@ impl InodeTable {
                     attr.uid = inode.attr.uid;
                     attr.gid = inode.attr.gid;
                 }
+                // Those of another version are a guess until a HEAD of this one.
+                inode.metadata_known =
+                    metadata_known || (inode.metadata_known && inode.etag == etag);
                 attr.ino = ino;
                 inode.attr = attr.clone();
                 inode.etag = etag;
                 inode.fetched = Instant::now();
-                inode.metadata_known |= metadata_known;
                 return attr;
             }
             self.remove_path(&path);

@@ -2220,3 +2220,26 @@ async fn pages_read_of_an_older_version_are_not_kept_for_a_newer_one() {
         fs.release(fh).await.unwrap();
     }
 }
+
+/// A listing that shows a file the mount knows with a new ETag (another client replaced it,
+/// with another mode) does not make the old mode and owner look confirmed: after the TTL the
+/// next lookup HEADs the new version and shows its own.
+#[tokio::test]
+async fn another_clients_new_version_seen_in_a_listing_gets_its_own_mode_after_the_ttl() {
+    let (f, store) = fixture();
+    let fs = &f.fs;
+    let attr = write_file(fs, ROOT_INO, "f", b"mine").await;
+    assert_eq!((attr.perm, attr.uid), (0o640, 1000));
+    let theirs = StoredAttrs::encode(S_IFREG | 0o600, 2000, 2000, SystemTime::now());
+    store
+        .put("vol/f", Bytes::from_static(b"theirs"), &theirs)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let listed = fs.readdir(ROOT_INO).await.unwrap();
+    let listed = listed.iter().find(|e| e.name == "f").unwrap();
+    assert_eq!(listed.attr.size, 6, "the listing shows the new version");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let looked_up = fs.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!((looked_up.perm, looked_up.uid), (0o600, 2000));
+}
