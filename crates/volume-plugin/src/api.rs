@@ -27,7 +27,9 @@ use crate::mounter::Mounter;
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.1+json";
 
 /// Every call answers within this, with an error if need be: Docker's client gives a managed
-/// plugin 30 s per call, and a call that never answers blocks `docker` commands.
+/// plugin 30 s per call (its HTTP client's timeout, `docker plugin enable --timeout`, default
+/// 30; the volume proxy's own per-call limits of 1 and 2 minutes are longer, so this one
+/// decides), and a call that never answers blocks `docker` commands.
 const CALL_DEADLINE: Duration = Duration::from_secs(28);
 
 #[derive(Debug, Deserialize)]
