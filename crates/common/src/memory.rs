@@ -428,8 +428,11 @@ impl ObjectStore for InMemoryStore {
             )));
         }
         let metadata = metadata.cloned().unwrap_or(obj.metadata);
-        Self::insert(&mut state, dst, obj.body, obj.etag.clone(), metadata);
-        Ok(PutResult { etag: obj.etag })
+        // As in S3: a copy made in one request is one part, its ETag the MD5 of its body,
+        // which differs from its source's if that was uploaded in parts.
+        let etag = ETag::new(format!("\"{}\"", md5_hex(&obj.body)));
+        Self::insert(&mut state, dst, obj.body, etag.clone(), metadata);
+        Ok(PutResult { etag })
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {

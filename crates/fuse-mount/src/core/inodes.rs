@@ -299,8 +299,10 @@ impl InodeTable {
         if let Some(&ino) = self.by_path.get(&path) {
             let inode = self.inodes.get_mut(&ino).expect("indexed inodes exist");
             if inode.attr.kind == attr.kind {
-                if !metadata_known && inode.metadata_known {
-                    // A listing refreshes size and time but knows no mode/uid/gid.
+                if !metadata_known {
+                    // A listing refreshes size and time but knows no mode/uid/gid: those of
+                    // a HEAD stay, also of an earlier version (a better guess than the
+                    // defaults until the next HEAD).
                     attr.perm = inode.attr.perm;
                     attr.uid = inode.attr.uid;
                     attr.gid = inode.attr.gid;

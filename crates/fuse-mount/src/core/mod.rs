@@ -195,10 +195,20 @@ struct Handle<S: ObjectStore> {
     writable: bool,
     /// Its reader, and the count of renames when the reader's key was last checked.
     reader: Option<(Arc<tokio::sync::Mutex<SequentialReader<S>>>, u64)>,
-    /// The object version (ETag, size) the open found, which the kernel's cached pages were
-    /// kept for: its reader reads that version, not one seen later, so that the pages the
-    /// kernel has and the reads it sends never mix two versions.
-    opened_as: Option<(common::ETag, u64)>,
+    /// The object version the open found, which the kernel's cached pages were kept for: its
+    /// reader reads that version, not one seen later, so that the pages the kernel has and
+    /// the reads it sends never mix two versions.
+    opened_as: Option<OpenedVersion>,
+}
+
+/// See [`Handle::opened_as`].
+#[derive(Debug, Clone)]
+struct OpenedVersion {
+    etag: common::ETag,
+    size: u64,
+    /// The count of renames then: after a rename of the file (or a folder above it) the
+    /// object is a copy, which may have another ETag.
+    renames: u64,
 }
 
 type SharedFile<S> = Arc<tokio::sync::Mutex<FileState<S>>>;
@@ -1421,7 +1431,11 @@ impl<S: ObjectStore> Fs<S> {
                     } else {
                         inode.etag.clone()
                     };
-                    let opened_as = inode.etag.clone().map(|etag| (etag, inode.attr.size));
+                    let opened_as = inode.etag.clone().map(|etag| OpenedVersion {
+                        etag,
+                        size: inode.attr.size,
+                        renames: self.renamed.load(Ordering::Acquire),
+                    });
                     (same && !writable && !written, opened_as)
                 }
                 None => (false, None),
@@ -1479,6 +1493,17 @@ impl<S: ObjectStore> Fs<S> {
             let guard = state.lock_owned().await;
             if !guard.retired {
                 return Ok((guard, made));
+            }
+        }
+    }
+
+    /// The write state of `ino` locked, if it has one: never one retired while this waited for
+    /// its lock.
+    async fn locked_file_state(&self, ino: u64) -> Option<LockedFile<S>> {
+        loop {
+            let guard = self.file_state(ino)?.lock_owned().await;
+            if !guard.retired {
+                return Some(guard);
             }
         }
     }
@@ -1709,9 +1734,10 @@ impl<S: ObjectStore> Fs<S> {
                 return Ok(reader.clone());
             }
         }
-        // The version the open found, unless a rename moved the object since (its copy may
-        // have another ETag).
-        let opened_as = opened_as.filter(|_| cached.is_none());
+        // The version the open found, unless a rename moved the object since.
+        let opened_as = opened_as
+            .filter(|v| v.renames == renamed)
+            .map(|v| (v.etag, v.size));
         let named = self.inodes.lock().unwrap().is_named(ino);
         let (path, attr) = self.inode_path(ino)?;
         let key = self.key(&path);
@@ -1836,6 +1862,22 @@ impl<S: ObjectStore> Fs<S> {
 
     async fn setattr_passed(&self, ino: u64, changes: SetAttr) -> FsResult<Attr> {
         self.check_writable()?;
+        // Counted as an open handle while it runs: a last close still under way then leaves
+        // the write state to this one, which commits it if no handle is open at its end (a
+        // truncate or chmod by path: nothing will close it).
+        let fh = self.new_handle(ino, true);
+        let changed = self.change_attrs(ino, changes).await;
+        let last = self.drop_handle(fh).is_some_and(|(_, last)| last);
+        let attr = changed?;
+        if last {
+            self.commit(ino).await?;
+            self.retire_closed_file(ino).await;
+        }
+        Ok(self.current_attr(attr).await)
+    }
+
+    /// The changes of a setattr, in the write state if the file has one, else in the store.
+    async fn change_attrs(&self, ino: u64, changes: SetAttr) -> FsResult<Attr> {
         let (path, mut attr) = self.inode_path(ino)?;
         if let Some(size) = changes.size {
             if attr.kind != Kind::File {
@@ -1871,17 +1913,10 @@ impl<S: ObjectStore> Fs<S> {
                 inodes.journal_owner(ino);
             }
         }
-        let open = self.open_counts.lock().unwrap().contains_key(&ino);
-        if let Some(state) = self.file_state(ino) {
+        if let Some(mut state) = self.locked_file_state(ino).await {
             if metadata_changed {
-                let mut state = state.lock().await;
                 state.abandon_stream().await;
                 state.mark_metadata_changed();
-            }
-            if !open {
-                // truncate(2) or chmod by path: nothing will close it, so commit now.
-                self.commit(ino).await?;
-                self.retire_closed_file(ino).await;
             }
         } else if metadata_changed && ino != ROOT_INO {
             let metadata = self.metadata_of(&attr);
@@ -1906,7 +1941,7 @@ impl<S: ObjectStore> Fs<S> {
                 inode.fetched = Instant::now();
             }
         }
-        Ok(self.current_attr(attr).await)
+        Ok(attr)
     }
 
     /// Create and open file `name` in `parent`. It reaches the store at its first commit.
@@ -2034,15 +2069,10 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::IsDir);
         }
         let path = join(&self.dir_path(parent)?, name);
-        let state = self.state_kept_past_removal(attr.ino).await?;
-        let mut state = match &state {
-            Some(state) => {
-                let mut state = state.lock().await;
-                self.stage_all(&mut state).await?;
-                Some(state)
-            }
-            None => None,
-        };
+        let mut state = self.state_kept_past_removal(attr.ino).await?;
+        if let Some(state) = state.as_mut() {
+            self.stage_all(state).await?;
+        }
         self.store.delete(&self.key(&path)).await?;
         if let Some(state) = state.as_mut() {
             state.detach();
@@ -2147,14 +2177,10 @@ impl<S: ObjectStore> Fs<S> {
             Err(FsError::NotFound) => None,
             Err(e) => return Err(e),
         };
-        let mut replaced = match &replaced {
-            Some(state) => {
-                let mut state = state.lock().await;
-                self.stage_all(&mut state).await?;
-                Some(state)
-            }
-            None => None,
-        };
+        let mut replaced = replaced;
+        if let Some(state) = replaced.as_mut() {
+            self.stage_all(state).await?;
+        }
         // Files whose copy got another ETag than its source (AWS S3 gives one to a copy of an
         // object uploaded in parts): reads are pinned to the ETag, so it must be the copy's.
         let mut moved_etags: Vec<(String, common::ETag)> = Vec::new();
@@ -2201,11 +2227,7 @@ impl<S: ObjectStore> Fs<S> {
         } else {
             // Its state stays locked from its commit to its new key: a close meanwhile would
             // upload under the old name, into the copy's gap or after the delete.
-            let state = self.file_state(src.ino);
-            let mut state = match &state {
-                Some(state) => Some(state.lock().await),
-                None => None,
-            };
+            let mut state = self.locked_file_state(src.ino).await;
             let (src_key, dst_key) = (self.key(&from), self.key(&to));
             let never_committed = match state.as_mut() {
                 Some(state) => {
@@ -2318,8 +2340,7 @@ impl<S: ObjectStore> Fs<S> {
         inos.sort_unstable();
         let mut states = Vec::new();
         for ino in inos {
-            if let Some(state) = self.file_state(ino) {
-                let mut state = state.lock_owned().await;
+            if let Some(mut state) = self.locked_file_state(ino).await {
                 self.commit_locked(ino, &mut state).await?;
                 state.load_from_store(&*self.store, 0..u64::MAX).await?;
                 states.push((ino, state));
@@ -2334,29 +2355,23 @@ impl<S: ObjectStore> Fs<S> {
     /// descriptors still open on it (a reader of a file replaced by an atomic save, `tail -f`
     /// of a rotated log, a running program's own file). `None` when nothing has it open, or
     /// when the version they opened is gone from the store already.
-    async fn state_kept_past_removal(&self, ino: u64) -> FsResult<Option<SharedFile<S>>> {
-        if let Some(state) = self.file_state(ino) {
+    async fn state_kept_past_removal(&self, ino: u64) -> FsResult<Option<LockedFile<S>>> {
+        if let Some(state) = self.locked_file_state(ino).await {
             return Ok(Some(state));
         }
         if !self.open_counts.lock().unwrap().contains_key(&ino) {
             return Ok(None);
         }
-        match self.file_state_made(ino, false).await {
-            Ok((state, made)) => {
-                if made && !self.open_counts.lock().unwrap().contains_key(&ino) {
-                    // Its last close came while the bytes were fetched, and found no state
-                    // to drop: nobody needs them now. (A close after this check drops it.)
-                    let ours = {
-                        let mut files = self.files.lock().unwrap();
-                        let still_ours = files.get(&ino).is_some_and(|s| Arc::ptr_eq(s, &state));
-                        still_ours.then(|| files.remove(&ino))
-                    };
-                    if ours.is_some() {
-                        state.lock().await.discard();
-                    }
+        match self.lock_file_state(ino, false).await {
+            Ok((mut guard, made)) => {
+                let state = LockedFile::mutex(&guard).clone();
+                // Its last close came while the bytes were fetched, and found no state to
+                // drop: nobody needs them now. (A close after this check drops it.)
+                if made && self.unregister_file_state(ino, &state, &mut guard, false) {
+                    guard.discard();
                     return Ok(None);
                 }
-                Ok(Some(state))
+                Ok(Some(guard))
             }
             Err(FsError::Store(e))
                 if matches!(

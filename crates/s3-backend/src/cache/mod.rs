@@ -481,9 +481,10 @@ impl<S: ObjectStore> ChunkCache<S> {
         let key = self.key_of(object, index);
         // A chunk is kept under its version's ETag, and fetched for a reader's idea of the
         // object's size: one that had the ETag with a stale, smaller size fetched the last
-        // chunk short. Only a chunk of the length this reader expects is its chunk.
+        // chunk short. A chunk shorter than this reader expects is not its chunk (a longer
+        // one is: reads take only what they ask for).
         let range = self.chunk_range(object, index);
-        let whole = |data: &Bytes| data.len() as u64 == range.end - range.start;
+        let whole = |data: &Bytes| data.len() as u64 >= range.end - range.start;
         match self.tiers.memory.get(&key) {
             Some(data) if whole(&data) => {
                 self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
