@@ -7,7 +7,7 @@
 //! (or failed) on a pipe.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,8 @@ use std::time::Duration;
 use common::metered::MeteredStore;
 use common::BucketName;
 use fuse_mount::{check_mountpoint, Fs, FsConfig, MountOptions};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use s3_backend::cache::CacheConfig;
 use s3_backend::{CredentialsSource, PathStyle, S3Config, S3Store};
 
@@ -143,7 +145,7 @@ pub fn run_foreground(params: MountParams) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let started = runtime.block_on(start(&params));
-    let (handle, fs) = match started {
+    let (handle, fs, _folder) = match started {
         Ok(started) => {
             report(&Ok(()));
             started
@@ -191,9 +193,14 @@ pub fn run_foreground(params: MountParams) -> Result<(), String> {
 /// How long an unmount waits for the session to end after detaching the mount.
 const DETACH_LIMIT: Duration = Duration::from_secs(10);
 
-async fn start(
-    params: &MountParams,
-) -> Result<(fuse_mount::MountHandle, Arc<Fs<MeteredStore<S3Store>>>), String> {
+/// The mount, its filesystem, and the lock on its folder (held until the process ends).
+type Started = (
+    fuse_mount::MountHandle,
+    Arc<Fs<MeteredStore<S3Store>>>,
+    Flock<std::fs::File>,
+);
+
+async fn start(params: &MountParams) -> Result<Started, String> {
     check_mountpoint(&params.mountpoint)?;
     let store = S3Store::new(&params.s3, &params.bucket)
         .await
@@ -206,6 +213,7 @@ async fn start(
         params
             .cache_dir
             .join(format!("{}-{}", params.bucket, sanitize(&params.prefix)));
+    let folder = hold_volume_dir(&volume_dir, params)?;
     let cache = CacheConfig::default()
         .memory_bytes(params.memory_limit)
         .disk(Some(volume_dir.join("chunks")), params.max_cache_size);
@@ -231,7 +239,44 @@ async fn start(
     };
     let handle = fuse_mount::mount(fs.clone(), &params.mountpoint, &options)
         .map_err(|e| format!("cannot mount at {}: {e}", params.mountpoint.display()))?;
-    Ok((handle, fs))
+    Ok((handle, fs, folder))
+}
+
+/// Lock `dir`, the mount's folder under `--cache`, for this process. A second mount sharing
+/// it (the same bucket and prefix, or a prefix with the same folder name, at another
+/// mountpoint) would take this one's staging files and uploads for a crash's leftovers, and
+/// its files being written would fail at close. The lock goes with the process, also when it
+/// is killed.
+fn hold_volume_dir(dir: &Path, params: &MountParams) -> Result<Flock<std::fs::File>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join("mount.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            // Who holds it, for the message of the next one.
+            let _ = lock.set_len(0);
+            let _ = writeln!(lock, "{}", std::process::id());
+            Ok(lock)
+        }
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = std::io::Read::read_to_string(&mut file, &mut holder);
+            Err(format!(
+                "another s3vol mount (pid {}) of {}/{} uses the folder {}; give this mount its own --cache",
+                holder.trim(),
+                params.bucket,
+                params.prefix,
+                dir.display()
+            ))
+        }
+        Err((_, e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
 }
 
 fn sanitize(prefix: &str) -> String {

@@ -138,6 +138,21 @@ fn background_mount_is_ready_when_the_command_returns_and_umount_ends_it() {
         .output()
         .unwrap();
     assert_one_line_error(&busy, "busy");
+    // So is a second mount of the same bucket and prefix elsewhere with the same --cache:
+    // it would take the first one's staging files and uploads for a crash's leftovers.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let shared = s3vol(
+        &env,
+        &[
+            &format!("{bucket}/team"),
+            elsewhere.path().to_str().unwrap(),
+        ],
+        cache.path(),
+    )
+    .output()
+    .unwrap();
+    assert_one_line_error(&shared, "give this mount its own --cache");
+    assert!(!is_mounted(elsewhere.path()));
     let status = Command::new("umount").arg(mnt.path()).status().unwrap();
     assert!(status.success());
     wait_until("the mount is gone", || !is_mounted(mnt.path()));
