@@ -161,3 +161,36 @@ async fn a_named_profile_from_a_credentials_file_signs_requests() {
     let err = wrong.list(&common::ListParams::new("")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AccessDenied, "{err}");
 }
+
+#[tokio::test]
+async fn an_invalid_region_is_named_not_taken_for_a_missing_host() {
+    let config = S3Config::default()
+        .region("eu_west_1")
+        .credentials(CredentialsSource::Static {
+            access_key_id: "k".into(),
+            secret_access_key: "s".into(),
+            session_token: None,
+        })
+        .max_attempts(1);
+    let text = head_error(&config, "some-bucket").await.to_string();
+    assert!(text.contains("the region is not valid"), "{text}");
+    assert!(!text.contains("host name not found"), "{text}");
+}
+
+/// The bucket pasted into the endpoint URL (`http://host:port/bucket`) makes every request's
+/// path wrong; the error says so rather than that the bucket does not exist.
+#[tokio::test]
+async fn an_endpoint_with_the_bucket_in_its_path_is_named() {
+    let env = require_s3!();
+    let bucket = unique_bucket("in-path");
+    let store = S3Store::new(&env.config(), &bucket).await.unwrap();
+    store.ensure_bucket(true).await.unwrap();
+    let mut config = env.config();
+    config.endpoint_url = Some(format!("{}/{bucket}", env.endpoint));
+    let pasted = S3Store::new(&config, &bucket).await.unwrap();
+    let text = pasted.ensure_bucket(true).await.unwrap_err().to_string();
+    assert!(
+        text.contains(&format!("the path /{bucket}")) && text.contains("server only"),
+        "{text}"
+    );
+}

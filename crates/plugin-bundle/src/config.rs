@@ -206,7 +206,7 @@ pub fn s3vol_config() -> PluginConfig {
             env(
                 "S3VOL_MEMORY_LIMIT",
                 "512MiB",
-                "memory budget of the chunk cache (all volumes together); read-ahead of all readers adds up to 1/4",
+                "hard cap of memory for cache, read-ahead and write buffers, all volumes together",
             ),
             env("S3VOL_LOG", "info", "error, warn, info, debug, trace (tracing filter syntax)"),
             env(

@@ -251,20 +251,39 @@ fn without_credentials(filter: &str) -> String {
     directives
 }
 
-fn init_logging(debug: bool) {
+const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// The log filter of `S3VOL_LOG`: a level, or tracing directives (`target=level`, comma
+/// separated). A bare word that is no level would be taken for a target name and silence
+/// everything else (`warning`), so it is refused.
+fn log_filter(value: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let invalid = || {
+        format!(
+            "invalid S3VOL_LOG {value:?}: use error, warn, info, debug or trace (or directives such as info,fuse_mount=debug)"
+        )
+    };
+    let bare_word =
+        |d: &&str| !d.contains('=') && !LEVELS.contains(&d.trim().to_ascii_lowercase().as_str());
+    if value.split(',').any(|d| bare_word(&d)) {
+        return Err(invalid());
+    }
+    tracing_subscriber::EnvFilter::try_new(without_credentials(value)).map_err(|_| invalid())
+}
+
+fn init_logging(debug: bool) -> Result<(), String> {
     let wanted = if debug {
         "debug".to_string()
     } else {
         std::env::var("S3VOL_LOG").unwrap_or_else(|_| "info".into())
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(without_credentials(&wanted))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(without_credentials("info")));
+    let filter = log_filter(&wanted)?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Docker's log (plugin output) and log files get no colour codes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    Ok(())
 }
 
 fn mount_command(args: MountArgs) -> Result<(), String> {
@@ -404,14 +423,8 @@ fn main() -> ExitCode {
     drop_empty_settings();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => {
-            init_logging(args.debug);
-            serve_command(args)
-        }
-        Command::Mount(args) => {
-            init_logging(args.debug);
-            mount_command(args)
-        }
+        Command::Serve(args) => init_logging(args.debug).and_then(|()| serve_command(args)),
+        Command::Mount(args) => init_logging(args.debug).and_then(|()| mount_command(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -430,6 +443,26 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_setting_that_would_silence_the_log_is_refused() {
+        for good in [
+            "info",
+            "WARN",
+            "debug",
+            "info,fuse_mount=debug",
+            "s3_backend=trace",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["warning", "verbose", "info,verbose", "info=loud"] {
+            let err = log_filter(bad).unwrap_err();
+            assert!(
+                err.contains("use error, warn, info, debug or trace"),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn credentials_open_to_group_or_others_are_warned_about() {

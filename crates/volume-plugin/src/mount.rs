@@ -91,8 +91,7 @@ pub fn run_background(mut args: Vec<String>, log_file: &std::path::Path) -> Resu
     args.push("--foreground".into());
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the s3vol binary: {e}"))?;
     if let Some(dir) = log_file.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| cannot_create_cache(dir, e))?;
     }
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -242,13 +241,22 @@ async fn start(params: &MountParams) -> Result<Started, String> {
     Ok((handle, fs, folder))
 }
 
+/// The error for a folder under `--cache` that cannot be made (an ordinary user and the
+/// default /var/cache/s3vol, most often).
+fn cannot_create_cache(dir: &Path, e: std::io::Error) -> String {
+    format!(
+        "cannot create {}: {e}; pass --cache DIR (or set S3VOL_CACHE_DIR) with a folder you can write to",
+        dir.display()
+    )
+}
+
 /// Lock `dir`, the mount's folder under `--cache`, for this process. A second mount sharing
 /// it (the same bucket and prefix, or a prefix with the same folder name, at another
 /// mountpoint) would take this one's staging files and uploads for a crash's leftovers, and
 /// its files being written would fail at close. The lock goes with the process, also when it
 /// is killed.
 fn hold_volume_dir(dir: &Path, params: &MountParams) -> Result<Flock<std::fs::File>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| cannot_create_cache(dir, e))?;
     let path = dir.join("mount.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)

@@ -736,6 +736,15 @@ fn what_users_get_wrong_fails_with_one_clear_line() {
     );
     let out = cmd.output().unwrap();
     assert_one_line_error(&out, "connection refused");
+    let out = s3vol(&env, &[&bucket, mountpoint], Path::new("/proc/s3vol-cache"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "pass --cache DIR");
+    let out = s3vol(&env, &[&bucket, mountpoint], cache.path())
+        .env("S3VOL_LOG", "warning")
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "invalid S3VOL_LOG \"warning\"");
     assert!(!is_mounted(mnt.path()));
 }
 

@@ -92,6 +92,37 @@ pub struct S3Config {
     pub ca_bundle: Option<PathBuf>,
 }
 
+/// Check an endpoint URL: `http://` or `https://` and a host, maybe a port and a path. No user
+/// or password: the endpoint is named in every error message, and keys belong in the
+/// credentials file.
+fn check_endpoint_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(format!(
+            "endpoint URL {url:?} must start with http:// or https://"
+        ));
+    };
+    if rest.split('/').next().unwrap_or(rest).contains('@') {
+        // Not repeated: it holds a password.
+        return Err(
+            "the endpoint URL must not hold a user or password: put the keys in a profile of \
+             the credentials file, or in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                .into(),
+        );
+    }
+    let parsed = url::Url::parse(url).map_err(|e| {
+        format!("invalid endpoint URL {url:?} ({e}): use one such as http://127.0.0.1:7480")
+    })?;
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "endpoint URL {url:?} has a query or fragment: give the server only, such as http://127.0.0.1:7480"
+        ));
+    }
+    Ok(())
+}
+
 impl Default for S3Config {
     fn default() -> Self {
         Self {
@@ -170,6 +201,16 @@ impl S3Config {
         }
     }
 
+    /// The path of the endpoint URL without its slashes (`""` for none): S3-compatible
+    /// gateways served below a path have one.
+    pub fn endpoint_path(&self) -> String {
+        self.endpoint_url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| u.path().trim_matches('/').to_string())
+            .unwrap_or_default()
+    }
+
     /// The endpoint as users know it, for error messages.
     pub fn endpoint_display(&self) -> String {
         self.endpoint_url
@@ -181,11 +222,7 @@ impl S3Config {
     /// bad endpoint URL); reaching the endpoint is checked by the first request.
     pub async fn build_client(&self) -> StoreResult<aws_sdk_s3::Client> {
         if let Some(url) = &self.endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(StoreError::invalid_input(format!(
-                    "endpoint URL {url:?} must start with http:// or https://"
-                )));
-            }
+            check_endpoint_url(url).map_err(StoreError::invalid_input)?;
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(self.region.clone()))
@@ -430,6 +467,18 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("http://"), "{err}");
+        let err = S3Config::with_endpoint("http://AKIAKEY:very-secret@127.0.0.1:9000")
+            .build_client()
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("user or password"), "{text}");
+        assert!(!text.contains("very-secret"), "the secret repeated: {text}");
+        let err = S3Config::with_endpoint("http://127.0.0.1:99999")
+            .build_client()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid port"), "{err}");
         let err = S3Config::with_endpoint("http://127.0.0.1:9")
             .ca_bundle(Some("/nonexistent/ca.pem".into()))
             .build_client()

@@ -122,7 +122,10 @@ fn missing_credentials(details: &str) -> Option<Option<String>> {
 /// A short human cause for a connection failure, from the error chain's text.
 fn connection_cause(details: &str) -> &'static str {
     let d = details.to_ascii_lowercase();
-    if d.contains("connection refused") {
+    if d.contains("invalid region") {
+        // The SDK makes the AWS host name of the region (its message also says "DNS").
+        "the region is not valid; use a name such as eu-west-1"
+    } else if d.contains("connection refused") {
         "connection refused"
     } else if d.contains("dns") || d.contains("resolve") || d.contains("lookup") {
         "host name not found"

@@ -31,6 +31,8 @@ pub struct S3Store {
     location_constraint: Option<String>,
     /// See [`S3Config::signs_payloads`].
     signs_payloads: bool,
+    /// See [`S3Config::endpoint_path`].
+    endpoint_path: String,
 }
 
 impl S3Store {
@@ -53,6 +55,7 @@ impl S3Store {
             endpoint: config.endpoint_display(),
             location_constraint,
             signs_payloads: config.signs_payloads(),
+            endpoint_path: config.endpoint_path(),
         }
     }
 
@@ -77,6 +80,16 @@ impl S3Store {
         let missing = matches!(err.kind(), ErrorKind::NotFound | ErrorKind::NoSuchBucket);
         if !missing {
             return Err(err);
+        }
+        if !self.endpoint_path.is_empty() {
+            // Most often the bucket pasted along with the server's address.
+            return Err(StoreError::new(
+                ErrorKind::NoSuchBucket,
+                format!(
+                    "bucket {:?} not found at {}, whose URL has the path /{}: give the endpoint as the server only, such as http://127.0.0.1:7480 (the bucket is named on its own)",
+                    self.bucket, self.endpoint, self.endpoint_path
+                ),
+            ));
         }
         if !create {
             return Err(StoreError::new(
