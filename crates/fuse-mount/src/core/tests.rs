@@ -2019,6 +2019,13 @@ async fn names_found_missing_below_a_folder_are_found_once_a_folder_is_moved_the
     assert_eq!(read_all(&fs, x.ino).await, b"x bytes");
 }
 
+/// Wait until `count` holders have `state` (those waiting for its lock among them).
+async fn until_held_by<T>(state: &Arc<T>, count: usize) {
+    while Arc::strong_count(state) < count {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Two processes have a file open when the worker is taken over; the new worker counts a
 /// handle only once it is used. The first process's close is then the last one the new worker
 /// knows of, and while it uploads, the second process writes. That close must not drop the
@@ -2057,7 +2064,8 @@ async fn a_write_during_the_last_known_close_of_a_file_reaches_the_store() {
         let fs = fs.clone();
         tokio::spawn(async move { fs.write(second, 2, b"b\n").await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The table, this test, the close's commit and the append hold the state now.
+    until_held_by(LockedFile::mutex(&state), 4).await;
     drop(state);
     release.await.unwrap().unwrap();
     assert_eq!(append.await.unwrap().unwrap(), 2);
@@ -2305,7 +2313,8 @@ async fn a_truncate_by_path_during_the_last_close_reaches_the_store() {
             fs.setattr(attr.ino, to_4).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The table, this test, the close's commit and the truncate hold the state now.
+    until_held_by(&state, 4).await;
     drop(held);
     release.await.unwrap().unwrap();
     assert_eq!(truncate.await.unwrap().unwrap().size, 4);
