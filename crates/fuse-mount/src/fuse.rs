@@ -331,6 +331,14 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyData,
     ) {
         self.fs.take_up_handle(fh.0, ino.0);
+        let cached = {
+            let _runtime = self.runtime.enter();
+            self.fs.read_cached(fh.0, offset, size)
+        };
+        if let Some(data) = cached {
+            count_op("read");
+            return reply.data(&data);
+        }
         spawn_reply!(self, "read", reply, fs => fs.read(fh.0, offset, size).await, |data| reply.data(&data));
     }
 

@@ -11,19 +11,24 @@
 //! another offset (a seek) drops the window to zero.
 //!
 //! Random reads of an object that fits in a quarter of the disk tier also fetch, in the
-//! background and into the disk tier only, the rest of the `request_size` block around them:
-//! such a file ends up cached after at most its own size in transfers, and random readers of
-//! it (a database, fio) then read from disk instead of waiting for a request each. The read
-//! itself waits only for its own chunk, and the memory tier keeps what is read (a first try
-//! that put the blocks in memory evicted the chunks read again: docs/BENCHMARKS.md). Random
-//! reads of bigger objects, or without a disk tier, fetch only what they need.
+//! background and into the disk tier only, the rest of the `request_size` block around them.
+//! Once [`FILL_AFTER_MISSES`] of one reader's random reads found their chunk nowhere, the
+//! reader is taken for one that reads all over the file (a database, fio), and the whole
+//! object is fetched into the disk tier in the background, `request_size` at a time, a few
+//! requests at once ([`ChunkCache::fill_to_disk`]), until the reader is dropped. Either way
+//! such a file ends up cached after at most its own size in transfers, and its random readers
+//! then read from disk instead of waiting for a request each; the fill gets there at the
+//! backend's bandwidth rather than one miss at a time. The read itself waits only for its own
+//! chunk, and the memory tier keeps what is read (a first try that put the blocks in memory
+//! evicted the chunks read again: docs/BENCHMARKS.md). Random reads of bigger objects, or
+//! without a disk tier, fetch only what they need.
 //!
 //! Read-ahead keeps its chunks on disk as well as in memory, except on the first sequential
 //! read of a big object in this process
 //! ([`ChunkCache::keeps_on_disk_when_streamed`]): a scan must not cost a disk write per byte
 //! nor push out of the disk tier what is read again.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,6 +36,12 @@ use common::metrics::{metrics, GaugeShare};
 use common::{ObjectStore, StoreResult};
 
 use crate::cache::{ChunkCache, ObjectVersion, Tier};
+
+/// Random reads of one reader that must fetch their chunk before the reader fills the disk
+/// tier with the whole object (when it fits in a quarter of it). Fewer would download a file
+/// whole for a glance at a few places in it (`file`, a header, an index); 4 and 16 measured
+/// the same for fio (docs/BENCHMARKS.md).
+pub const FILL_AFTER_MISSES: u32 = 16;
 
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -79,6 +90,11 @@ pub struct SequentialReader<S> {
     counted: bool,
     /// Where read-ahead keeps its chunks, decided at the first read-ahead.
     tier: Option<Tier>,
+    /// Random reads that found their chunk in no tier.
+    random_misses: u32,
+    /// Set once this reader started filling the disk tier with the object; the fill stops
+    /// when it is set to true (the reader is dropped).
+    fill_stop: Option<Arc<AtomicBool>>,
 }
 
 impl<S: ObjectStore> SequentialReader<S> {
@@ -93,6 +109,8 @@ impl<S: ObjectStore> SequentialReader<S> {
             prefetched_to: 0,
             counted: false,
             tier: None,
+            random_misses: 0,
+            fill_stop: None,
         }
     }
 
@@ -147,7 +165,7 @@ impl<S: ObjectStore> SequentialReader<S> {
             self.window = 0;
             self.prefetched_to =
                 end / self.cache.config().chunk_size * self.cache.config().chunk_size;
-            self.prefetch_neighbourhood(offset, end);
+            self.prefetch_around_random_read(offset, end);
         }
         self.window_metric.set(self.window);
         self.next_offset = self.next_offset.max(end);
@@ -159,19 +177,40 @@ impl<S: ObjectStore> SequentialReader<S> {
         }
     }
 
+    /// For a random read of `offset..end` of an object that fits in a quarter of the disk
+    /// tier: fetch into the disk tier the `request_size` block around it, or, after
+    /// [`FILL_AFTER_MISSES`] misses, the whole object.
+    fn prefetch_around_random_read(&mut self, offset: u64, end: u64) {
+        let config = self.cache.config();
+        let chunk = config.chunk_size;
+        if config.disk_dir.is_none()
+            || self.object.size > config.disk_bytes / 4
+            || self.object.size <= chunk
+            || offset >= end
+            || self.fill_stop.is_some()
+        {
+            return;
+        }
+        if !self.cache.holds(&self.object, offset / chunk) {
+            self.random_misses += 1;
+        }
+        if self.random_misses < FILL_AFTER_MISSES {
+            self.prefetch_neighbourhood(offset, end);
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let block = self.config.request_size.max(chunk) / chunk;
+        self.cache
+            .fill_to_disk(&self.object, offset / chunk, block, stop.clone());
+        self.fill_stop = Some(stop);
+    }
+
     /// Start fetching into the disk tier the `request_size` block around a random read of
     /// `offset..end`, all but the chunks the read needs (it fetches those itself, without
-    /// waiting for the rest), if the object fits in a quarter of the disk tier.
+    /// waiting for the rest).
     fn prefetch_neighbourhood(&self, offset: u64, end: u64) {
-        let config = self.cache.config();
-        if config.disk_dir.is_none() {
-            return;
-        }
-        let chunk = config.chunk_size;
+        let chunk = self.cache.config().chunk_size;
         let block = self.config.request_size.max(chunk) / chunk * chunk;
-        if self.object.size > config.disk_bytes / 4 || self.object.size <= chunk || offset >= end {
-            return;
-        }
         let first = offset / block * block / chunk;
         let last = ((offset / block + 1) * block)
             .min(self.object.size)
@@ -233,6 +272,9 @@ impl<S> SequentialReader<S> {
 impl<S> Drop for SequentialReader<S> {
     fn drop(&mut self) {
         self.set_counted(false);
+        if let Some(stop) = &self.fill_stop {
+            stop.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -383,6 +425,92 @@ mod tests {
         );
         check(r.read(97 * CHUNK, 10).await.unwrap(), 97 * CHUNK);
         assert_eq!(store.request_count(Op::Get), 8);
+    }
+
+    /// A reader of a 64 MiB object with a 1 GiB disk tier, and the object's bytes.
+    async fn random_reader() -> (
+        tempfile::TempDir,
+        Arc<InMemoryStore>,
+        SequentialReader<InMemoryStore>,
+        Bytes,
+    ) {
+        let size = 1024 * CHUNK as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheConfig::default()
+            .memory_bytes(1 << 30)
+            .disk(Some(dir.path().to_path_buf()), 1 << 30);
+        let (store, r) = reader_with(size, cache).await;
+        (dir, store, r, pattern(size, 1))
+    }
+
+    /// `n` chunks, each 50 chunks before the one before it: each read of them is random, and
+    /// no two are in one block of 4 chunks (the request size).
+    fn far_apart(n: u32) -> impl Iterator<Item = u64> {
+        (0..n as u64).map(|i| 1000 - 50 * i)
+    }
+
+    #[tokio::test]
+    async fn a_reader_missing_all_over_a_small_object_fills_the_disk_tier_with_it() {
+        let (_dir, store, mut r, body) = random_reader().await;
+        for chunk in far_apart(FILL_AFTER_MISSES) {
+            let at = chunk * CHUNK + 3;
+            let got = r.read(at, 4096).await.unwrap();
+            assert_eq!(got, body.slice(at as usize..at as usize + 4096));
+            assert_eq!(r.window(), 0, "random, no read-ahead");
+        }
+        let chunks = r.cache().chunk_count(r.object().size);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !(0..chunks).all(|i| r.cache().holds(r.object(), i)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the object is not cached whole after the reader's {FILL_AFTER_MISSES} misses"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Every chunk was fetched once, in requests of 4 chunks (the request size) but the
+        // reads' own, and into the disk tier, not memory.
+        let fetched = r.cache().stats().fetched_bytes.load(Ordering::Relaxed);
+        assert_eq!(fetched, body.len() as u64);
+        let gets = store.request_count(Op::Get);
+        let misses = FILL_AFTER_MISSES as u64;
+        assert!(gets <= 256 + 2 * misses, "{gets} GETs");
+        assert!(r.cache().memory_used() <= misses * CHUNK);
+        // And a read anywhere now needs no request.
+        for chunk in [0u64, 333, 1023] {
+            let at = chunk * CHUNK + 11;
+            let got = r.read(at, 100).await.unwrap();
+            assert_eq!(got, body.slice(at as usize..at as usize + 100));
+        }
+        assert_eq!(store.request_count(Op::Get), gets);
+    }
+
+    #[tokio::test]
+    async fn a_reader_with_few_misses_fetches_only_their_blocks_and_a_dropped_one_stops_filling() {
+        let (_dir, store, mut r, _body) = random_reader().await;
+        let mut chunks = far_apart(FILL_AFTER_MISSES);
+        for chunk in chunks.by_ref().take(FILL_AFTER_MISSES as usize - 1) {
+            r.read(chunk * CHUNK, 4096).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Hits do not count: a read in the block of that miss.
+            r.read((chunk + 1) * CHUNK, 4096).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            r.cache().stats().fetched_bytes.load(Ordering::Relaxed),
+            (FILL_AFTER_MISSES as u64 - 1) * 4 * CHUNK,
+            "one miss short of the fill: the misses' blocks of 4 chunks, no more"
+        );
+        // The next miss starts the fill; dropping the reader (closing the file) stops it.
+        r.read(chunks.next().unwrap() * CHUNK, 4096).await.unwrap();
+        let cache = r.cache().clone();
+        drop(r);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let gets = store.request_count(Op::Get);
+        let fetched = cache.stats().fetched_bytes.load(Ordering::Relaxed);
+        assert!(
+            fetched < 64 * 4 * CHUNK,
+            "the fill went on after the reader was dropped: {fetched} bytes in {gets} GETs"
+        );
     }
 
     #[tokio::test]

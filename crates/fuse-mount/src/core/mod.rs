@@ -1705,18 +1705,54 @@ impl<S: ObjectStore> Fs<S> {
             (reader.cache().clone(), reader.object().clone())
         };
         let data = cache.read(&object, offset, size as u64).await?;
-        // The kernel keeps these pages for the file, not for this handle: if an open since
-        // expects another version, the pages are a mix now, and no open may keep them.
+        self.read_as(ino, &object.etag);
+        Ok(data)
+    }
+
+    /// A read of a file not being written, answered at once on the caller's thread when its
+    /// handle has read before and the bytes are in the memory tier, or for part of a chunk in
+    /// the disk tier ([`ChunkCache::read_now`]). The FUSE worker thread that got the request
+    /// then answers it without handing it to the runtime and back (two task switches per
+    /// read). `None` when the read would wait for anything (a write state, a lock, a rename
+    /// check, a fetch): the caller then reads with [`read`](Self::read). Call it within the
+    /// runtime's context: read-ahead spawns tasks.
+    pub fn read_cached(&self, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
+        let (ino, reader) = {
+            let handles = self.handles.lock().unwrap();
+            let handle = handles.get(&fh)?;
+            let (reader, checked) = handle.reader.as_ref()?;
+            if *checked != self.renamed.load(Ordering::Acquire) {
+                return None;
+            }
+            (handle.ino, reader.clone())
+        };
+        if self.files.lock().unwrap().contains_key(&ino) {
+            return None;
+        }
+        let (cache, object) = {
+            let reader = reader.try_lock().ok()?;
+            (reader.cache().clone(), reader.object().clone())
+        };
+        let data = cache.read_now(&object, offset, size as u64)?;
+        tracing::trace!(fh, offset, size, "read (cached)");
+        // Advised once read: a read that found nothing must not be advised twice (its retry
+        // through `read` advises it). Another read advising meanwhile is as good.
+        if let Ok(mut reader) = reader.try_lock() {
+            reader.advise(offset, size as u64);
+        }
+        self.read_as(ino, &object.etag);
+        Some(data)
+    }
+
+    /// Note that file `ino` was just read as version `etag`. The kernel keeps pages for the
+    /// file, not for a handle: if an open since expects another version, the pages are a mix
+    /// now, and no open may keep them.
+    fn read_as(&self, ino: u64, etag: &common::ETag) {
         if let Some(inode) = self.inodes.lock().unwrap().get_mut(ino) {
-            if inode
-                .kernel_cached
-                .as_ref()
-                .is_some_and(|v| *v != object.etag)
-            {
+            if inode.kernel_cached.as_ref().is_some_and(|v| v != etag) {
                 inode.kernel_cached = None;
             }
         }
-        Ok(data)
     }
 
     async fn reader(

@@ -2324,3 +2324,46 @@ async fn a_truncate_by_path_during_the_last_close_reaches_the_store() {
         "nothing failed, nothing is for recovery"
     );
 }
+
+/// A read the chunk cache holds is answered at once on the caller's thread (`read_cached`:
+/// the FUSE worker thread), from the version the handle reads; a read that would wait, and a
+/// read of a file being written, are left to `read`.
+#[tokio::test]
+async fn reads_the_cache_holds_are_answered_at_once_and_others_are_left_to_read() {
+    let (f, store) = fixture();
+    let fs = &f.fs;
+    let attr = write_file(fs, ROOT_INO, "f", b"version A").await;
+    let on_a = fs.open(attr.ino, false, false).await.unwrap();
+    assert_eq!(fs.read_cached(on_a, 0, 100), None, "no read yet: no reader");
+    assert_eq!(&fs.read(on_a, 0, 100).await.unwrap()[..], b"version A");
+    assert_eq!(fs.read_cached(on_a, 2, 5).as_deref(), Some(&b"rsion"[..]));
+    assert_eq!(fs.read_cached(on_a, 9, 5).as_deref(), None, "at the end");
+    // Another client's version: a new open reads it, the first handle reads on in A.
+    store
+        .put(
+            "vol/f",
+            Bytes::from_static(b"version B"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let on_b = fs.open(attr.ino, false, false).await.unwrap();
+    assert_eq!(&fs.read(on_b, 0, 100).await.unwrap()[..], b"version B");
+    assert_eq!(
+        fs.read_cached(on_b, 0, 100).as_deref(),
+        Some(&b"version B"[..])
+    );
+    assert_eq!(
+        fs.read_cached(on_a, 0, 100).as_deref(),
+        Some(&b"version A"[..])
+    );
+    // Being written: the write state has the bytes, not the cache.
+    let writing = fs.open(attr.ino, true, false).await.unwrap();
+    fs.write(writing, 0, b"V").await.unwrap();
+    assert_eq!(fs.read_cached(on_b, 0, 100), None);
+    assert_eq!(&fs.read(on_b, 0, 100).await.unwrap()[..], b"Version B");
+    for fh in [on_a, on_b, writing] {
+        fs.release(fh).await.unwrap();
+    }
+}

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -426,6 +426,58 @@ impl<S: ObjectStore> ChunkCache<S> {
         Ok(out.freeze())
     }
 
+    /// The bytes of [`read`](Self::read), if a tier has them all and they need no waiting:
+    /// chunks in the memory tier, or part of one chunk that only the disk tier has (read here,
+    /// on the caller's thread, which may block on the disk). `None` otherwise, and nothing
+    /// counted: the caller then reads with `read`.
+    pub fn read_now(&self, object: &ObjectVersion, offset: u64, len: u64) -> Option<Bytes> {
+        let end = offset.saturating_add(len).min(object.size);
+        if offset >= end || object.etag.as_str().trim_matches('"').is_empty() {
+            return None;
+        }
+        let cs = self.config.chunk_size;
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let in_memory = |index: u64| {
+            let range = self.chunk_range(object, index);
+            self.tiers
+                .memory
+                .get(&self.key_of(object, index))
+                .filter(|data| data.len() as u64 >= range.end - range.start)
+        };
+        let count_memory_hits = |n: u64| {
+            self.stats.memory_hits.fetch_add(n, Ordering::Relaxed);
+            metrics()
+                .cache_hits
+                .get_or_create(&TierLabels { tier: "memory" })
+                .inc_by(n);
+        };
+        if first == last {
+            let part = (offset - first * cs) as usize..(end - first * cs) as usize;
+            if let Some(chunk) = in_memory(first) {
+                count_memory_hits(1);
+                return Some(chunk.slice(part.start.min(chunk.len())..part.end.min(chunk.len())));
+            }
+            let range = self.chunk_range(object, first);
+            let chunk_len = (range.end - range.start) as usize;
+            let key = self.key_of(object, first);
+            if part.len() >= chunk_len || self.inflight.lock().unwrap().contains_key(&key) {
+                return None;
+            }
+            let data = self.tiers.disk.as_ref()?.get_part(&key, chunk_len, part)?;
+            self.count_disk_hit();
+            return Some(data);
+        }
+        let chunks: Vec<Bytes> = (first..=last).map(in_memory).collect::<Option<_>>()?;
+        count_memory_hits(chunks.len() as u64);
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for (index, chunk) in (first..=last).zip(chunks) {
+            let from = (offset.saturating_sub(index * cs) as usize).min(chunk.len());
+            let to = ((end - index * cs) as usize).min(chunk.len());
+            out.extend_from_slice(&chunk[from..to]);
+        }
+        Some(out.freeze())
+    }
+
     /// Bytes `part` of chunk `index`, when only the disk tier has the chunk and `part` is
     /// less than all of it: read from the blocks of the chunk file that hold `part`, and not
     /// kept in memory. A random reader of an object bigger than the memory tier would
@@ -653,9 +705,80 @@ impl<S: ObjectStore> ChunkCache<S> {
         let object = object.clone();
         tokio::spawn(async move {
             for run in runs {
-                cache.fetch_stretch(&object, run, Tier::DiskOnly).await;
+                let _ = cache.fetch_stretch(&object, run, Tier::DiskOnly).await;
             }
             drop(permit);
+        });
+    }
+
+    /// True when chunk `index` of `object` is in a tier or being fetched: a read of it waits
+    /// for no new request.
+    pub fn holds(&self, object: &ObjectVersion, index: u64) -> bool {
+        let key = self.key_of(object, index);
+        self.tiers.memory.contains_key(&key)
+            || self.inflight.lock().unwrap().contains_key(&key)
+            || self
+                .tiers
+                .disk
+                .as_ref()
+                .is_some_and(|disk| disk.contains(&key))
+    }
+
+    /// Fetch into the disk tier, in the background, every chunk of `object` that no tier has
+    /// and nobody is fetching: blocks of `block` chunks, one ranged GET each, from the block
+    /// of chunk `from` to the end and then from the start, as many at once as
+    /// [`prefetch_to_disk`](Self::prefetch_to_disk) may run (they share the limit, so
+    /// neighbourhood fetches wait meanwhile). Ends early when `stop` is set or a fetch fails
+    /// (the object changed, the store is down). Nothing without a disk tier.
+    pub fn fill_to_disk(
+        self: &Arc<Self>,
+        object: &ObjectVersion,
+        from: u64,
+        block: u64,
+        stop: Arc<AtomicBool>,
+    ) {
+        if self.tiers.disk.is_none() {
+            return;
+        }
+        let cache = Arc::clone(self);
+        let object = object.clone();
+        tokio::spawn(async move {
+            let chunks = cache.chunk_count(object.size);
+            let block = block.max(1);
+            let first = from.min(chunks) / block * block;
+            let starts = (first..chunks)
+                .step_by(block as usize)
+                .chain((0..first).step_by(block as usize));
+            let failed = Arc::new(AtomicBool::new(false));
+            for start in starts {
+                let Ok(permit) = cache.tiers.disk_prefetches.clone().acquire_owned().await else {
+                    break;
+                };
+                if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Some(disk) = &cache.tiers.disk else {
+                    break;
+                };
+                let runs =
+                    cache.claim_runs(&object, start..start + block, |key| disk.contains(key));
+                if runs.is_empty() {
+                    continue;
+                }
+                let (cache, object, failed) = (cache.clone(), object.clone(), failed.clone());
+                tokio::spawn(async move {
+                    for run in runs {
+                        if cache
+                            .fetch_stretch(&object, run, Tier::DiskOnly)
+                            .await
+                            .is_err()
+                        {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    drop(permit);
+                });
+            }
         });
     }
 
@@ -690,17 +813,25 @@ impl<S: ObjectStore> ChunkCache<S> {
                 .last()
                 .is_some_and(|last| last.index() + 1 != ticket.index())
             {
-                self.fetch_stretch(object, std::mem::take(&mut stretch), tier)
+                let _ = self
+                    .fetch_stretch(object, std::mem::take(&mut stretch), tier)
                     .await;
             }
             stretch.push(ticket);
         }
         if !stretch.is_empty() {
-            self.fetch_stretch(object, stretch, tier).await;
+            let _ = self.fetch_stretch(object, stretch, tier).await;
         }
     }
 
-    async fn fetch_stretch(&self, object: &ObjectVersion, stretch: Vec<Ticket>, tier: Tier) {
+    /// Fetch a stretch of consecutive chunks with one ranged GET; the error, if any, went to
+    /// the stretch's waiters too.
+    async fn fetch_stretch(
+        &self,
+        object: &ObjectVersion,
+        stretch: Vec<Ticket>,
+        tier: Tier,
+    ) -> StoreResult<()> {
         let first = stretch[0].index();
         let last = stretch[stretch.len() - 1].index();
         let range = self.chunk_range(object, first).start..self.chunk_range(object, last).end;
@@ -751,11 +882,12 @@ impl<S: ObjectStore> ChunkCache<S> {
         }
         .await;
         // Every waiter gets an answer, so no chunk stays "in flight" forever.
-        if let Err(err) = result {
+        if let Err(err) = &result {
             for ticket in waiting {
                 self.deliver(ticket, Err(err.clone()), false);
             }
         }
+        result
     }
 
     /// Hand a chunk fetched for later to its waiters (a read that came meanwhile) and the disk
