@@ -28,14 +28,14 @@
 //! ([`ChunkCache::keeps_on_disk_when_streamed`]): a scan must not cost a disk write per byte
 //! nor push out of the disk tier what is read again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use common::metrics::{metrics, GaugeShare};
 use common::{ObjectStore, StoreResult};
 
-use crate::cache::{ChunkCache, ObjectVersion, Tier};
+use crate::cache::{ChunkCache, FillControl, ObjectVersion, Tier};
 
 /// Random reads of one reader that must fetch their chunk before the reader fills the disk
 /// tier with the whole object (when it fits in a quarter of it). Fewer would download a file
@@ -90,11 +90,11 @@ pub struct SequentialReader<S> {
     counted: bool,
     /// Where read-ahead keeps its chunks, decided at the first read-ahead.
     tier: Option<Tier>,
-    /// Random reads that found their chunk in no tier.
+    /// Random reads that found their chunk in no tier (since the last fill ended).
     random_misses: u32,
-    /// Set once this reader started filling the disk tier with the object; the fill stops
-    /// when it is set to true (the reader is dropped).
-    fill_stop: Option<Arc<AtomicBool>>,
+    /// The fill of the disk tier with the object this reader started, stopped when the reader
+    /// is dropped.
+    fill: Option<Arc<FillControl>>,
 }
 
 impl<S: ObjectStore> SequentialReader<S> {
@@ -110,7 +110,7 @@ impl<S: ObjectStore> SequentialReader<S> {
             counted: false,
             tier: None,
             random_misses: 0,
-            fill_stop: None,
+            fill: None,
         }
     }
 
@@ -187,9 +187,17 @@ impl<S: ObjectStore> SequentialReader<S> {
             || self.object.size > config.disk_bytes / 4
             || self.object.size <= chunk
             || offset >= end
-            || self.fill_stop.is_some()
         {
             return;
+        }
+        if let Some(fill) = &self.fill {
+            if !fill.ended() {
+                return;
+            }
+            // Done, or failed, or the disk tier dropped chunks since: blocks again, and
+            // another fill after as many misses again.
+            self.fill = None;
+            self.random_misses = 0;
         }
         if !self.cache.holds(&self.object, offset / chunk) {
             self.random_misses += 1;
@@ -198,11 +206,11 @@ impl<S: ObjectStore> SequentialReader<S> {
             self.prefetch_neighbourhood(offset, end);
             return;
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let fill = Arc::new(FillControl::default());
         let block = self.config.request_size.max(chunk) / chunk;
         self.cache
-            .fill_to_disk(&self.object, offset / chunk, block, stop.clone());
-        self.fill_stop = Some(stop);
+            .fill_to_disk(&self.object, offset / chunk, block, fill.clone());
+        self.fill = Some(fill);
     }
 
     /// Start fetching into the disk tier the `request_size` block around a random read of
@@ -272,8 +280,8 @@ impl<S> SequentialReader<S> {
 impl<S> Drop for SequentialReader<S> {
     fn drop(&mut self) {
         self.set_counted(false);
-        if let Some(stop) = &self.fill_stop {
-            stop.store(true, Ordering::Relaxed);
+        if let Some(fill) = &self.fill {
+            fill.stop();
         }
     }
 }
@@ -443,10 +451,23 @@ mod tests {
         (dir, store, r, pattern(size, 1))
     }
 
-    /// `n` chunks, each 50 chunks before the one before it: each read of them is random, and
-    /// no two are in one block of 4 chunks (the request size).
+    /// `n` chunks, each 52 chunks before the one before it, and 2 chunks into its block of 4
+    /// (the request size): each read of them is random, and no two share a block.
     fn far_apart(n: u32) -> impl Iterator<Item = u64> {
-        (0..n as u64).map(|i| 1000 - 50 * i)
+        (0..n as u64).map(|i| 1002 - 52 * i)
+    }
+
+    /// The cache's fetched bytes once they stop growing (nothing fetched for 300 ms).
+    async fn fetched_when_settled(cache: &ChunkCache<InMemoryStore>) -> u64 {
+        let fetched = || cache.stats().fetched_bytes.load(Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let before = fetched();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if fetched() == before || std::time::Instant::now() > deadline {
+                return fetched();
+            }
+        }
     }
 
     #[tokio::test]
@@ -458,19 +479,22 @@ mod tests {
             assert_eq!(got, body.slice(at as usize..at as usize + 4096));
             assert_eq!(r.window(), 0, "random, no read-ahead");
         }
-        let chunks = r.cache().chunk_count(r.object().size);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !(0..chunks).all(|i| r.cache().holds(r.object(), i)) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the object is not cached whole after the reader's {FILL_AFTER_MISSES} misses"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         // Every chunk was fetched once, in requests of 4 chunks (the request size) but the
         // reads' own, and into the disk tier, not memory.
-        let fetched = r.cache().stats().fetched_bytes.load(Ordering::Relaxed);
-        assert_eq!(fetched, body.len() as u64);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while r.cache().stats().fetched_bytes.load(Ordering::Relaxed) < body.len() as u64
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let fetched = fetched_when_settled(r.cache()).await;
+        assert_eq!(
+            fetched,
+            body.len() as u64,
+            "the object is not cached whole after the reader's {FILL_AFTER_MISSES} misses"
+        );
+        let chunks = r.cache().chunk_count(r.object().size);
+        assert!((0..chunks).all(|i| r.cache().holds(r.object(), i)));
         let gets = store.request_count(Op::Get);
         let misses = FILL_AFTER_MISSES as u64;
         assert!(gets <= 256 + 2 * misses, "{gets} GETs");
@@ -491,12 +515,12 @@ mod tests {
         for chunk in chunks.by_ref().take(FILL_AFTER_MISSES as usize - 1) {
             r.read(chunk * CHUNK, 4096).await.unwrap();
             tokio::time::sleep(Duration::from_millis(20)).await;
-            // Hits do not count: a read in the block of that miss.
-            r.read((chunk + 1) * CHUNK, 4096).await.unwrap();
+            // Hits do not count: a random read (2 chunks back) in the block of that miss.
+            r.read((chunk - 2) * CHUNK, 4096).await.unwrap();
+            assert_eq!(r.window(), 0, "random");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
-            r.cache().stats().fetched_bytes.load(Ordering::Relaxed),
+            fetched_when_settled(r.cache()).await,
             (FILL_AFTER_MISSES as u64 - 1) * 4 * CHUNK,
             "one miss short of the fill: the misses' blocks of 4 chunks, no more"
         );
@@ -504,9 +528,8 @@ mod tests {
         r.read(chunks.next().unwrap() * CHUNK, 4096).await.unwrap();
         let cache = r.cache().clone();
         drop(r);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let fetched = fetched_when_settled(&cache).await;
         let gets = store.request_count(Op::Get);
-        let fetched = cache.stats().fetched_bytes.load(Ordering::Relaxed);
         assert!(
             fetched < 64 * 4 * CHUNK,
             "the fill went on after the reader was dropped: {fetched} bytes in {gets} GETs"

@@ -15,6 +15,8 @@ use std::time::Duration;
 use common::metered::MeteredStore;
 use common::BucketName;
 use fuse_mount::{check_mountpoint, Fs, FsConfig, MountOptions};
+
+use crate::mounter::within_probe_time;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use s3_backend::cache::CacheConfig;
@@ -201,13 +203,24 @@ type Started = (
 
 async fn start(params: &MountParams) -> Result<Started, String> {
     check_mountpoint(&params.mountpoint)?;
-    let store = S3Store::new(&params.s3, &params.bucket)
-        .await
-        .map_err(|e| e.to_string())?;
-    store
-        .ensure_bucket(false)
-        .await
-        .map_err(|e| e.to_string())?;
+    let endpoint = params.s3.endpoint_display();
+    let store = within_probe_time(
+        "checking the bucket",
+        &params.bucket,
+        &endpoint,
+        "this machine",
+        async {
+            let store = S3Store::new(&params.s3, &params.bucket)
+                .await
+                .map_err(|e| e.to_string())?;
+            store
+                .ensure_bucket(false)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(store)
+        },
+    )
+    .await?;
     let volume_dir =
         params
             .cache_dir

@@ -144,7 +144,7 @@ impl FuseMounter {
             // backend that is down fails their calls with EIO, as it would have anyway).
             self.store(spec).await?
         } else {
-            within_probe_time("mounting", spec, &endpoint, async {
+            within_probe_time("mounting", &spec.bucket, &endpoint, "the plugin", async {
                 let store = self.store(spec).await?;
                 // The bucket may have gone, or the keys changed, since the volume was created.
                 store
@@ -253,21 +253,24 @@ impl FuseMounter {
     }
 }
 
-/// Longest a probe of the backend may take: Docker gives each call 30 s in all.
+/// Longest a probe of the backend may take: Docker gives each call 30 s in all. (The store's
+/// own limits allow a silent endpoint three attempts of 30 s.)
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
-async fn within_probe_time<T>(
+/// `work` (a probe of `bucket` at `endpoint`), or an error that says which went unanswered
+/// once [`PROBE_TIMEOUT`] has passed. `asker` names who could not reach it ("the plugin").
+pub(crate) async fn within_probe_time<T>(
     what: &str,
-    spec: &VolumeSpec,
+    bucket: &common::BucketName,
     endpoint: &str,
+    asker: &str,
     work: impl std::future::Future<Output = Result<T, String>>,
 ) -> Result<T, String> {
     tokio::time::timeout(PROBE_TIMEOUT, work)
         .await
         .unwrap_or_else(|_| {
             Err(format!(
-                "{what}: no answer from {endpoint} about bucket {} within {} s; is the endpoint up and reachable from the plugin?",
-                spec.bucket,
+                "{what}: no answer from {endpoint} about bucket {bucket} within {} s; is the endpoint up and reachable from {asker}?",
                 PROBE_TIMEOUT.as_secs()
             ))
         })
@@ -279,13 +282,19 @@ impl Mounter for FuseMounter {
 
     async fn probe(&self, spec: &VolumeSpec) -> Result<(), String> {
         let endpoint = self.settings.s3_config(spec).endpoint_display();
-        within_probe_time("checking the bucket", spec, &endpoint, async {
-            let store = self.store(spec).await?;
-            store
-                .ensure_bucket(spec.create_bucket)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        within_probe_time(
+            "checking the bucket",
+            &spec.bucket,
+            &endpoint,
+            "the plugin",
+            async {
+                let store = self.store(spec).await?;
+                store
+                    .ensure_bucket(spec.create_bucket)
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
         .await
     }
 

@@ -685,6 +685,33 @@ fn metadata_ttls_set_how_soon_other_clients_changes_show() {
     assert_eq!(size(patient, "f"), Some(3));
 }
 
+/// An endpoint that takes connections and never answers fails the start after the probe's
+/// 20 s, with a line that says so, rather than the store's error after three attempts of 30 s.
+#[test]
+fn a_silent_endpoint_fails_the_start_within_the_probe_time() {
+    let Some(env) = S3Env::from_env() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().collect();
+        drop(held);
+    });
+    let (mnt, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let out = s3vol_at(
+        &endpoint,
+        &env,
+        &["silent-bucket", mnt.path().to_str().unwrap()],
+        cache.path(),
+    )
+    .output()
+    .unwrap();
+    assert_one_line_error(
+        &out,
+        &format!("no answer from {endpoint} about bucket silent-bucket within 20 s; is the endpoint up and reachable from this machine?"),
+    );
+    assert!(!is_mounted(mnt.path()));
+}
+
 #[test]
 fn what_users_get_wrong_fails_with_one_clear_line() {
     let Some(env) = S3Env::from_env() else { return };

@@ -1564,19 +1564,20 @@ impl<S: ObjectStore> Fs<S> {
             return;
         };
         let mut guard = state.lock().await;
-        if guard.dirty || guard.detached {
+        if guard.dirty || guard.detached || guard.retired {
             return;
+        }
+        // Their readers were made before the writes: the next read makes one of the version
+        // now stored. Dropped while the state is still in the table: a read that finds no
+        // state (`read`, `read_cached`) then finds no such reader either.
+        for handle in self.handles.lock().unwrap().values_mut() {
+            if handle.ino == ino {
+                handle.reader = None;
+                handle.opened_as = None;
+            }
         }
         if self.unregister_file_state(ino, &state, &mut guard, true) {
             guard.discard();
-            // Their readers were made before the writes: the next read makes one of the
-            // version now stored.
-            for handle in self.handles.lock().unwrap().values_mut() {
-                if handle.ino == ino {
-                    handle.reader = None;
-                    handle.opened_as = None;
-                }
-            }
         }
     }
 
@@ -1717,18 +1718,21 @@ impl<S: ObjectStore> Fs<S> {
     /// check, a fetch): the caller then reads with [`read`](Self::read). Call it within the
     /// runtime's context: read-ahead spawns tasks.
     pub fn read_cached(&self, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
-        let (ino, reader) = {
+        // The write state first, as `read` does: a stop retires it and then resets the
+        // handles' readers, so a reader taken after this look is never one from before it.
+        let (ino, _) = self.handle_ino(fh).ok()?;
+        if self.files.lock().unwrap().contains_key(&ino) {
+            return None;
+        }
+        let reader = {
             let handles = self.handles.lock().unwrap();
             let handle = handles.get(&fh)?;
             let (reader, checked) = handle.reader.as_ref()?;
             if *checked != self.renamed.load(Ordering::Acquire) {
                 return None;
             }
-            (handle.ino, reader.clone())
+            reader.clone()
         };
-        if self.files.lock().unwrap().contains_key(&ino) {
-            return None;
-        }
         let (cache, object) = {
             let reader = reader.try_lock().ok()?;
             (reader.cache().clone(), reader.object().clone())

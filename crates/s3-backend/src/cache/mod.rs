@@ -168,6 +168,25 @@ const MAX_PENDING_DISK_WRITES: usize = 16;
 /// not started (they would only queue, holding memory).
 const MAX_DISK_PREFETCHES: usize = 4;
 
+/// Stops a [`ChunkCache::fill_to_disk`], and tells whether it has ended.
+#[derive(Debug, Default)]
+pub struct FillControl {
+    stop: AtomicBool,
+    ended: AtomicBool,
+}
+
+impl FillControl {
+    /// Fetch no further block (those in flight finish).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// True once the fill sends no further request: done, stopped, or failed.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+}
+
 /// The duty to answer the readers waiting for one chunk. Dropped unanswered (the fetching task
 /// was cancelled or panicked), it answers with an error and clears the in-flight entry, so no
 /// chunk stays "being fetched" forever.
@@ -727,22 +746,33 @@ impl<S: ObjectStore> ChunkCache<S> {
     /// Fetch into the disk tier, in the background, every chunk of `object` that no tier has
     /// and nobody is fetching: blocks of `block` chunks, one ranged GET each, from the block
     /// of chunk `from` to the end and then from the start, as many at once as
-    /// [`prefetch_to_disk`](Self::prefetch_to_disk) may run (they share the limit, so
-    /// neighbourhood fetches wait meanwhile). Ends early when `stop` is set or a fetch fails
-    /// (the object changed, the store is down). Nothing without a disk tier.
+    /// [`prefetch_to_disk`](Self::prefetch_to_disk) may run. They share that limit: while a
+    /// fill runs, fetches of neighbourhoods find it taken and are skipped (a fill of this
+    /// object fetches those blocks anyway). Ends early when `control` is stopped or a fetch
+    /// fails (the object changed, the store is down), and then marks `control` ended. Nothing
+    /// without a disk tier.
     pub fn fill_to_disk(
         self: &Arc<Self>,
         object: &ObjectVersion,
         from: u64,
         block: u64,
-        stop: Arc<AtomicBool>,
+        control: Arc<FillControl>,
     ) {
         if self.tiers.disk.is_none() {
+            control.ended.store(true, Ordering::Relaxed);
             return;
         }
         let cache = Arc::clone(self);
         let object = object.clone();
         tokio::spawn(async move {
+            // Marks the fill ended however the task ends (the runtime shutting down too).
+            struct Ended(Arc<FillControl>);
+            impl Drop for Ended {
+                fn drop(&mut self) {
+                    self.0.ended.store(true, Ordering::Relaxed);
+                }
+            }
+            let _ended = Ended(control.clone());
             let chunks = cache.chunk_count(object.size);
             let block = block.max(1);
             let first = from.min(chunks) / block * block;
@@ -754,7 +784,7 @@ impl<S: ObjectStore> ChunkCache<S> {
                 let Ok(permit) = cache.tiers.disk_prefetches.clone().acquire_owned().await else {
                     break;
                 };
-                if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
+                if control.stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                     break;
                 }
                 let Some(disk) = &cache.tiers.disk else {
