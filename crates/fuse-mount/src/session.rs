@@ -23,6 +23,11 @@ pub struct MountOptions {
     pub threads: usize,
 }
 
+/// How long [`MountHandle::unmount`] waits for the session to end once the mount is gone
+/// from this namespace. Its last flush runs then (every file is closed, so there is little
+/// to upload).
+const SESSION_END_LIMIT: Duration = Duration::from_secs(10);
+
 /// A live mount. Dropping it unmounts (after uploading what was written). Unmounting blocks
 /// until the session thread has flushed on the tokio runtime: do it from a thread that is not
 /// one of that runtime's workers (or on a multi-thread runtime with spare workers).
@@ -39,6 +44,19 @@ pub struct MountHandle {
 impl MountHandle {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Whether the mount is still at its mountpoint in this mount namespace (not unmounted
+    /// from outside, lazily or not). Reads `/proc/self/mountinfo` and never touches the mount
+    /// itself: a `stat` of it would wait for this very server.
+    pub fn is_mounted(&self) -> bool {
+        let listed_as = match (self.mountpoint.parent(), self.mountpoint.file_name()) {
+            (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+                .map(|parent| parent.join(name))
+                .unwrap_or_else(|_| self.mountpoint.clone()),
+            _ => self.mountpoint.clone(),
+        };
+        is_listed_mount(&listed_as)
     }
 
     /// A new descriptor of the mount's `/dev/fuse` connection. While any process holds one,
@@ -72,7 +90,22 @@ impl MountHandle {
         // Not `umount_and_join`: until the session thread has seen the unmount, fuser thinks
         // its mount is still there, and its unmount would fail (EINVAL). Once the thread has
         // ended, dropping fuser's mount finds it gone.
-        session.join()
+        //
+        // The session ends when the kernel lets go of the filesystem, which is not at the
+        // unmount when another mount namespace holds a copy of the mount (a container started
+        // with `-v /var/lib/docker:/var/lib/docker`, say). Then the thread goes on serving
+        // that copy, as `detach_within` leaves it, and this returns: waiting would wait until
+        // that copy goes. Every file closed here was uploaded at its close.
+        let deadline = Instant::now() + SESSION_END_LIMIT;
+        while !session.guard.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if session.guard.is_finished() {
+            return session.join();
+        }
+        tracing::warn!(mountpoint = %self.mountpoint.display(), "unmounted here, but another mount namespace still has a copy of the mount: it is served until that copy goes");
+        drop(session);
+        Ok(())
     }
 
     /// True once the session ended (for example after `fusermount3 -u` from outside).
@@ -162,12 +195,14 @@ impl Drop for MountHandle {
 
 /// Whether something is mounted at `path` (in this mount namespace).
 pub fn is_mounted(path: &Path) -> bool {
+    is_listed_mount(&std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
+}
+
+/// Whether `/proc/self/mountinfo` lists a mount at `path`, taken as it is.
+fn is_listed_mount(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     // Field 5 of each line is the mount point.
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(4) == canonical.to_str())
+    mounts.lines().any(|l| l.split(' ').nth(4) == path.to_str())
 }
 
 /// Check that `mountpoint` can take a mount: an existing, empty directory that is not already

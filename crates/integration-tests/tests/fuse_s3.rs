@@ -673,3 +673,71 @@ fn a_busy_unmount_keeps_the_mount_served_until_it_is_free() {
     );
     assert_eq!(m.object("vol/later.txt"), b"a new file");
 }
+
+/// An unmount returns while another mount namespace still has a copy of the mount (a
+/// container started with `-v /var/lib/docker:/var/lib/docker` holds one of every volume's
+/// mount): the kernel keeps the filesystem for that copy, so the session does not end, and
+/// waiting for it would lock the volume until the copy goes. The copy stays served.
+#[test]
+fn an_unmount_returns_while_another_namespace_still_has_a_copy_of_the_mount() {
+    let Some(mut m) = mount("copied-mount") else {
+        return;
+    };
+    fs::write(m.path("kept.txt"), b"written before the unmount").unwrap();
+    let mountpoint = m.path("");
+    let mountpoint = mountpoint
+        .to_str()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    /// Killed when dropped, also when the test fails.
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Holder(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "600"])
+            .spawn()
+            .expect("unshare"),
+    );
+    let pid = holder.0.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unshare did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let copies = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(copies.contains(&format!(" {mountpoint} ")), "{copies}");
+
+    let (done, unmounted) = std::sync::mpsc::channel();
+    let unmounting = std::thread::spawn(move || {
+        let result = m.unmount();
+        done.send(result).unwrap();
+        m
+    });
+    let result = unmounted
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the unmount returns while the copy is still there");
+    result.expect("the unmount");
+    let m = unmounting.join().unwrap();
+    assert!(
+        !fuse_mount::is_mounted(&m.path("")),
+        "gone from this namespace"
+    );
+    assert_eq!(m.object("vol/kept.txt"), b"written before the unmount");
+    assert_eq!(
+        fs::read(format!("/proc/{pid}/root{mountpoint}/kept.txt")).unwrap(),
+        b"written before the unmount",
+        "the copy is still served"
+    );
+    drop(holder);
+    // The copy is gone with its namespace: the session ends before the mount's runtime does.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+}

@@ -325,6 +325,12 @@ fn mount_command(args: MountArgs) -> Result<(), String> {
 }
 
 fn serve_command(args: ServeArgs) -> Result<(), String> {
+    // Checked now, not at the first volume's mount: the start logs the endpoint, and one
+    // with a password in it must not get that far.
+    if let Some(url) = &args.endpoint_url {
+        s3_backend::s3::check_endpoint_url(url)
+            .map_err(|e| format!("invalid AWS_ENDPOINT_URL: {e}"))?;
+    }
     let default_bucket = match args.default_bucket {
         Some(name) => Some(
             name.parse()

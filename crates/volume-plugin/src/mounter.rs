@@ -367,7 +367,11 @@ impl FuseMount {
 #[async_trait]
 impl MountedVolume for FuseMount {
     fn is_alive(&self) -> bool {
-        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+        // Still mounted too: after a `umount -l` from outside, the session lives on for
+        // whoever still uses the detached mount, but the mountpoint is an empty folder.
+        self.handle
+            .as_ref()
+            .is_some_and(|h| !h.is_finished() && h.is_mounted())
     }
 
     fn status(&self) -> Map<String, Value> {

@@ -182,8 +182,9 @@ fn parse_endpoint(value: &str) -> Result<String, String> {
     let rest = value
         .strip_prefix("http://")
         .or_else(|| value.strip_prefix("https://"));
-    let authority = rest.map(|r| r.split('/').next().unwrap_or(r));
-    if authority.is_some_and(|a| a.contains('@')) {
+    // With or without a scheme: the value is repeated in the error below.
+    let authority = rest.unwrap_or(value).split('/').next().unwrap_or(value);
+    if authority.contains('@') {
         // user:password@host would put a secret into Docker's metadata and our catalogue.
         return Err("invalid endpoint: no user or password in the URL; put keys in a profile of the credentials file and pass -o profile=NAME".into());
     }
@@ -471,6 +472,7 @@ mod tests {
                 ("endpoint", "https://ak:sk@s3.example.com"),
                 "no user or password",
             ),
+            (("endpoint", "ak:sk@s3.example.com"), "no user or password"),
             (("prefix", "a/../b"), "'..'"),
             (("prefix", "a\0b"), "NUL"),
             (("prefix", &"p".repeat(10_000)), "at most 512"),

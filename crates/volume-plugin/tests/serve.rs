@@ -643,3 +643,70 @@ fn mounts_outlive_crashes_of_the_worker() {
     assert!(pending.is_empty(), "multipart uploads left: {pending:?}");
     assert!(server.stop());
 }
+
+/// A plugin endpoint setting with a user and password in it stops the start with a line that
+/// says so, and repeats neither: the start would log the endpoint, and every error would name
+/// it.
+#[test]
+fn an_endpoint_setting_with_a_password_stops_the_start_without_repeating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(S3VOL)
+        .arg("serve")
+        .arg("--socket")
+        .arg(dir.path().join("s3vol.sock"))
+        .arg("--mount-root")
+        .arg(dir.path().join("mnt"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("AWS_ENDPOINT_URL", "http://admin:hunter2@127.0.0.1:7480")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "invalid AWS_ENDPOINT_URL: the endpoint URL must not hold a user or password"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(!dir.path().join("s3vol.sock").exists(), "it did not start");
+}
+
+/// A mount detached from outside (`umount -l`, as docs/RELIABILITY.md advises for a dead one)
+/// while a process still uses it is mounted anew at the next Mount, not handed out as the
+/// empty folder the detach left (its session lives on for that process).
+#[test]
+fn a_mount_detached_from_outside_is_mounted_anew_at_the_next_mount() {
+    let Some(env) = S3Env::from_env() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let default_bucket = rt.block_on(env.new_bucket("serve-detached"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&env, dir.path(), default_bucket.bucket());
+    server.ok("Create", json!({"Name": "det"}));
+    let mountpoint = server.ok("Mount", json!({"Name": "det", "ID": id(1)}))["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mountpoint = PathBuf::from(mountpoint);
+    std::fs::write(mountpoint.join("f"), b"kept").unwrap();
+    let held = std::fs::File::open(mountpoint.join("f")).unwrap();
+    let out = Command::new("umount")
+        .arg("-l")
+        .arg(&mountpoint)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!is_mounted(&mountpoint));
+
+    let again = server.ok("Mount", json!({"Name": "det", "ID": id(2)}))["Mountpoint"].clone();
+    assert_eq!(again, mountpoint.to_str().unwrap());
+    assert!(is_mounted(&mountpoint), "mounted anew");
+    assert_eq!(std::fs::read(mountpoint.join("f")).unwrap(), b"kept");
+    drop(held);
+    server.ok("Unmount", json!({"Name": "det", "ID": id(1)}));
+    server.ok("Unmount", json!({"Name": "det", "ID": id(2)}));
+    assert!(!is_mounted(&mountpoint));
+}

@@ -95,7 +95,7 @@ pub struct S3Config {
 /// Check an endpoint URL: `http://` or `https://` and a host, maybe a port and a path. No user
 /// or password: the endpoint is named in every error message, and keys belong in the
 /// credentials file.
-fn check_endpoint_url(url: &str) -> Result<(), String> {
+pub fn check_endpoint_url(url: &str) -> Result<(), String> {
     let Some(rest) = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))

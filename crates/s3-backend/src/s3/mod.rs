@@ -4,5 +4,5 @@ mod config;
 mod errors;
 mod store;
 
-pub use config::{CredentialsSource, PathStyle, S3Config};
+pub use config::{check_endpoint_url, CredentialsSource, PathStyle, S3Config};
 pub use store::S3Store;
