@@ -650,7 +650,7 @@ fn mounts_outlive_crashes_of_the_worker() {
 #[test]
 fn an_endpoint_setting_with_a_password_stops_the_start_without_repeating_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(S3VOL)
+    let mut out = Command::new(S3VOL)
         .arg("serve")
         .arg("--socket")
         .arg(dir.path().join("s3vol.sock"))
@@ -661,8 +661,21 @@ fn an_endpoint_setting_with_a_password_stops_the_start_without_repeating_it() {
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))
         .env("AWS_ENDPOINT_URL", "http://admin:hunter2@127.0.0.1:7480")
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // A start that is not stopped serves until killed: fail then, not hang.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = out.kill();
+            let _ = out.wait();
+            panic!("s3vol serve started with a password in AWS_ENDPOINT_URL");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = out.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
