@@ -1718,8 +1718,8 @@ impl<S: ObjectStore> Fs<S> {
     /// check, a fetch): the caller then reads with [`read`](Self::read). Call it within the
     /// runtime's context: read-ahead spawns tasks.
     pub fn read_cached(&self, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
-        // The write state first, as `read` does: a stop retires it and then resets the
-        // handles' readers, so a reader taken after this look is never one from before it.
+        // The write state first, as `read` does: a stop drops the handles' readers before it
+        // retires the state, so a reader taken after this look is never one from before it.
         let (ino, _) = self.handle_ino(fh).ok()?;
         if self.files.lock().unwrap().contains_key(&ino) {
             return None;
