@@ -72,6 +72,32 @@ async fn a_silent_server_times_out_with_a_timeout_error() {
 }
 
 #[tokio::test]
+async fn plain_http_sent_to_an_https_port_suggests_an_https_url() {
+    // What MinIO (Go's HTTP server) answers to plain HTTP on its TLS port, byte for byte.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let _ = socket
+                .write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+                .await;
+        }
+    });
+    let config =
+        S3Config::with_endpoint(format!("http://{addr}")).credentials(CredentialsSource::Static {
+            access_key_id: "k".into(),
+            secret_access_key: "s".into(),
+            session_token: None,
+        });
+    let err = head_error(&config, "some-bucket").await;
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("use an https:// URL"), "{err}");
+}
+
+#[tokio::test]
 async fn a_wrong_access_key_names_the_access_key() {
     let env = require_s3!();
     let config = env.config().credentials(CredentialsSource::Static {

@@ -90,7 +90,10 @@ where
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or_default().to_string();
             let message = service.err().message().unwrap_or_default().to_string();
-            map_service_error(status, &code, &message, req)
+            // S3 servers name each answer with a request ID; a web server in front of an
+            // HTTPS port that got plain HTTP does not.
+            let from_s3 = service.raw().headers().contains_key("x-amz-request-id");
+            map_service_error(status, &code, &message, from_s3, req)
         }
         _ => StoreError::new(
             ErrorKind::Other,
@@ -144,6 +147,7 @@ pub(crate) fn map_service_error(
     status: u16,
     code: &str,
     message: &str,
+    from_s3: bool,
     req: Request<'_>,
 ) -> StoreError {
     let Request {
@@ -205,6 +209,12 @@ pub(crate) fn map_service_error(
         }
         (_, "RequestTimeout") => (ErrorKind::Timeout, format!("{op} of {target}: {endpoint} timed out waiting for the request ({server_said})")),
         (500..=599, _) => (ErrorKind::ServerError, format!("{op} of {target}: {endpoint} failed ({server_said})")),
+        // Not even an S3 answer: what web servers (MinIO and Go's server, nginx) answer to
+        // plain HTTP sent to their HTTPS port.
+        (400, "") if !from_s3 && endpoint.to_ascii_lowercase().starts_with("http://") => (
+            ErrorKind::InvalidInput,
+            format!("{op} of {target} was refused by {endpoint} (HTTP 400 with no S3 error code: a bad request, or plain HTTP sent to a port that serves HTTPS; if so, use an https:// URL)"),
+        ),
         (400..=499, _) => (ErrorKind::InvalidInput, format!("{op} of {target} was refused by {endpoint} ({server_said})")),
         _ => (ErrorKind::Other, format!("{op} of {target}: unexpected answer from {endpoint} ({server_said})")),
     };
@@ -279,12 +289,29 @@ mod tests {
             (500, "InternalError", ErrorKind::ServerError, "failed"),
             (400, "RequestTimeout", ErrorKind::Timeout, "timed out"),
             (400, "MalformedXML", ErrorKind::InvalidInput, "refused"),
+            (400, "", ErrorKind::InvalidInput, "use an https:// URL"),
         ];
         for &(status, code, kind, hint) in cases {
-            let err = map_service_error(status, code, "", req());
+            let err = map_service_error(status, code, "", false, req());
             assert_eq!(err.kind(), kind, "{status} {code}: {err}");
             assert!(err.to_string().contains(hint), "{status} {code}: {err}");
         }
+        // Over HTTPS already, no such hint.
+        let https = Request {
+            endpoint: "https://s3.example.com",
+            ..req()
+        };
+        let err = map_service_error(400, "", "", false, https).to_string();
+        assert!(
+            err.contains("HTTP 400") && !err.contains("use an https"),
+            "{err}"
+        );
+        // An S3 server's own 400 without a code (a HEAD's answer has no body): no hint.
+        let err = map_service_error(400, "", "", true, req()).to_string();
+        assert!(
+            err.contains("HTTP 400") && !err.contains("use an https"),
+            "{err}"
+        );
     }
 
     #[test]
