@@ -24,6 +24,9 @@ const FILE_MODE: u32 = 0o600;
 /// Mode of the state folder: owner (root) only.
 const DIR_MODE: u32 = 0o700;
 
+/// What to do with a catalogue this s3vol cannot read, and what that costs.
+const MOVE_AWAY: &str = "move it away to start with no volumes (their files are safe in the bucket: `docker volume create` with the same name and options, which the moved file lists, brings each one back)";
+
 /// One volume as the catalogue keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
@@ -90,13 +93,13 @@ impl Catalogue {
                 )?;
                 let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
                     format!(
-                        "the volume catalogue {} is damaged ({e}); fix or move it away (the volumes' data is safe in the bucket)",
+                        "the volume catalogue {} is damaged ({e}); fix it, or {MOVE_AWAY}",
                         path.display()
                     )
                 })?;
                 if file.version != FORMAT_VERSION {
                     return Err(format!(
-                        "the volume catalogue {} has format version {}, this s3vol reads version {FORMAT_VERSION}",
+                        "the volume catalogue {} has format version {}, and this s3vol reads version {FORMAT_VERSION}: run the s3vol that wrote it, or {MOVE_AWAY}",
                         path.display(),
                         file.version
                     ));
@@ -269,6 +272,27 @@ mod tests {
         let err = Catalogue::load(dir.path()).unwrap_err();
         assert!(
             err.contains("damaged") && err.contains("safe in the bucket"),
+            "{err}"
+        );
+        assert!(
+            err.contains("docker volume create` with the same name and options"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_catalogue_of_another_format_says_which_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("volumes.json"),
+            b"{\"version\": 2, \"volumes\": []}",
+        )
+        .unwrap();
+        let err = Catalogue::load(dir.path()).unwrap_err();
+        assert!(
+            err.contains("format version 2, and this s3vol reads version 1")
+                && err.contains("run the s3vol that wrote it")
+                && err.contains("safe in the bucket"),
             "{err}"
         );
     }

@@ -392,7 +392,13 @@ impl<M: Mounter> VolumeManager<M> {
             let _ = dead.unmount().await;
         }
         self.mounted.lock().unwrap().remove(&record.name);
-        let spec = Self::spec_of(record)?;
+        let spec = Self::spec_of(record).inspect_err(|_| {
+            // A live mount a crashed worker left cannot be served with options this s3vol
+            // cannot use: let it go, or its users would wait for it for good.
+            if self.mounter.takes_over(&record.name) {
+                self.mounter.abandon_live_mount(&record.name, &mountpoint);
+            }
+        })?;
         // A live mount a crashed worker left is taken over as it is.
         if !self.mounter.takes_over(&record.name) {
             // stat of a dead FUSE mount and fusermount3 block: keep them off the runtime's

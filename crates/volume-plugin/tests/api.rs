@@ -36,6 +36,9 @@ struct FakeMounter {
     /// Mounts begun, and how long one takes (at least 20 ms).
     started: Arc<AtomicUsize>,
     mount_ms: Arc<AtomicU64>,
+    /// Volumes with a live mount a crashed worker left, to be taken over; and those let go.
+    left_live: Arc<Mutex<Vec<String>>>,
+    abandoned: Arc<Mutex<Vec<String>>>,
 }
 
 #[derive(Debug)]
@@ -59,11 +62,20 @@ impl Mounter for FakeMounter {
 
     async fn mount(
         &self,
-        _name: &str,
+        name: &str,
         _spec: &VolumeSpec,
         mountpoint: &Path,
     ) -> Result<FakeMount, String> {
-        assert!(mountpoint.is_dir(), "the manager prepares the mountpoint");
+        // A live mount is taken over as it is; anything else needs a prepared mountpoint.
+        let taken_over = {
+            let mut left_live = self.left_live.lock().unwrap();
+            let at = left_live.iter().position(|v| v == name);
+            at.map(|at| left_live.remove(at)).is_some()
+        };
+        assert!(
+            taken_over || mountpoint.is_dir(),
+            "the manager prepares the mountpoint"
+        );
         self.started.fetch_add(1, Ordering::SeqCst);
         // Long enough for concurrent calls to pile up behind a mount in progress.
         let ms = self.mount_ms.load(Ordering::SeqCst).max(20);
@@ -79,6 +91,19 @@ impl Mounter for FakeMounter {
             unmount_ms: self.unmount_ms.clone(),
             busy: self.busy.clone(),
         })
+    }
+
+    fn takes_over(&self, name: &str) -> bool {
+        self.left_live.lock().unwrap().iter().any(|v| v == name)
+    }
+
+    fn live_mounts(&self) -> Vec<String> {
+        self.left_live.lock().unwrap().clone()
+    }
+
+    fn abandon_live_mount(&self, name: &str, _mountpoint: &Path) {
+        self.left_live.lock().unwrap().retain(|v| v != name);
+        self.abandoned.lock().unwrap().push(name.to_string());
     }
 }
 
@@ -573,6 +598,35 @@ async fn a_restarted_plugin_keeps_its_catalogue_and_mounts_what_docker_holds() {
     plugin.unmount("busy", &id(1)).await;
     plugin.unmount("busy", &id(2)).await;
     assert_eq!(plugin.live(), 0);
+}
+
+#[tokio::test]
+async fn a_live_mount_left_by_a_crashed_worker_is_taken_over_or_let_go_when_unusable() {
+    let plugin = Plugin::new(None);
+    plugin.create("good", json!({"bucket": "bkt"})).await;
+    plugin.create("bad", json!({"bucket": "bkt"})).await;
+    plugin.mount("good", &id(1)).await;
+    plugin.mount("bad", &id(2)).await;
+    // The worker crashed with both mounts live; meanwhile the record of "bad" was changed
+    // into options this s3vol cannot use (a newer version's, say).
+    let catalogue = plugin.dir.path().join("state/volumes.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&catalogue).unwrap()).unwrap();
+    for volume in state["volumes"].as_array_mut().unwrap() {
+        if volume["name"] == "bad" {
+            volume["options"]["bucket"] = json!("Not A Bucket");
+        }
+    }
+    std::fs::write(&catalogue, serde_json::to_vec(&state).unwrap()).unwrap();
+    let plugin = plugin.restart();
+    *plugin.mounter.left_live.lock().unwrap() = vec!["good".into(), "bad".into()];
+    plugin.manager.restore_mounts().await;
+    assert!(plugin.mounter.left_live.lock().unwrap().is_empty());
+    assert_eq!(*plugin.mounter.abandoned.lock().unwrap(), ["bad"]);
+    assert_eq!(plugin.made(), 1, "the good one taken over");
+    let err = plugin
+        .err("/VolumeDriver.Mount", json!({"Name": "bad", "ID": id(3)}))
+        .await;
+    assert!(err.contains("options this s3vol cannot use"), "{err}");
 }
 
 #[tokio::test]
