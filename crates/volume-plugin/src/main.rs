@@ -9,6 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use common::bytesize::ByteSize;
 use s3_backend::PathStyle;
 use s3_backend::S3Config;
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
+use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 use volume_plugin::handover::{WorkerHandover, SUPERVISOR_ENV};
 use volume_plugin::mount::{self, MountParams};
 use volume_plugin::settings::PluginSettings;
@@ -228,35 +232,44 @@ fn open_credentials_warning(file: &Path, mode: u32) -> Option<String> {
 /// The AWS SDK's log targets print the access key ID (credential providers at info; signed
 /// requests, resolved identities and Authorization headers at debug and trace). They are held
 /// at these levels unless the filter names them, so no credential reaches a log line.
-const QUIET_CREDENTIAL_LOGS: &[(&str, &str)] = &[
-    ("aws_config", "warn"),
-    ("aws_runtime", "info"),
-    ("aws_sigv4", "info"),
-    ("aws_smithy_runtime", "info"),
-    ("aws_smithy_http_client", "info"),
-    ("aws_sdk_s3", "info"),
-    ("aws_sdk_sts", "info"),
-    ("aws_sdk_sso", "info"),
-    ("aws_sdk_ssooidc", "info"),
+const QUIET_CREDENTIAL_LOGS: &[(&str, LevelFilter)] = &[
+    ("aws_config", LevelFilter::WARN),
+    ("aws_runtime", LevelFilter::INFO),
+    ("aws_sigv4", LevelFilter::INFO),
+    ("aws_smithy_runtime", LevelFilter::INFO),
+    ("aws_smithy_http_client", LevelFilter::INFO),
+    ("aws_sdk_s3", LevelFilter::INFO),
+    ("aws_sdk_sts", LevelFilter::INFO),
+    ("aws_sdk_sso", LevelFilter::INFO),
+    ("aws_sdk_ssooidc", LevelFilter::INFO),
 ];
 
-/// `filter` with the credential-printing targets held down (unless it names them).
-fn without_credentials(filter: &str) -> String {
-    let mut directives = filter.to_string();
-    for (target, level) in QUIET_CREDENTIAL_LOGS {
-        if !filter.contains(target) {
-            directives.push_str(&format!(",{target}={level}"));
-        }
-    }
-    directives
+/// The holds of [`QUIET_CREDENTIAL_LOGS`] that `filter` keeps: all but those of targets it
+/// names itself, as the very target of a plain `target=level` directive. Naming a module
+/// inside one, another crate whose name starts the same (`aws_smithy_runtime_api`), or the
+/// target within a span (`aws_sigv4[sign]=trace`) keeps the hold.
+fn credential_holds(filter: &str) -> Vec<(&'static str, LevelFilter)> {
+    let named: Vec<&str> = filter
+        .split(',')
+        .filter_map(|d| d.split_once('=').map(|(target, _)| target))
+        .collect();
+    QUIET_CREDENTIAL_LOGS
+        .iter()
+        .filter(|(target, _)| !named.contains(target))
+        .copied()
+        .collect()
 }
 
 const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
 
 /// The log filter of `S3VOL_LOG`: a level, or tracing directives (`target=level`, comma
-/// separated). A bare word that is no level would be taken for a target name and silence
-/// everything else (`warning`), so it is refused.
-fn log_filter(value: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+/// separated), with the credential holds as a filter of their own, which no directive (not
+/// even one that lets all of a span through) lifts. A bare word that is no level would be
+/// taken for a target name and silence everything else (`warning`), so it is refused.
+fn log_filter<S>(value: &str) -> Result<impl Filter<S>, String>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let invalid = || {
         format!(
             "invalid S3VOL_LOG {value:?}: use error, warn, info, debug or trace (or directives such as info,fuse_mount=debug)"
@@ -267,7 +280,11 @@ fn log_filter(value: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     if value.split(',').any(|d| bare_word(&d)) {
         return Err(invalid());
     }
-    tracing_subscriber::EnvFilter::try_new(without_credentials(value)).map_err(|_| invalid())
+    let wanted = EnvFilter::try_new(value).map_err(|_| invalid())?;
+    let holds = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(credential_holds(value));
+    Ok(wanted.and(holds))
 }
 
 fn init_logging(debug: bool) -> Result<(), String> {
@@ -276,13 +293,12 @@ fn init_logging(debug: bool) -> Result<(), String> {
     } else {
         std::env::var("S3VOL_LOG").unwrap_or_else(|_| "info".into())
     };
-    let filter = log_filter(&wanted)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Docker's log (plugin output) and log files get no colour codes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_filter(log_filter(&wanted)?);
+    tracing_subscriber::registry().with(output).init();
     Ok(())
 }
 
@@ -449,6 +465,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn a_log_setting_that_would_silence_the_log_is_refused() {
@@ -459,15 +476,93 @@ mod tests {
             "info,fuse_mount=debug",
             "s3_backend=trace",
         ] {
-            assert!(log_filter(good).is_ok(), "{good}");
+            assert!(
+                log_filter::<tracing_subscriber::Registry>(good).is_ok(),
+                "{good}"
+            );
         }
         for bad in ["warning", "verbose", "info,verbose", "info=loud"] {
-            let err = log_filter(bad).unwrap_err();
+            let Err(err) = log_filter::<tracing_subscriber::Registry>(bad) else {
+                panic!("{bad} accepted");
+            };
             assert!(
                 err.contains("use error, warn, info, debug or trace"),
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_sdk_targets_that_print_credentials_stay_held_unless_named_themselves() {
+        let held =
+            |filter: &str, target: &str| credential_holds(filter).iter().any(|(t, _)| *t == target);
+        assert!(held("debug", "aws_smithy_runtime"));
+        assert!(held(
+            "info,aws_smithy_runtime_api=debug",
+            "aws_smithy_runtime"
+        ));
+        assert!(held("aws_sdk_s3express=debug", "aws_sdk_s3"));
+        assert!(held("info,aws_config::imds=debug", "aws_config"));
+        assert!(held("aws_sigv4[sign]=trace", "aws_sigv4"));
+        assert!(held("debug,aws_sigv4 =info", "aws_sigv4"));
+        assert!(!held("info,aws_smithy_runtime=debug", "aws_smithy_runtime"));
+        assert!(held("info,aws_smithy_runtime=debug", "aws_sigv4"));
+    }
+
+    /// What `S3VOL_LOG=value` lets through of `events` (target, and whether logged inside a
+    /// span named `try_attempt`, as the SDK's requests are), at debug.
+    fn logged(value: &str, events: &[(&str, bool)]) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().write(buf)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_filter(log_filter(value).unwrap());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            for (target, in_span) in events {
+                let span = in_span.then(|| tracing::info_span!("try_attempt").entered());
+                match *target {
+                    "aws_sigv4" => tracing::debug!(target: "aws_sigv4", "event of aws_sigv4"),
+                    "s3_backend" => tracing::debug!(target: "s3_backend", "event of s3_backend"),
+                    other => panic!("no event for {other}"),
+                }
+                drop(span);
+            }
+        });
+        let out = captured.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn no_directive_lets_a_credential_printing_target_through_unnamed() {
+        let events = [
+            ("aws_sigv4", false),
+            ("aws_sigv4", true),
+            ("s3_backend", true),
+        ];
+        for value in [
+            "debug",
+            "trace",
+            "info,[try_attempt]=trace",
+            "debug,aws_sigv4[sign]=trace",
+        ] {
+            let out = logged(value, &events);
+            assert!(!out.contains("event of aws_sigv4"), "{value}: {out}");
+            assert!(out.contains("event of s3_backend"), "{value}: {out}");
+        }
+        let out = logged("info,aws_sigv4=debug", &events);
+        assert_eq!(out.matches("event of aws_sigv4").count(), 2, "named: {out}");
     }
 
     #[test]
