@@ -1,5 +1,7 @@
 //! The fuser adapter: each callback moves its reply into a task on the tokio runtime, runs the
-//! core operation there and answers, so a slow request never holds up the others.
+//! core operation there and answers, so a slow request never holds up the others. Reads,
+//! lookups and getattrs the mount can answer from what it holds are answered on the FUSE
+//! thread that got them, without that trip (see ARCHITECTURE.md).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -116,28 +118,50 @@ fn inode_attr<S: ObjectStore>(fs: &Fs<S>, attr: &Attr) -> FileAttr {
     out
 }
 
+/// Answer a request that made or found entry `name` of `parent` (lookup, mkdir, symlink): the
+/// kernel now holds one more reference to its inode.
+fn reply_entry<S: ObjectStore>(
+    fs: &Fs<S>,
+    parent: u64,
+    name: &str,
+    attr: &Attr,
+    ttl: &Duration,
+    reply: ReplyEntry,
+) {
+    fs.entry_given(parent, name, attr);
+    reply.entry(ttl, &file_attr(attr), Generation(0))
+}
+
 fn name_str(name: &OsStr) -> Result<String, Errno> {
     name.to_str()
         .map(str::to_string)
         .ok_or(Errno::from_i32(libc::EINVAL))
 }
 
-/// Run `$body` (an async block yielding `Result<T, FsError>`) on the runtime, then `$ok` with
-/// the value or `reply.error` with the errno.
+/// Reply to operation `$op` with `$result` (a `Result<T, FsError>`): `$ok` with the value, or
+/// `reply.error` with the errno (logged and counted).
+macro_rules! reply_result {
+    ($op:literal, $reply:ident, $result:expr, |$v:ident| $ok:expr) => {
+        match $result {
+            Ok($v) => $ok,
+            Err(e) => {
+                log_error($op, &e);
+                count_error($op, e.errno());
+                $reply.error(errno(&e));
+            }
+        }
+    };
+}
+
+/// Run `$body` (an async block yielding `Result<T, FsError>`) on the runtime, then reply as
+/// [`reply_result`] does.
 macro_rules! spawn_reply {
     ($self:ident, $op:literal, $reply:ident, $fs:ident => $body:expr, |$v:ident| $ok:expr) => {{
         let $fs = $self.fs.clone();
         count_op($op);
-        $self.runtime.spawn(async move {
-            match $body {
-                Ok($v) => $ok,
-                Err(e) => {
-                    log_error($op, &e);
-                    count_error($op, e.errno());
-                    $reply.error(errno(&e));
-                }
-            }
-        });
+        $self
+            .runtime
+            .spawn(async move { reply_result!($op, $reply, $body, |$v| $ok) });
     }};
 }
 
@@ -185,14 +209,28 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             Err(e) => return reply.error(e),
         };
         let ttl = self.ttl;
+        // Answered here when the mount knows the answer: no task switch to the runtime and back.
+        if let Some(result) = self.fs.lookup_now(parent.0, &name) {
+            count_op("lookup");
+            let fs = &self.fs;
+            return reply_result!("lookup", reply, result, |attr| reply_entry(
+                fs, parent.0, &name, &attr, &ttl, reply
+            ));
+        }
         spawn_reply!(self, "lookup", reply, fs => fs.lookup(parent.0, &name).await, |attr| {
-            fs.entry_given(parent.0, &name, &attr);
-            reply.entry(&ttl, &file_attr(&attr), Generation(0))
+            reply_entry(&fs, parent.0, &name, &attr, &ttl, reply)
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ttl = self.ttl;
+        // As for lookups: answered here when the mount has the attributes at hand.
+        if let Some(result) = self.fs.getattr_now(ino.0) {
+            count_op("getattr");
+            let fs = &self.fs;
+            return reply_result!("getattr", reply, result, |attr| reply
+                .attr(&ttl, &inode_attr(fs, &attr)));
+        }
         spawn_reply!(self, "getattr", reply, fs => fs.getattr(ino.0).await, |attr| reply.attr(&ttl, &inode_attr(&fs, &attr)));
     }
 
@@ -248,8 +286,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         };
         let (uid, gid, ttl) = (req.uid(), req.gid(), self.ttl);
         spawn_reply!(self, "mkdir", reply, fs => fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await, |attr| {
-            fs.entry_given(parent.0, &name, &attr);
-            reply.entry(&ttl, &file_attr(&attr), Generation(0))
+            reply_entry(&fs, parent.0, &name, &attr, &ttl, reply)
         });
     }
 
@@ -283,8 +320,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         };
         let (uid, gid, ttl) = (req.uid(), req.gid(), self.ttl);
         spawn_reply!(self, "symlink", reply, fs => fs.symlink(parent.0, &name, &target, uid, gid).await, |attr| {
-            fs.entry_given(parent.0, &name, &attr);
-            reply.entry(&ttl, &file_attr(&attr), Generation(0))
+            reply_entry(&fs, parent.0, &name, &attr, &ttl, reply)
         });
     }
 

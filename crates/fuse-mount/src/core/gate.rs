@@ -72,18 +72,25 @@ impl RenameGate {
             tokio::pin!(changed);
             // Registered before the check: a rename ending between the two wakes this one.
             changed.as_mut().enable();
-            {
-                let mut state = self.state.lock().unwrap();
-                if !state.is_closed_at(path) {
-                    *state.passes.entry(path.to_string()).or_default() += 1;
-                    return Pass {
-                        gate: self,
-                        path: path.to_string(),
-                    };
-                }
+            if let Some(pass) = self.try_pass(path) {
+                return pass;
             }
             changed.await;
         }
+    }
+
+    /// A pass for an operation on `path` if no rename is moving it, without waiting. As with
+    /// [`pass`](Self::pass), the caller checks that `path` is still the name's path.
+    pub fn try_pass(&self, path: &str) -> Option<Pass<'_>> {
+        let mut state = self.state.lock().unwrap();
+        if state.is_closed_at(path) {
+            return None;
+        }
+        *state.passes.entry(path.to_string()).or_default() += 1;
+        Some(Pass {
+            gate: self,
+            path: path.to_string(),
+        })
     }
 
     /// Whether a rename has closed the gate (or is closing it).

@@ -232,6 +232,29 @@ struct Listing {
     /// Each name, and whether it is a directory; `None` when the directory has more entries
     /// than `LOOKUP_LISTING_PAGES` pages: not worth keeping.
     names: Option<HashMap<String, bool>>,
+    /// The listing had keys below the directory that no file name can stand for (`d//x`, a
+    /// name over 255 bytes): not shown, but the directory is not empty.
+    hides_keys: bool,
+}
+
+impl Listing {
+    /// A listing that kept no names (too big, or too old to trust after a change).
+    fn without_names(at: Instant) -> Self {
+        Self {
+            at,
+            names: None,
+            hides_keys: false,
+        }
+    }
+}
+
+/// How `rmdir` learns that a directory is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EmptyCheck {
+    /// From a fresh listing that shows it empty, else from the store.
+    MayTrustListing,
+    /// From the store, always.
+    AskTheStore,
 }
 
 /// What a fresh listing of a directory says of a name.
@@ -897,10 +920,51 @@ impl<S: ObjectStore> Fs<S> {
         attr
     }
 
+    /// [`current_attr`](Self::current_attr) without waiting: `None` while the file's write
+    /// state is locked.
+    fn current_attr_now(&self, mut attr: Attr) -> Option<Attr> {
+        if let Some(state) = self.file_state(attr.ino) {
+            attr.size = state.try_lock().ok()?.size;
+        }
+        Some(attr)
+    }
+
     /// Find `name` in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         self.on_child(parent, name, self.lookup_passed(parent, name))
             .await
+    }
+
+    /// A [`lookup`](Self::lookup) answered at once on the caller's thread from what the mount
+    /// knows (attributes within their TTL, a name known missing, a fresh listing of the
+    /// parent), so the FUSE thread that got it replies without handing it to the runtime and
+    /// back: creating, untarring or `stat`-ing many files is mostly such lookups. `None` when
+    /// the answer would wait for anything (a rename moving the name, a locked write state, the
+    /// store): the caller then uses [`lookup`](Self::lookup). (It still takes the table's
+    /// locks, as every operation does; those are never held across a request.)
+    pub fn lookup_now(&self, parent: u64, name: &str) -> Option<FsResult<Attr>> {
+        check_name(name).ok()?;
+        let path = join(&self.dir_path(parent).ok()?, name);
+        // Through the rename gate as `lookup` goes. A rename may have moved the name between
+        // finding its path and taking the pass: then the pass is for the old path.
+        let _pass = self.gate.try_pass(&path)?;
+        if join(&self.dir_path(parent).ok()?, name) != path {
+            return None;
+        }
+        if let Some(attr) = self.trusted_attr(&path) {
+            return self.current_attr_now(attr).map(Ok);
+        }
+        if self.negative_hit(&path) {
+            return Some(Err(FsError::NotFound));
+        }
+        match self.listing_says(parent, name)? {
+            Listed::Absent => {
+                self.set_negative(&path, true);
+                Some(Err(FsError::NotFound))
+            }
+            Listed::Dir => Some(Ok(self.found_dir(parent, name, path))),
+            Listed::Object | Listed::Unknown => None,
+        }
     }
 
     async fn lookup_passed(&self, parent: u64, name: &str) -> FsResult<Attr> {
@@ -1023,6 +1087,16 @@ impl<S: ObjectStore> Fs<S> {
         self.on_inode(ino, self.getattr_passed(ino)).await
     }
 
+    /// A [`getattr`](Self::getattr) answered at once on the caller's thread, as
+    /// [`lookup_now`](Self::lookup_now) answers lookups; `None` when it would wait.
+    pub fn getattr_now(&self, ino: u64) -> Option<FsResult<Attr>> {
+        match self.attr_at_hand(ino) {
+            Ok(Some(attr)) => self.current_attr_now(attr).map(Ok),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// The attributes of `ino` if the store need not be asked for them: the root, folders,
     /// files being written, files removed while open, and attributes within their TTL.
     fn attr_at_hand(&self, ino: u64) -> FsResult<Option<Attr>> {
@@ -1119,35 +1193,95 @@ impl<S: ObjectStore> Fs<S> {
         *count > STALE_STATS_BEFORE_LISTING
     }
 
-    /// Every entry of directory `ino` (without `.` and `..`), from a full listing.
+    /// Every entry of directory `ino` (without `.` and `..`), from a full listing, or from the
+    /// last one while it is trusted (`entries_as_listed`).
     pub async fn readdir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
-        let mut entries = self
-            .list_dir(ino, usize::MAX, true)
-            .await?
-            .expect("no page limit");
-        // Files being written but not yet in the store belong to the listing too (not those
-        // unlinked or replaced while open: their names are gone).
-        let pending: Vec<u64> = self.files.lock().unwrap().keys().copied().collect();
-        for file_ino in pending {
-            let known = {
-                let inodes = self.inodes.lock().unwrap();
-                inodes
-                    .get(file_ino)
-                    .filter(|_| inodes.is_named(file_ino))
-                    .cloned()
-            };
-            if let Some(inode) = known {
-                if inode.parent == ino && !entries.iter().any(|e| e.name == inode.name) {
-                    let attr = self.current_attr(inode.attr.clone()).await;
-                    entries.push(DirEntry {
-                        name: inode.name.clone(),
-                        attr,
-                    });
-                }
+        let mut entries = match self.entries_as_listed(ino) {
+            Some(entries) => entries,
+            None => self
+                .list_dir(ino, usize::MAX, true)
+                .await?
+                .expect("no page limit"),
+        };
+        // Files being written but not yet in the store belong to the listing too.
+        for inode in self.written_children(ino) {
+            if !entries.iter().any(|e| e.name == inode.name) {
+                let attr = self.current_attr(inode.attr.clone()).await;
+                entries.push(DirEntry {
+                    name: inode.name.clone(),
+                    attr,
+                });
             }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
+    }
+
+    /// The files of directory `dir` being written here (not those unlinked or replaced while
+    /// open: their names are gone), which the store may not have yet.
+    fn written_children(&self, dir: u64) -> Vec<inodes::Inode> {
+        let inodes = self.inodes.lock().unwrap();
+        let files = self.files.lock().unwrap();
+        files
+            .keys()
+            .filter(|ino| inodes.is_named(**ino))
+            .filter_map(|ino| inodes.get(*ino).filter(|i| i.parent == dir).cloned())
+            .collect()
+    }
+
+    /// The names of directory `ino` (each with whether it is a directory) in a listing within
+    /// the TTL, kept up to date with the changes made through this mount since; `None` without
+    /// one (or one too big to keep).
+    fn names_as_listed(&self, ino: u64) -> Option<Vec<(String, bool)>> {
+        let listings = self.listings.lock().unwrap();
+        let listing = listings.get(&ino).filter(|l| self.is_fresh(l.at))?;
+        let names = listing.names.as_ref()?;
+        Some(names.iter().map(|(n, dir)| (n.clone(), *dir)).collect())
+    }
+
+    /// Whether a listing within the TTL shows directory `ino` empty: no names (after this
+    /// mount's own changes since) and no keys it hides.
+    fn listed_empty(&self, ino: u64) -> bool {
+        let listings = self.listings.lock().unwrap();
+        listings.get(&ino).is_some_and(|l| {
+            self.is_fresh(l.at) && !l.hides_keys && l.names.as_ref().is_some_and(|n| n.is_empty())
+        })
+    }
+
+    /// When a listing of `parent` within the TTL found no `name` (neither an object nor
+    /// anything below it), kept up to date with this mount's own changes since.
+    fn listed_absent_at(&self, parent: u64, name: &str) -> Option<Instant> {
+        let listings = self.listings.lock().unwrap();
+        let listing = listings.get(&parent).filter(|l| self.is_fresh(l.at))?;
+        let absent = !listing.names.as_ref()?.contains_key(name);
+        absent.then_some(listing.at)
+    }
+
+    /// The entries of directory `ino` without asking the store, from a listing within the TTL
+    /// ([`names_as_listed`](Self::names_as_listed)) whose every name the table knows with
+    /// attributes it trusts as `lookup` does (within the TTL, or written here) and of the
+    /// listed kind: a folder read twice in a row costs one listing (`rm -r` reads each folder
+    /// to see whether it is empty, then again to remove what is in it). Another client's
+    /// changes show after the TTL, as they do for lookups.
+    fn entries_as_listed(&self, ino: u64) -> Option<Vec<DirEntry>> {
+        let names = self.names_as_listed(ino)?;
+        let path = self.dir_path(ino).ok()?;
+        let inodes = self.inodes.lock().unwrap();
+        let written = self.files.lock().unwrap();
+        names
+            .into_iter()
+            .map(|(name, is_dir)| {
+                let inode = inodes.by_path(&join(&path, &name))?;
+                let attr = &inode.attr;
+                let trusted = attr.kind == Kind::Dir
+                    || written.contains_key(&attr.ino)
+                    || self.is_fresh(inode.fetched);
+                (trusted && (attr.kind == Kind::Dir) == is_dir).then(|| DirEntry {
+                    name,
+                    attr: attr.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The attributes entry `entry` of directory `dir` (from a listing taken at its opendir)
@@ -1188,16 +1322,14 @@ impl<S: ObjectStore> Fs<S> {
         let started = Instant::now();
         let mut files: Vec<(String, Attr, common::ETag)> = Vec::new();
         let mut dirs: Vec<String> = Vec::new();
+        let mut hides_keys = false;
         let mut token = None;
         for page_number in 1.. {
             if page_number > max_pages {
-                self.listings.lock().unwrap().insert(
-                    ino,
-                    Listing {
-                        at: started,
-                        names: None,
-                    },
-                );
+                self.listings
+                    .lock()
+                    .unwrap()
+                    .insert(ino, Listing::without_names(started));
                 return Ok(None);
             }
             let page = self
@@ -1211,7 +1343,9 @@ impl<S: ObjectStore> Fs<S> {
             for object in page.objects {
                 let name = &object.key[prefix.len()..];
                 if check_name(name).is_err() {
-                    continue; // the directory's own marker, or a name no file can have
+                    // The directory's own marker, or a name no file can have.
+                    hides_keys |= !name.is_empty();
+                    continue;
                 }
                 let attr = Attr {
                     ino: 0,
@@ -1228,6 +1362,8 @@ impl<S: ObjectStore> Fs<S> {
                 let name = common_prefix[prefix.len()..].trim_end_matches('/');
                 if check_name(name).is_ok() {
                     dirs.push(name.to_string());
+                } else {
+                    hides_keys = true;
                 }
             }
             token = page.next_continuation_token;
@@ -1331,9 +1467,16 @@ impl<S: ObjectStore> Fs<S> {
         self.sweep_inodes();
         // Names this mount made or removed here while the listing ran may be missing from it,
         // or in it still: it cannot answer "no such file" for the TTL then.
+        // Files being written here are names of it too, before the store has them: the listing
+        // outlives their upload, which changes no name.
         let names: HashMap<String, bool> = entries
             .iter()
             .map(|e| (e.name.clone(), e.attr.kind == Kind::Dir))
+            .chain(
+                self.written_children(ino)
+                    .into_iter()
+                    .map(|i| (i.name, false)),
+            )
             .collect();
         // Checked and stored under the listings' lock, which `note_name` holds while it
         // records a change: none can slip in between.
@@ -1350,17 +1493,12 @@ impl<S: ObjectStore> Fs<S> {
                 Listing {
                     at: started,
                     names: Some(names),
+                    hides_keys,
                 },
             );
         } else if !listings.get(&ino).is_some_and(|l| self.is_fresh(l.at)) {
             // No fresh listing kept up to date by `note_name` to fall back on.
-            listings.insert(
-                ino,
-                Listing {
-                    at: started,
-                    names: None,
-                },
-            );
+            listings.insert(ino, Listing::without_names(started));
         }
         Ok(Some(entries))
     }
@@ -2078,6 +2216,9 @@ impl<S: ObjectStore> Fs<S> {
         gid: u32,
     ) -> FsResult<Attr> {
         let path = self.path_for_new_entry(parent, name).await?;
+        // Nothing is below the new name if a fresh listing of the parent shows no such name:
+        // the new folder is known empty then, for as long as that listing is trusted.
+        let known_empty_since = self.listed_absent_at(parent, name);
         let attr = Attr {
             ino: 0,
             kind: Kind::Dir,
@@ -2094,7 +2235,20 @@ impl<S: ObjectStore> Fs<S> {
                 &self.metadata_of(&attr),
             )
             .await?;
-        Ok(self.record_new_entry(parent, name, path, attr, None))
+        let attr = self.record_new_entry(parent, name, path, attr, None);
+        // Filling a folder known empty (`tar x`, `cp -r`) costs no listing to learn that the
+        // names are free.
+        if let Some(at) = known_empty_since {
+            self.listings.lock().unwrap().insert(
+                attr.ino,
+                Listing {
+                    at,
+                    names: Some(HashMap::new()),
+                    hides_keys: false,
+                },
+            );
+        }
+        Ok(attr)
     }
 
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
@@ -2123,11 +2277,15 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
-        self.on_child(parent, name, self.rmdir_passed(parent, name))
-            .await
+        self.on_child(
+            parent,
+            name,
+            self.rmdir_passed(parent, name, EmptyCheck::MayTrustListing),
+        )
+        .await
     }
 
-    async fn rmdir_passed(&self, parent: u64, name: &str) -> FsResult<()> {
+    async fn rmdir_passed(&self, parent: u64, name: &str, check: EmptyCheck) -> FsResult<()> {
         self.check_writable()?;
         let attr = self.lookup(parent, name).await?;
         if attr.kind != Kind::Dir {
@@ -2135,21 +2293,27 @@ impl<S: ObjectStore> Fs<S> {
         }
         let path = join(&self.dir_path(parent)?, name);
         let marker = format!("{}/", self.key(&path));
-        let page = self
-            .store
-            .list(&ListParams::new(marker.clone()).max_keys(2))
-            .await?;
         let has_pending = {
             let inodes = self.inodes.lock().unwrap();
             self.files.lock().unwrap().keys().any(|ino| {
                 inodes.is_named(*ino) && inodes.get(*ino).is_some_and(|i| i.parent == attr.ino)
             })
         };
-        if has_pending
-            || page.objects.iter().any(|o| o.key != marker)
-            || !page.common_prefixes.is_empty()
-        {
+        if has_pending {
             return Err(FsError::NotEmpty);
+        }
+        // A folder listed within the TTL and emptied through this mount since (`rm -r`) is
+        // empty without asking again. (A file another client put in it meanwhile is not lost:
+        // the folder stays, implied by that file's key.) Otherwise the store says.
+        let listed_empty = check == EmptyCheck::MayTrustListing && self.listed_empty(attr.ino);
+        if !listed_empty {
+            let page = self
+                .store
+                .list(&ListParams::new(marker.clone()).max_keys(2))
+                .await?;
+            if page.objects.iter().any(|o| o.key != marker) || !page.common_prefixes.is_empty() {
+                return Err(FsError::NotEmpty);
+            }
         }
         self.store.delete(&marker).await?;
         self.record_removal(&path);
@@ -2178,7 +2342,13 @@ impl<S: ObjectStore> Fs<S> {
         // Operations on names at or below either wait for the rename (see `gate`).
         let _closed = self.gate.close(&from, &to).await;
         let rename = self.rename_passed(parent, name, new_parent, new_name, from, to);
-        gate::through_gate(rename).await
+        let renamed = gate::through_gate(rename).await;
+        if renamed.is_err() {
+            // Stopped part way, it may have copied some names and removed others: no listing
+            // kept up to date with it can be trusted.
+            self.listings.lock().unwrap().clear();
+        }
+        renamed
     }
 
     /// [`rename`](Self::rename) of `from` to `to`, the gate closed on both.
@@ -2210,7 +2380,10 @@ impl<S: ObjectStore> Fs<S> {
                 return Err(FsError::NotDir)
             }
             Ok(dst) if dst.kind == Kind::Dir => {
-                self.rmdir(new_parent, new_name).await?;
+                // The store must say it is empty: what is moved in would merge with another
+                // client's files there.
+                self.rmdir_passed(new_parent, new_name, EmptyCheck::AskTheStore)
+                    .await?;
                 None
             }
             Ok(dst) => self.state_kept_past_removal(dst.ino).await?,

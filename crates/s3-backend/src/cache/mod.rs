@@ -30,6 +30,55 @@ use tokio::sync::oneshot;
 use crate::write_budget::WriteBudget;
 pub use disk::DiskCache;
 
+/// Where bytes `offset..end` of an object lie in its chunks of `chunk_size` bytes.
+#[derive(Debug, Clone, Copy)]
+struct ReadSpan {
+    offset: u64,
+    end: u64,
+    chunk_size: u64,
+}
+
+impl ReadSpan {
+    /// The `len` bytes at `offset` of an object of `size` bytes (fewer at its end); `None`
+    /// when that is nothing.
+    fn new(offset: u64, len: u64, size: u64, chunk_size: u64) -> Option<Self> {
+        let end = offset.saturating_add(len).min(size);
+        (offset < end).then_some(Self {
+            offset,
+            end,
+            chunk_size,
+        })
+    }
+
+    /// The indexes of the chunks the span touches.
+    fn chunks(&self) -> std::ops::RangeInclusive<u64> {
+        self.offset / self.chunk_size..=(self.end - 1) / self.chunk_size
+    }
+
+    /// The one chunk the span lies in, if it lies in one.
+    fn single_chunk(&self) -> Option<u64> {
+        let chunks = self.chunks();
+        (chunks.start() == chunks.end()).then_some(*chunks.start())
+    }
+
+    /// The span's bytes within chunk `index` of `len` bytes, as a range of the chunk.
+    fn within(&self, index: u64, len: usize) -> Range<usize> {
+        let start = index * self.chunk_size;
+        let from = (self.offset.saturating_sub(start) as usize).min(len);
+        let to = ((self.end - start) as usize).min(len);
+        from..to
+    }
+
+    /// The span's bytes out of `chunks`, the chunks it touches in order.
+    fn assemble(&self, chunks: &[Bytes]) -> Bytes {
+        let mut out = BytesMut::with_capacity((self.end - self.offset) as usize);
+        for (index, chunk) in self.chunks().zip(chunks) {
+            out.extend_from_slice(&chunk[self.within(index, chunk.len())]);
+        }
+        out.freeze()
+    }
+}
+
 /// Identifies one chunk of one object version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ChunkKey {
@@ -413,36 +462,35 @@ impl<S: ObjectStore> ChunkCache<S> {
         offset: u64,
         len: u64,
     ) -> StoreResult<Bytes> {
-        let end = offset.saturating_add(len).min(object.size);
-        if offset >= end {
+        let Some(span) = ReadSpan::new(offset, len, object.size, self.config.chunk_size) else {
             return Ok(Bytes::new());
-        }
+        };
         if object.etag.as_str().trim_matches('"').is_empty() {
             // Without an ETag, versions cannot be told apart: caching could mix them.
-            return self.store.get_range(&object.key, offset..end, None).await;
+            return self
+                .store
+                .get_range(&object.key, offset..span.end, None)
+                .await;
         }
-        let cs = self.config.chunk_size;
-        let (first, last) = (offset / cs, (end - 1) / cs);
-        if first == last {
-            let part = (offset - first * cs) as usize..(end - first * cs) as usize;
-            if let Some(data) = self.part_from_disk(object, first, part.clone()).await {
+        let chunks = span.chunks();
+        if let Some(index) = span.single_chunk() {
+            if let Some(data) = self.part_from_disk(object, index, &span).await {
                 return Ok(data);
             }
-            let chunk = self.chunk(object, first).await?;
-            let from = part.start.min(chunk.len());
-            let to = part.end.min(chunk.len());
-            return Ok(chunk.slice(from..to));
+            let chunk = self.chunk(object, index).await?;
+            return Ok(chunk.slice(span.within(index, chunk.len())));
         }
         // A read spanning chunks: fetch the missing ones in one request, then assemble.
-        self.prefetch(object, first..last + 1, Tier::MemoryAndDisk);
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for index in first..=last {
-            let chunk = self.chunk(object, index).await?;
-            let from = (offset.saturating_sub(index * cs) as usize).min(chunk.len());
-            let to = ((end - index * cs) as usize).min(chunk.len());
-            out.extend_from_slice(&chunk[from..to]);
+        self.prefetch(
+            object,
+            *chunks.start()..chunks.end() + 1,
+            Tier::MemoryAndDisk,
+        );
+        let mut got = Vec::with_capacity(chunks.clone().count());
+        for index in chunks {
+            got.push(self.chunk(object, index).await?);
         }
-        Ok(out.freeze())
+        Ok(span.assemble(&got))
     }
 
     /// The bytes of [`read`](Self::read), if a tier has them all and they need no waiting:
@@ -450,12 +498,10 @@ impl<S: ObjectStore> ChunkCache<S> {
     /// on the caller's thread, which may block on the disk). `None` otherwise, and nothing
     /// counted: the caller then reads with `read`.
     pub fn read_now(&self, object: &ObjectVersion, offset: u64, len: u64) -> Option<Bytes> {
-        let end = offset.saturating_add(len).min(object.size);
-        if offset >= end || object.etag.as_str().trim_matches('"').is_empty() {
+        let span = ReadSpan::new(offset, len, object.size, self.config.chunk_size)?;
+        if object.etag.as_str().trim_matches('"').is_empty() {
             return None;
         }
-        let cs = self.config.chunk_size;
-        let (first, last) = (offset / cs, (end - 1) / cs);
         let in_memory = |index: u64| {
             let range = self.chunk_range(object, index);
             self.tiers
@@ -463,56 +509,62 @@ impl<S: ObjectStore> ChunkCache<S> {
                 .get(&self.key_of(object, index))
                 .filter(|data| data.len() as u64 >= range.end - range.start)
         };
-        let count_memory_hits = |n: u64| {
-            self.stats.memory_hits.fetch_add(n, Ordering::Relaxed);
+        let got: Option<Vec<Bytes>> = span.chunks().map(in_memory).collect();
+        if let Some(got) = got {
+            self.stats
+                .memory_hits
+                .fetch_add(got.len() as u64, Ordering::Relaxed);
             metrics()
                 .cache_hits
                 .get_or_create(&TierLabels { tier: "memory" })
-                .inc_by(n);
-        };
-        if first == last {
-            let part = (offset - first * cs) as usize..(end - first * cs) as usize;
-            if let Some(chunk) = in_memory(first) {
-                count_memory_hits(1);
-                return Some(chunk.slice(part.start.min(chunk.len())..part.end.min(chunk.len())));
-            }
-            let range = self.chunk_range(object, first);
-            let chunk_len = (range.end - range.start) as usize;
-            let key = self.key_of(object, first);
-            if part.len() >= chunk_len || self.inflight.lock().unwrap().contains_key(&key) {
-                return None;
-            }
-            let data = self.tiers.disk.as_ref()?.get_part(&key, chunk_len, part)?;
-            self.count_disk_hit();
-            return Some(data);
+                .inc_by(got.len() as u64);
+            return Some(match span.single_chunk() {
+                Some(index) => got[0].slice(span.within(index, got[0].len())),
+                None => span.assemble(&got),
+            });
         }
-        let chunks: Vec<Bytes> = (first..=last).map(in_memory).collect::<Option<_>>()?;
-        count_memory_hits(chunks.len() as u64);
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for (index, chunk) in (first..=last).zip(chunks) {
-            let from = (offset.saturating_sub(index * cs) as usize).min(chunk.len());
-            let to = ((end - index * cs) as usize).min(chunk.len());
-            out.extend_from_slice(&chunk[from..to]);
-        }
-        Some(out.freeze())
+        let index = span.single_chunk()?;
+        let (key, chunk_len, part) = self.disk_part(object, index, &span)?;
+        let data = self.tiers.disk.as_ref()?.get_part(&key, chunk_len, part)?;
+        self.count_disk_hit();
+        Some(data)
     }
 
-    /// Bytes `part` of chunk `index`, when only the disk tier has the chunk and `part` is
-    /// less than all of it: read from the blocks of the chunk file that hold `part`, and not
-    /// kept in memory. A random reader of an object bigger than the memory tier would
-    /// otherwise load a whole chunk from disk, check it and push another out of memory, for
-    /// every small read.
+    /// [`disk_part`](Self::disk_part), read off the runtime's workers.
     async fn part_from_disk(
         &self,
         object: &ObjectVersion,
         index: u64,
-        part: Range<usize>,
+        span: &ReadSpan,
     ) -> Option<Bytes> {
+        let (key, chunk_len, part) = self.disk_part(object, index, span)?;
+        let disk = self.tiers.disk.clone()?;
+        let data = tokio::task::spawn_blocking(move || disk.get_part(&key, chunk_len, part))
+            .await
+            .ok()
+            .flatten()?;
+        self.count_disk_hit();
+        Some(data)
+    }
+
+    /// What the disk tier should answer of `span` in chunk `index`, when only the disk tier
+    /// has the chunk (not in memory, not being fetched) and `span` wants less than all of it:
+    /// the chunk's key, its length and the part wanted, to be read from the blocks of the
+    /// chunk file that hold it and not kept in memory. A random reader of an object bigger
+    /// than the memory tier would otherwise load a whole chunk from disk, check it and push
+    /// another out of memory, for every small read.
+    fn disk_part(
+        &self,
+        object: &ObjectVersion,
+        index: u64,
+        span: &ReadSpan,
+    ) -> Option<(ChunkKey, usize, Range<usize>)> {
         let disk = self.tiers.disk.as_ref()?;
         let chunk_len = {
             let range = self.chunk_range(object, index);
             (range.end - range.start) as usize
         };
+        let part = span.within(index, chunk_len);
         let key = self.key_of(object, index);
         if part.len() >= chunk_len
             || self.tiers.memory.contains_key(&key)
@@ -521,13 +573,7 @@ impl<S: ObjectStore> ChunkCache<S> {
         {
             return None;
         }
-        let disk = disk.clone();
-        let data = tokio::task::spawn_blocking(move || disk.get_part(&key, chunk_len, part))
-            .await
-            .ok()
-            .flatten()?;
-        self.count_disk_hit();
-        Some(data)
+        Some((key, chunk_len, part))
     }
 
     fn count_disk_hit(&self) {
