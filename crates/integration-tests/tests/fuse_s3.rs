@@ -262,6 +262,28 @@ fn semantics_directories_rename_symlinks_and_modes() {
         (0o600, 1234, 5678)
     );
 
+    // A directory's mode and owner live in its marker object: another mount of the bucket
+    // (or this one remounted) shows them; after an `ls -l` that listed the directory with
+    // the defaults, once the attribute TTL (300 ms here) has passed.
+    fs::set_permissions(m.path("e/sub"), fs::Permissions::from_mode(0o710)).unwrap();
+    std::os::unix::fs::chown(m.path("e/sub"), Some(4321), None).unwrap();
+    let meta = m.metadata("vol/e/sub/");
+    assert_eq!(meta["mode"], (0o040000 | 0o710).to_string());
+    let env = S3Env::from_env().unwrap();
+    for list_first in [false, true] {
+        let other = m.another(&env, "vol", |c| c);
+        if list_first {
+            run(Command::new("ls").arg("-l").arg(other.path("e")));
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+        let st = fs::metadata(other.path("e/sub")).unwrap();
+        assert_eq!(
+            (st.mode() & 0o7777, st.uid()),
+            (0o710, 4321),
+            "{list_first}"
+        );
+    }
+
     fs::remove_file(m.path("g")).unwrap();
     assert!(!m.path("g").exists());
     let out = run(Command::new("df").arg(m.path("")));

@@ -89,6 +89,8 @@ fn files_written_by_s3fs_keep_mode_owner_and_mtime_through_s3vol() {
     };
 
     std::fs::create_dir(s3fs.path("dir")).unwrap();
+    std::fs::set_permissions(s3fs.path("dir"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::chown(s3fs.path("dir"), Some(1234), Some(5678)).unwrap();
     std::fs::write(s3fs.path("dir/tool.sh"), b"#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(
         s3fs.path("dir/tool.sh"),
@@ -107,6 +109,11 @@ fn files_written_by_s3fs_keep_mode_owner_and_mtime_through_s3vol() {
     };
     drop(s3fs); // unmount: everything flushed
 
+    let dir = std::fs::metadata(ours.path("dir")).unwrap();
+    assert_eq!(
+        (dir.is_dir(), dir.mode() & 0o7777, dir.uid(), dir.gid()),
+        (true, 0o751, 1234, 5678)
+    );
     let meta = std::fs::symlink_metadata(ours.path("dir/tool.sh")).unwrap();
     assert_eq!(
         (meta.mode() & 0o7777, meta.uid(), meta.gid()),
@@ -133,6 +140,8 @@ fn files_written_by_s3vol_keep_mode_owner_and_mtime_through_s3fs() {
     let mut ours = TestMount::new(&env, "s3vol-to-s3fs", "", |c| c);
     let bucket = common::ObjectStore::bucket(&*ours.store).to_string();
     std::fs::create_dir(ours.path("dir")).unwrap();
+    std::fs::set_permissions(ours.path("dir"), std::fs::Permissions::from_mode(0o705)).unwrap();
+    std::os::unix::fs::chown(ours.path("dir"), Some(4321), Some(8765)).unwrap();
     std::fs::write(ours.path("dir/data.txt"), b"written by s3vol").unwrap();
     std::fs::set_permissions(
         ours.path("dir/data.txt"),
@@ -162,5 +171,9 @@ fn files_written_by_s3vol_keep_mode_owner_and_mtime_through_s3fs() {
         std::fs::read_link(s3fs.path("link")).unwrap().to_str(),
         Some("dir/data.txt")
     );
-    assert!(std::fs::metadata(s3fs.path("dir")).unwrap().is_dir());
+    let dir = std::fs::metadata(s3fs.path("dir")).unwrap();
+    assert_eq!(
+        (dir.is_dir(), dir.mode() & 0o7777, dir.uid(), dir.gid()),
+        (true, 0o705, 4321, 8765)
+    );
 }

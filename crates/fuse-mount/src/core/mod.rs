@@ -260,7 +260,10 @@ enum EmptyCheck {
 /// What a fresh listing of a directory says of a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Listed {
-    Absent,
+    /// No such name in a listing taken at `listed_at`.
+    Absent {
+        listed_at: Instant,
+    },
     /// An object of that name, and no directory (which would shadow it).
     Object,
     Dir,
@@ -675,6 +678,12 @@ impl<S: ObjectStore> Fs<S> {
         format!("{}{path}", self.config.prefix)
     }
 
+    /// The key of directory `path`'s marker object (`dir/`), which carries its mode, owner
+    /// and mtime.
+    fn marker_key(&self, path: &str) -> String {
+        format!("{}/", self.key(path))
+    }
+
     /// The key prefix of a directory's children.
     fn dir_prefix(&self, path: &str) -> String {
         if path.is_empty() {
@@ -774,6 +783,21 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
+    /// A directory's attributes from its marker object: those s3fs stores, the volume's
+    /// defaults for what it lacks.
+    fn attr_from_marker(&self, meta: &ObjectMeta) -> Attr {
+        let stored = StoredAttrs::decode(&meta.user_metadata);
+        Attr {
+            perm: stored
+                .mode
+                .map_or(self.config.dir_mode, |mode| mode & 0o7777),
+            uid: stored.uid.unwrap_or(self.config.uid),
+            gid: stored.gid.unwrap_or(self.config.gid),
+            mtime: stored.mtime.unwrap_or(meta.last_modified),
+            ..self.dir_attr(meta.last_modified)
+        }
+    }
+
     fn dir_attr(&self, mtime: SystemTime) -> Attr {
         Self::dir_attr_of(&self.config, mtime)
     }
@@ -838,12 +862,20 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     fn set_negative(&self, path: &str, missing: bool) {
-        let mut negative = self.negative.lock().unwrap();
         if missing {
-            negative.insert(path.to_string(), Instant::now());
+            self.note_missing_since(path, Instant::now());
         } else {
-            negative.remove(path);
+            self.negative.lock().unwrap().remove(path);
         }
+    }
+
+    /// Remember `path` missing as the store showed it at `since` (when the listing or HEAD
+    /// that found it missing was sent), so another client's object there shows at the latest
+    /// one negative TTL after that, however late the name is looked up.
+    fn note_missing_since(&self, path: &str, since: Instant) {
+        let mut negative = self.negative.lock().unwrap();
+        let at = negative.entry(path.to_string()).or_insert(since);
+        *at = (*at).max(since);
     }
 
     /// The attributes of `path` if they can be used without asking the store: confirmed
@@ -853,23 +885,31 @@ impl<S: ObjectStore> Fs<S> {
     fn trusted_attr(&self, path: &str) -> Option<Attr> {
         let inodes = self.inodes.lock().unwrap();
         let inode = inodes.by_path(path)?;
-        let trusted = self.is_fresh(inode.fetched);
+        // A directory only listed has the defaults: its marker may say otherwise.
+        let trusted =
+            self.is_fresh(inode.fetched) && (inode.attr.kind != Kind::Dir || inode.metadata_known);
         let written = self.files.lock().unwrap().contains_key(&inode.attr.ino);
         (trusted || written).then(|| inode.attr.clone())
     }
 
     /// What a fresh listing of `parent` says of `name`; `None` without a fresh listing.
     fn listing_says(&self, parent: u64, name: &str) -> Option<Listed> {
-        let listings = self.listings.lock().unwrap();
-        let listing = listings.get(&parent).filter(|l| self.is_fresh(l.at))?;
-        Some(match &listing.names {
+        self.with_fresh_listing(parent, |listing| match &listing.names {
             None => Listed::Unknown,
             Some(names) => match names.get(name) {
-                None => Listed::Absent,
+                None => Listed::Absent {
+                    listed_at: listing.at,
+                },
                 Some(false) => Listed::Object,
                 Some(true) => Listed::Dir,
             },
         })
+    }
+
+    /// `read` applied to the listing of directory `ino`, if there is one within the TTL.
+    fn with_fresh_listing<R>(&self, ino: u64, read: impl FnOnce(&Listing) -> R) -> Option<R> {
+        let listings = self.listings.lock().unwrap();
+        listings.get(&ino).filter(|l| self.is_fresh(l.at)).map(read)
     }
 
     /// Record an entry this mount just made: its inode, no negative cache entry, and the name
@@ -958,12 +998,12 @@ impl<S: ObjectStore> Fs<S> {
             return Some(Err(FsError::NotFound));
         }
         match self.listing_says(parent, name)? {
-            Listed::Absent => {
-                self.set_negative(&path, true);
+            Listed::Absent { listed_at } => {
+                self.note_missing_since(&path, listed_at);
                 Some(Err(FsError::NotFound))
             }
-            Listed::Dir => Some(Ok(self.found_dir(parent, name, path))),
-            Listed::Object | Listed::Unknown => None,
+            // Its mode and owner are in its marker (trusted ones were answered above).
+            Listed::Dir | Listed::Object | Listed::Unknown => None,
         }
     }
 
@@ -980,11 +1020,14 @@ impl<S: ObjectStore> Fs<S> {
         // listing of a small parent (up to two pages: 1,000 files plus the folder's marker
         // object need two) answers this and every following lookup in it: creating many
         // files, untarring, or `stat` of many known files then costs no request per name.
+        let listing_asked = Instant::now();
         let listed = match self.listing_says(parent, name) {
             Some(listed) => listed,
             None => match self.list_dir(parent, LOOKUP_LISTING_PAGES, false).await? {
                 Some(entries) => match entries.into_iter().find(|e| e.name == name) {
-                    Some(entry) if entry.attr.kind == Kind::Dir => return Ok(entry.attr),
+                    Some(entry) if entry.attr.kind == Kind::Dir => {
+                        return self.dir_for_lookup(parent, name, path).await
+                    }
                     // The listing confirmed a file whose ETag is unchanged since its last HEAD
                     // (or our own upload): its mode and owner still hold, no HEAD needed. So
                     // `stat` of many known files costs one listing per TTL, not a HEAD each.
@@ -993,17 +1036,19 @@ impl<S: ObjectStore> Fs<S> {
                         return Ok(self.current_attr(attr).await);
                     }
                     Some(_) => Listed::Object,
-                    None => Listed::Absent,
+                    None => Listed::Absent {
+                        listed_at: listing_asked,
+                    },
                 },
                 None => Listed::Unknown, // too big to list for one name
             },
         };
         match listed {
-            Listed::Absent => {
-                self.set_negative(&path, true);
+            Listed::Absent { listed_at } => {
+                self.note_missing_since(&path, listed_at);
                 return Err(FsError::NotFound);
             }
-            Listed::Dir => return Ok(self.found_dir(parent, name, path)),
+            Listed::Dir => return self.dir_for_lookup(parent, name, path).await,
             // Its mode and owner are in its metadata: a HEAD, and nothing else, since the
             // listing says no directory shadows it.
             Listed::Object => return self.head_for_lookup(parent, name, path).await,
@@ -1022,19 +1067,79 @@ impl<S: ObjectStore> Fs<S> {
         }
         // A directory shadows an object of the same name (see SEMANTICS.md).
         if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
-            return Ok(self.found_dir(parent, name, path));
+            return self.dir_for_lookup(parent, name, path).await;
         }
         self.found_by_head(parent, name, path, head, asked)
     }
 
-    /// The entry of directory `name` in `parent` (at `path`), found in the store.
-    fn found_dir(&self, parent: u64, name: &str, path: String) -> Attr {
-        let attr = self.dir_attr(SystemTime::now());
+    /// Make sure the table has the mode, owner and mtime of `ino` as its object (a directory:
+    /// its marker) stores them, not the defaults a listing gave, before a change that stores
+    /// them again: a rewrite, a truncate, a chmod or a chown must keep what it does not set.
+    /// One HEAD, for an entry the kernel got from a listing and has not looked up since.
+    async fn learn_stored_owner(&self, ino: u64) -> FsResult<()> {
+        let (path, kind) = {
+            let inodes = self.inodes.lock().unwrap();
+            let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+            if inode.metadata_known || ino == ROOT_INO || !inodes.is_named(ino) {
+                return Ok(());
+            }
+            (inode.path.clone(), inode.attr.kind)
+        };
+        if self.file_state(ino).is_some() {
+            return Ok(()); // being written here: its attributes are the mount's
+        }
+        let asked = Instant::now();
+        let key = match kind {
+            Kind::Dir => self.marker_key(&path),
+            Kind::File | Kind::Symlink => self.key(&path),
+        };
+        let stored = match self.store.head(&key).await {
+            Ok(meta) if kind == Kind::Dir => Some(self.attr_from_marker(&meta)),
+            Ok(meta) => Some(self.attr_from_meta(&meta)),
+            // No marker (or the object went): the defaults it has are all there is.
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut inodes = self.inodes.lock().unwrap();
+        let Some(inode) = inodes.get_mut(ino) else {
+            return Ok(());
+        };
+        // Set through the mount while the HEAD ran: that is newer.
+        if inode.metadata_known || inode.changed >= asked {
+            return Ok(());
+        }
+        if let Some(stored) = stored {
+            (inode.attr.perm, inode.attr.uid, inode.attr.gid) =
+                (stored.perm, stored.uid, stored.gid);
+            inode.attr.mtime = stored.mtime;
+        }
+        inode.metadata_known = true;
+        Ok(())
+    }
+
+    /// Look up `name` in `parent` (at `path`), a directory as far as the store says: its
+    /// mode, owner and mtime are those its marker object carries (a directory without one
+    /// has the defaults), read with a HEAD unless the mount knows them within the TTL.
+    async fn dir_for_lookup(&self, parent: u64, name: &str, path: String) -> FsResult<Attr> {
+        if let Some(attr) = self.trusted_attr(&path).filter(|a| a.kind == Kind::Dir) {
+            return Ok(attr);
+        }
+        let asked = Instant::now();
+        let marker = self.store.head(&self.marker_key(&path)).await;
+        if self.known_since(&path, asked) {
+            return self.known_entry(&path);
+        }
+        let attr = match marker {
+            Ok(meta) => self.attr_from_marker(&meta),
+            Err(e) if e.kind() == ErrorKind::NotFound => self.dir_attr(SystemTime::now()),
+            Err(e) => return Err(e.into()),
+        };
         self.set_negative(&path, false);
-        self.inodes
+        Ok(self
+            .inodes
             .lock()
             .unwrap()
-            .upsert(parent, name, path, attr, None, true)
+            .upsert(parent, name, path, attr, None, true))
     }
 
     /// Look up `name` in `parent` (at `path`), a file or symlink as far as the store says, with
@@ -1071,7 +1176,7 @@ impl<S: ObjectStore> Fs<S> {
                 ))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.set_negative(&path, true);
+                self.note_missing_since(&path, asked);
                 Err(FsError::NotFound)
             }
             Err(e) => Err(e.into()),
@@ -1233,28 +1338,28 @@ impl<S: ObjectStore> Fs<S> {
     /// the TTL, kept up to date with the changes made through this mount since; `None` without
     /// one (or one too big to keep).
     fn names_as_listed(&self, ino: u64) -> Option<Vec<(String, bool)>> {
-        let listings = self.listings.lock().unwrap();
-        let listing = listings.get(&ino).filter(|l| self.is_fresh(l.at))?;
-        let names = listing.names.as_ref()?;
-        Some(names.iter().map(|(n, dir)| (n.clone(), *dir)).collect())
+        self.with_fresh_listing(ino, |listing| {
+            let names = listing.names.as_ref()?;
+            Some(names.iter().map(|(n, dir)| (n.clone(), *dir)).collect())
+        })?
     }
 
     /// Whether a listing within the TTL shows directory `ino` empty: no names (after this
     /// mount's own changes since) and no keys it hides.
     fn listed_empty(&self, ino: u64) -> bool {
-        let listings = self.listings.lock().unwrap();
-        listings.get(&ino).is_some_and(|l| {
-            self.is_fresh(l.at) && !l.hides_keys && l.names.as_ref().is_some_and(|n| n.is_empty())
+        self.with_fresh_listing(ino, |l| {
+            !l.hides_keys && l.names.as_ref().is_some_and(|n| n.is_empty())
         })
+        .unwrap_or(false)
     }
 
     /// When a listing of `parent` within the TTL found no `name` (neither an object nor
     /// anything below it), kept up to date with this mount's own changes since.
     fn listed_absent_at(&self, parent: u64, name: &str) -> Option<Instant> {
-        let listings = self.listings.lock().unwrap();
-        let listing = listings.get(&parent).filter(|l| self.is_fresh(l.at))?;
-        let absent = !listing.names.as_ref()?.contains_key(name);
-        absent.then_some(listing.at)
+        match self.listing_says(parent, name)? {
+            Listed::Absent { listed_at } => Some(listed_at),
+            _ => None,
+        }
     }
 
     /// The entries of directory `ino` without asking the store, from a listing within the TTL
@@ -1402,9 +1507,13 @@ impl<S: ObjectStore> Fs<S> {
                 let mut entries = Vec::with_capacity(files.len() + dirs.len());
                 for name in &dirs {
                     let child = join(&path, name);
-                    if let Some(known) = inodes.by_path(&child).filter(|k| k.known_at() >= started)
-                    {
-                        // Made or confirmed by this mount since the listing began.
+                    // Made or confirmed by this mount since the listing began, or a folder
+                    // whose marker was read: a listing shows no mode nor owner, and does not
+                    // make those of the marker any fresher (another client may have changed
+                    // them: the next lookup past the TTL reads the marker again).
+                    if let Some(known) = inodes.by_path(&child).filter(|k| {
+                        k.known_at() >= started || (k.attr.kind == Kind::Dir && k.metadata_known)
+                    }) {
                         entries.push(DirEntry {
                             name: name.clone(),
                             attr: known.attr.clone(),
@@ -1414,10 +1523,10 @@ impl<S: ObjectStore> Fs<S> {
                     let attr = inodes.upsert(
                         ino,
                         name,
-                        join(&path, name),
+                        child,
                         self.dir_attr(SystemTime::now()),
                         None,
-                        true,
+                        false,
                     );
                     entries.push(DirEntry {
                         name: name.clone(),
@@ -1544,6 +1653,10 @@ impl<S: ObjectStore> Fs<S> {
         let attr = self.getattr(ino).await?;
         if attr.kind == Kind::Dir {
             return Err(FsError::IsDir);
+        }
+        if writable || truncate {
+            // Its new version is stored with the mode and owner of the old one.
+            self.learn_stored_owner(ino).await?;
         }
         // Counted before the truncate: the release of the previous handle, which the kernel
         // sends after close(2) returned and may still be running, is then not the last one
@@ -2056,6 +2169,9 @@ impl<S: ObjectStore> Fs<S> {
 
     /// The changes of a setattr, in the write state if the file has one, else in the store.
     async fn change_attrs(&self, ino: u64, changes: SetAttr) -> FsResult<Attr> {
+        // What is stored back keeps the mode and owner the store has (a chown keeps the
+        // mode, a truncate both).
+        self.learn_stored_owner(ino).await?;
         let (path, mut attr) = self.inode_path(ino)?;
         if let Some(size) = changes.size {
             if attr.kind != Kind::File {
@@ -2101,7 +2217,7 @@ impl<S: ObjectStore> Fs<S> {
             let etag = match attr.kind {
                 Kind::Dir => {
                     self.store
-                        .put(&format!("{}/", self.key(&path)), Bytes::new(), &metadata)
+                        .put(&self.marker_key(&path), Bytes::new(), &metadata)
                         .await?
                         .etag
                 }
@@ -2230,7 +2346,7 @@ impl<S: ObjectStore> Fs<S> {
         };
         self.store
             .put(
-                &format!("{}/", self.key(&path)),
+                &self.marker_key(&path),
                 Bytes::new(),
                 &self.metadata_of(&attr),
             )
@@ -2292,7 +2408,7 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::NotDir);
         }
         let path = join(&self.dir_path(parent)?, name);
-        let marker = format!("{}/", self.key(&path));
+        let marker = self.marker_key(&path);
         let has_pending = {
             let inodes = self.inodes.lock().unwrap();
             self.files.lock().unwrap().keys().any(|ino| {
@@ -2399,10 +2515,7 @@ impl<S: ObjectStore> Fs<S> {
         let mut moved_etags: Vec<(String, common::ETag)> = Vec::new();
         if src.kind == Kind::Dir {
             let mut moving = self.settle_all_below(&from).await?;
-            let (src_prefix, dst_prefix) = (
-                format!("{}/", self.key(&from)),
-                format!("{}/", self.key(&to)),
-            );
+            let (src_prefix, dst_prefix) = (self.marker_key(&from), self.marker_key(&to));
             let mut objects = Vec::new();
             let mut token = None;
             loop {

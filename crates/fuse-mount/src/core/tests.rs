@@ -474,8 +474,8 @@ async fn listing_shows_files_and_directories_and_skips_impossible_names() {
     assert!(f.fs.readdir(empty.ino).await.unwrap().is_empty());
     assert_eq!(
         store.request_count(Op::Head),
-        0,
-        "listing needs no HEAD per entry"
+        2,
+        "listing needs no HEAD per entry (the two lookups read their folders' markers)"
     );
 }
 
@@ -498,8 +498,8 @@ async fn a_listing_costs_one_request_per_thousand_entries() {
     assert_eq!(store.request_count(Op::List) - lists, 3);
     assert_eq!(
         store.request_count(Op::Head),
-        0,
-        "the root listing told \"many\" is a directory"
+        1,
+        "the root listing told \"many\" is a directory: only its marker is read"
     );
 }
 
@@ -543,6 +543,35 @@ async fn remote_changes_show_up_after_the_ttl() {
         f.fs.lookup(ROOT_INO, "late").await,
         Err(FsError::NotFound)
     ));
+}
+
+#[tokio::test]
+async fn a_name_missing_from_a_listing_shows_one_ttl_after_that_listing_however_late_looked_up() {
+    let ttl = Duration::from_secs(2);
+    let (f, store) = fixture_with_ttl(ttl);
+    let listed = std::time::Instant::now();
+    // This lookup lists the root: every name not in it is known missing from now on.
+    assert!(matches!(
+        f.fs.lookup(ROOT_INO, "first").await,
+        Err(FsError::NotFound)
+    ));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    store
+        .put(
+            "vol/late",
+            bytes::Bytes::from_static(b"x"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    // Within the listing's TTL, "late" is taken as missing on the listing's word ...
+    let answer = f.fs.lookup(ROOT_INO, "late").await;
+    if listed.elapsed() < ttl {
+        assert!(matches!(answer, Err(FsError::NotFound)), "{answer:?}");
+    }
+    // ... and only until one TTL after that listing, not one TTL after this lookup.
+    tokio::time::sleep(ttl.saturating_sub(listed.elapsed()) + Duration::from_millis(300)).await;
+    assert!(f.fs.lookup(ROOT_INO, "late").await.is_ok());
 }
 
 #[tokio::test]
@@ -703,6 +732,156 @@ async fn objects_written_by_s3fs_get_their_mode_owner_and_time() {
     assert_eq!(
         f.fs.lookup(ROOT_INO, "ln").await.unwrap().kind,
         Kind::Symlink
+    );
+}
+
+/// s3fs's user metadata: `mode` (decimal `st_mode`), `uid`, `gid`, `mtime`.
+fn s3fs_metadata(mode: u32, uid: u32, gid: u32, mtime: u64) -> UserMetadata {
+    [
+        ("mode", mode as u64),
+        ("uid", uid.into()),
+        ("gid", gid.into()),
+        ("mtime", mtime),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+#[tokio::test]
+async fn a_directorys_mode_owner_and_mtime_come_from_its_marker_after_listings_and_remounts() {
+    let (f, store) = fixture();
+    let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let d = f.fs.mkdir(ROOT_INO, "d", 0o750, 1, 2).await.unwrap();
+    f.fs.setattr(
+        d.ino,
+        SetAttr {
+            mode: Some(0o711),
+            uid: Some(33),
+            mtime: Some(mtime),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // A folder another tool made, as s3fs stores one.
+    store
+        .put(
+            "vol/theirs/",
+            bytes::Bytes::new(),
+            &s3fs_metadata(S_IFDIR | 0o700, 44, 55, 1_500_000_000),
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            "vol/implicit/x",
+            bytes::Bytes::from_static(b"x"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    let theirs = (
+        0o700,
+        44,
+        55,
+        std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000),
+    );
+    let ours = (0o711, 33, 2, mtime);
+    let owner = |a: Attr| (a.perm, a.uid, a.gid, a.mtime);
+    // Listed past the TTL, then looked up: as set, not the defaults a listing knows.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    f.fs.readdir(ROOT_INO).await.unwrap();
+    assert_eq!(owner(f.fs.lookup(ROOT_INO, "d").await.unwrap()), ours);
+    assert_eq!(
+        owner(f.fs.lookup(ROOT_INO, "theirs").await.unwrap()),
+        theirs
+    );
+    // Another mount of the bucket (or this one remounted) reads them from the markers, also
+    // after a listing handed out the folders first.
+    for list_first in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let other = Fs::new(store.clone(), config(&dir)).unwrap();
+        if list_first {
+            other.readdir(ROOT_INO).await.unwrap();
+        }
+        assert_eq!(owner(other.lookup(ROOT_INO, "d").await.unwrap()), ours);
+        assert_eq!(
+            owner(other.lookup(ROOT_INO, "theirs").await.unwrap()),
+            theirs
+        );
+    }
+    // A folder with no marker (only keys below it) has the defaults.
+    let implicit = f.fs.lookup(ROOT_INO, "implicit").await.unwrap();
+    assert_eq!(
+        (implicit.perm, implicit.uid, implicit.gid),
+        (0o755, 1000, 1000)
+    );
+}
+
+#[tokio::test]
+async fn a_change_to_an_entry_known_only_from_a_listing_keeps_what_it_does_not_set() {
+    let (f, store) = fixture();
+    store
+        .put(
+            "vol/f",
+            bytes::Bytes::from_static(b"old"),
+            &s3fs_metadata(S_IFREG | 0o640, 33, 44, 1_600_000_000),
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            "vol/d/",
+            bytes::Bytes::new(),
+            &s3fs_metadata(S_IFDIR | 0o700, 33, 44, 1_600_000_000),
+        )
+        .await
+        .unwrap();
+    // readdirplus hands the kernel these entries with a listing's defaults; it then changes
+    // them without a lookup.
+    let listed = f.fs.readdir(ROOT_INO).await.unwrap();
+    let ino_of = |name: &str| listed.iter().find(|e| e.name == name).unwrap().attr.ino;
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    f.fs.setattr(ino_of("f"), chmod.clone()).await.unwrap();
+    let meta = store.head("vol/f").await.unwrap().user_metadata;
+    assert_eq!(
+        (&*meta["mode"], &*meta["uid"], &*meta["gid"]),
+        (&*(S_IFREG | 0o600).to_string(), "33", "44")
+    );
+    let chown = SetAttr {
+        uid: Some(7),
+        ..Default::default()
+    };
+    f.fs.setattr(ino_of("d"), chown).await.unwrap();
+    let meta = store.head("vol/d/").await.unwrap().user_metadata;
+    assert_eq!(
+        (&*meta["mode"], &*meta["uid"], &*meta["gid"]),
+        (&*(S_IFDIR | 0o700).to_string(), "7", "44")
+    );
+    // A rewrite of a file known from a listing keeps its mode and owner too.
+    store
+        .put(
+            "vol/g",
+            bytes::Bytes::from_static(b"old"),
+            &s3fs_metadata(S_IFREG | 0o604, 55, 66, 1_600_000_000),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let listed = f.fs.readdir(ROOT_INO).await.unwrap();
+    let g = listed.iter().find(|e| e.name == "g").unwrap().attr.ino;
+    let fh = f.fs.open(g, true, true).await.unwrap();
+    f.fs.write(fh, 0, b"new").await.unwrap();
+    f.fs.release(fh).await.unwrap();
+    assert_eq!(body(&store, "vol/g").await, b"new");
+    let meta = store.head("vol/g").await.unwrap().user_metadata;
+    assert_eq!(
+        (&*meta["mode"], &*meta["uid"], &*meta["gid"]),
+        (&*(S_IFREG | 0o604).to_string(), "55", "66")
     );
 }
 
@@ -945,7 +1124,8 @@ async fn lookup_of_files_another_client_put_costs_one_head_each() {
         f.fs.lookup(d.ino, "nothing").await,
         Err(FsError::NotFound)
     ));
-    assert_eq!(store.request_count(Op::Head) - before.0, 20);
+    // One HEAD per file, and one of the folder's marker for its mode.
+    assert_eq!(store.request_count(Op::Head) - before.0, 21);
     assert_eq!(store.request_count(Op::List) - before.1, 1);
 }
 
@@ -1244,6 +1424,7 @@ async fn forgotten_and_stale_listed_inodes_leave_the_table() {
     put_empty_files(&store, "vol/big", 5000).await;
     tokio::time::sleep(Duration::from_millis(250)).await; // the root's listing is stale
     let big = fs.lookup(ROOT_INO, "big").await.unwrap();
+    fs.entry_given(ROOT_INO, "big", &big);
     assert_eq!(fs.readdir(big.ino).await.unwrap().len(), 5000);
     assert!(fs.inode_count() > 5000);
     tokio::time::sleep(Duration::from_millis(250)).await; // past the 200 ms TTL
