@@ -85,9 +85,6 @@ pub trait MountedVolume: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// Memory of a volume with `cache=off`: no shared tiers, only what read-ahead needs.
-const UNCACHED_MEMORY: u64 = 32 << 20;
-
 /// Mounts volumes with FUSE over S3, all sharing one set of cache tiers.
 #[derive(Debug)]
 pub struct FuseMounter {
@@ -167,13 +164,12 @@ impl FuseMounter {
         if let Some(ttl) = spec.negative_metadata_ttl {
             config.negative_ttl = ttl;
         }
-        config = if spec.cache {
-            config
-                .cache(Self::shared_cache_config(&self.settings).endpoint_id(&endpoint))
-                .shared_tiers(self.tiers.clone())
-        } else {
-            config.cache(CacheConfig::default().memory_bytes(UNCACHED_MEMORY))
-        };
+        // One memory budget for every volume; `cache=off` keeps a volume's chunks off the disk.
+        let mut cache = Self::shared_cache_config(&self.settings).endpoint_id(&endpoint);
+        if !spec.cache {
+            cache = cache.disk(None, 0);
+        }
+        config = config.cache(cache).shared_tiers(self.tiers.clone());
         // Every volume's upload buffers, cached or not, come out of the one memory budget.
         config = config.upload(UploadConfig::default().budget(self.tiers.write_budget().clone()));
         let store = Arc::new(MeteredStore::new(store));

@@ -226,6 +226,20 @@ fn store(env: &S3Env, rt: &tokio::runtime::Runtime, bucket: &str) -> s3_backend:
     .unwrap()
 }
 
+/// How many files are in `dir` and its subfolders (0 if it does not exist).
+fn files_below(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => files_below(&entry.path()),
+            _ => 1,
+        })
+        .sum()
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -321,6 +335,35 @@ fn volumes_mount_over_the_socket_and_their_files_are_objects() {
         .block_on(default_bucket.get_range("scratch/a.txt", 0..100, None))
         .unwrap();
     assert_eq!(&body[..], b"default");
+
+    // cache=off: nothing of the volume's objects on the host's disk; a cached volume's
+    // reads are kept there.
+    let chunk_files = || files_below(&dir.path().join("cache/chunks"));
+    let payload = vec![7u8; 3 << 20];
+    for (name, cache) in [("private", "off"), ("cached", "on")] {
+        server.ok("Create", json!({"Name": name, "Opts": {"cache": cache}}));
+        let key = format!("{name}/blob");
+        rt.block_on(default_bucket.put(&key, payload.clone().into(), &Default::default()))
+            .unwrap();
+        let before = chunk_files();
+        let mnt = server.ok("Mount", json!({"Name": name, "ID": id(5)}))["Mountpoint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            std::fs::read(Path::new(&mnt).join("blob")).unwrap(),
+            payload
+        );
+        server.ok("Unmount", json!({"Name": name, "ID": id(5)}));
+        if cache == "off" {
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(chunk_files(), before, "cache=off wrote chunks to disk");
+        } else {
+            wait_until("the cached volume's chunks are on disk", || {
+                chunk_files() > before
+            });
+        }
+    }
 
     // metadata_ttl=0: a change another client makes shows at once (the default TTL, 1 s,
     // would show the first size again).

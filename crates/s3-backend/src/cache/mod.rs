@@ -118,7 +118,8 @@ pub struct CacheConfig {
     /// [`memory_tier_bytes`](Self::memory_tier_bytes)); read-ahead in flight and upload
     /// buffers have their own shares.
     pub memory_bytes: u64,
-    /// Folder of the disk tier; `None` disables it.
+    /// Folder of the disk tier; `None` disables it. A cache over shared tiers with `None`
+    /// keeps nothing on their disk tier, only in their memory tier.
     pub disk_dir: Option<PathBuf>,
     /// Hard cap of the disk tier.
     pub disk_bytes: u64,
@@ -417,8 +418,10 @@ impl<S: ObjectStore> ChunkCache<S> {
         &self.stats
     }
 
+    /// The disk tier this cache keeps chunks in: the tiers', unless its config has no disk
+    /// folder (a volume with `cache=off` shares the memory tier of the others, not their disk).
     pub fn disk(&self) -> Option<&DiskCache> {
-        self.tiers.disk()
+        self.tiers.disk().filter(|_| self.config.disk_dir.is_some())
     }
 
     /// The tiers this cache keeps its chunks in, to share with other caches.
@@ -525,7 +528,7 @@ impl<S: ObjectStore> ChunkCache<S> {
         }
         let index = span.single_chunk()?;
         let (key, chunk_len, part) = self.disk_part(object, index, &span)?;
-        let data = self.tiers.disk.as_ref()?.get_part(&key, chunk_len, part)?;
+        let data = self.disk()?.get_part(&key, chunk_len, part)?;
         self.count_disk_hit();
         Some(data)
     }
@@ -538,7 +541,7 @@ impl<S: ObjectStore> ChunkCache<S> {
         span: &ReadSpan,
     ) -> Option<Bytes> {
         let (key, chunk_len, part) = self.disk_part(object, index, span)?;
-        let disk = self.tiers.disk.clone()?;
+        let disk = self.disk()?.clone();
         let data = tokio::task::spawn_blocking(move || disk.get_part(&key, chunk_len, part))
             .await
             .ok()
@@ -559,7 +562,7 @@ impl<S: ObjectStore> ChunkCache<S> {
         index: u64,
         span: &ReadSpan,
     ) -> Option<(ChunkKey, usize, Range<usize>)> {
-        let disk = self.tiers.disk.as_ref()?;
+        let disk = self.disk()?;
         let chunk_len = {
             let range = self.chunk_range(object, index);
             (range.end - range.start) as usize
@@ -753,7 +756,7 @@ impl<S: ObjectStore> ChunkCache<S> {
         object: &ObjectVersion,
         ranges: impl IntoIterator<Item = Range<u64>>,
     ) {
-        let Some(disk) = &self.tiers.disk else {
+        let Some(disk) = self.disk() else {
             return;
         };
         let Ok(permit) = self.tiers.disk_prefetches.clone().try_acquire_owned() else {
@@ -782,11 +785,7 @@ impl<S: ObjectStore> ChunkCache<S> {
         let key = self.key_of(object, index);
         self.tiers.memory.contains_key(&key)
             || self.inflight.lock().unwrap().contains_key(&key)
-            || self
-                .tiers
-                .disk
-                .as_ref()
-                .is_some_and(|disk| disk.contains(&key))
+            || self.disk().is_some_and(|disk| disk.contains(&key))
     }
 
     /// Fetch into the disk tier, in the background, every chunk of `object` that no tier has
@@ -804,7 +803,7 @@ impl<S: ObjectStore> ChunkCache<S> {
         block: u64,
         control: Arc<FillControl>,
     ) {
-        if self.tiers.disk.is_none() {
+        if self.disk().is_none() {
             control.ended.store(true, Ordering::Relaxed);
             return;
         }
@@ -833,7 +832,7 @@ impl<S: ObjectStore> ChunkCache<S> {
                 if control.stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                     break;
                 }
-                let Some(disk) = &cache.tiers.disk else {
+                let Some(disk) = cache.disk() else {
                     break;
                 };
                 let runs =
@@ -863,7 +862,7 @@ impl<S: ObjectStore> ChunkCache<S> {
     async fn fetch_run(self: Arc<Self>, object: &ObjectVersion, run: Vec<Ticket>, tier: Tier) {
         let mut missing = Vec::new();
         for ticket in run {
-            let on_disk = match &self.tiers.disk {
+            let on_disk = match self.disk() {
                 Some(disk) => {
                     let (disk, key) = (disk.clone(), ticket.key.clone());
                     tokio::task::spawn_blocking(move || disk.get(&key))
@@ -971,7 +970,7 @@ impl<S: ObjectStore> ChunkCache<S> {
     /// Written before it is answered: a reader coming meanwhile waits for the fetch rather
     /// than fetching the chunk again.
     async fn deliver_to_disk(&self, ticket: Ticket, data: Bytes) {
-        if let Some(disk) = &self.tiers.disk {
+        if let Some(disk) = self.disk() {
             let (disk, key, bytes) = (disk.clone(), ticket.key.clone(), data.clone());
             let _ = tokio::task::spawn_blocking(move || disk.put(&key, &bytes)).await;
         }
@@ -985,7 +984,7 @@ impl<S: ObjectStore> ChunkCache<S> {
             // Evict now: moka batches evictions until dozens of writes are pending, which at
             // 1 MiB a chunk would hold tens of MiB over the budget.
             self.tiers.memory.run_pending_tasks();
-            if let (true, Some(disk)) = (to_disk, &self.tiers.disk) {
+            if let (true, Some(disk)) = (to_disk, self.disk()) {
                 // Skip the disk when writes queue up (a slow disk must not hold memory).
                 if let Ok(permit) = self.tiers.disk_writes.clone().try_acquire_owned() {
                     let (disk, key, data) = (disk.clone(), ticket.key.clone(), data.clone());

@@ -193,6 +193,58 @@ async fn shared_tiers_keep_endpoints_and_chunk_sizes_apart() {
 }
 
 #[tokio::test]
+async fn a_cache_without_a_disk_folder_shares_the_memory_tier_and_keeps_off_the_disk() {
+    // The plugin's `cache=off` volume next to a cached one, on the same tiers.
+    let dir = tempfile::tempdir().unwrap();
+    let with_disk = small_chunks().disk(Some(dir.path().into()), 1 << 30);
+    let tiers = Arc::new(CacheTiers::new(&with_disk).unwrap());
+    let store = Arc::new(InMemoryStore::new("b"));
+    let obj = object(&*store, "f", 64 * CHUNK as usize, 4).await;
+    let uncached = Arc::new(ChunkCache::with_tiers(
+        store.clone(),
+        small_chunks(),
+        tiers.clone(),
+    ));
+    assert!(uncached.disk().is_none());
+    // Sequential, then random reads (enough misses to start a fill of the disk tier).
+    uncached.read(&obj, 0, 32 * CHUNK).await.unwrap();
+    for i in [
+        60, 40, 50, 35, 45, 55, 33, 63, 38, 58, 42, 48, 52, 36, 61, 44, 57, 34,
+    ] {
+        assert_eq!(
+            uncached.read(&obj, i * CHUNK + 7, 100).await.unwrap(),
+            pattern(64 * CHUNK as usize, 4)
+                .slice((i * CHUNK + 7) as usize..(i * CHUNK + 107) as usize)
+        );
+    }
+    assert!(
+        tiers.memory_used() > 0,
+        "its chunks are in the shared memory tier"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        tiers.disk().unwrap().used_bytes(),
+        0,
+        "nothing of it on disk"
+    );
+    // A cache with the disk folder, on the same tiers, does use the disk.
+    let cached = Arc::new(ChunkCache::with_tiers(
+        store.clone(),
+        with_disk,
+        tiers.clone(),
+    ));
+    let other = object(&*store, "g", 8 * CHUNK as usize, 5).await;
+    cached.read(&other, 0, 8 * CHUNK).await.unwrap();
+    for _ in 0..100 {
+        if tiers.disk().unwrap().used_bytes() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(tiers.disk().unwrap().used_bytes() > 0);
+}
+
+#[tokio::test]
 async fn the_disk_tier_serves_a_new_cache_without_requests() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(InMemoryStore::new("b"));
