@@ -21,6 +21,7 @@ use volume_plugin::settings::PluginSettings;
 #[command(
     name = "s3vol",
     version,
+    propagate_version = true,
     about = "Container volumes on S3-compatible object storage"
 )]
 struct Cli {
@@ -70,11 +71,12 @@ struct ServeArgs {
     /// Path-style URLs: auto (when an endpoint is set), true or false.
     #[arg(long, env = "S3VOL_PATH_STYLE", default_value = "auto")]
     path_style: PathStyle,
-    /// PEM file of extra CA certificates for self-signed endpoints.
+    /// PEM file of extra CA certificates for self-signed endpoints; unset: the system's CAs
+    /// only.
     #[arg(long, env = "AWS_CA_BUNDLE")]
     ca_bundle: Option<PathBuf>,
     /// Bucket of volumes created without `-o bucket`; each such volume is the prefix
-    /// `<volume name>/` of it.
+    /// `<volume name>/` of it. Unset: every volume needs `-o bucket`.
     #[arg(long, env = "S3VOL_DEFAULT_BUCKET")]
     default_bucket: Option<String>,
     /// Hard cap of the disk chunk cache, all volumes together (e.g. 10GiB; 0 turns it off).

@@ -807,6 +807,16 @@ fn help_explains_every_flag_with_its_default() {
         help.contains("[default: 0644]") && help.contains("[default: us-east-1]"),
         "{help}"
     );
-    let version = Command::new(S3VOL).arg("--version").output().unwrap();
-    assert!(String::from_utf8_lossy(&version.stdout).starts_with("s3vol "));
+    for args in [
+        &["--version"][..],
+        &["mount", "--version"],
+        &["serve", "--version"],
+    ] {
+        let version = Command::new(S3VOL).args(args).output().unwrap();
+        let said = String::from_utf8_lossy(&version.stdout);
+        assert!(
+            version.status.success() && said.contains(env!("CARGO_PKG_VERSION")),
+            "{args:?}: {said}"
+        );
+    }
 }
