@@ -23,8 +23,9 @@ struct Injected {
 pub struct FailureStore<S> {
     inner: S,
     failures: Mutex<HashMap<Op, Injected>>,
-    /// GETs of this key wait until [`resume_gets`](FailureStore::resume_gets).
-    stalled_key: Mutex<Option<String>>,
+    /// Requests of an operation on a key that wait, not yet sent, until
+    /// [`resume`](FailureStore::resume).
+    stalled: Mutex<HashMap<Op, String>>,
     /// Requests of an operation on a key (a listing: of a prefix) that, once answered, wait
     /// until [`release_answers`](FailureStore::release_answers).
     held: Mutex<HashMap<Op, String>>,
@@ -38,20 +39,21 @@ impl<S: ObjectStore> FailureStore<S> {
         Self {
             inner,
             failures: Mutex::new(HashMap::new()),
-            stalled_key: Mutex::new(None),
+            stalled: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             resumed: tokio::sync::Notify::new(),
             waiting: Default::default(),
         }
     }
 
-    /// Make GETs of `key` hang until [`resume_gets`](Self::resume_gets): a stalled backend.
-    pub fn stall_gets(&self, key: &str) {
-        *self.stalled_key.lock().unwrap() = Some(key.to_string());
+    /// Make requests of `op` on `key` hang, before they reach the store, until
+    /// [`resume`](Self::resume): a stalled backend. Supported for GET and PUT.
+    pub fn stall(&self, op: Op, key: &str) {
+        self.stalled.lock().unwrap().insert(op, key.to_string());
     }
 
-    pub fn resume_gets(&self) {
-        *self.stalled_key.lock().unwrap() = None;
+    pub fn resume(&self) {
+        self.stalled.lock().unwrap().clear();
         self.resumed.notify_waiters();
     }
 
@@ -106,9 +108,9 @@ impl<S: ObjectStore> FailureStore<S> {
             .await;
     }
 
-    /// Wait while GETs of `key` are stalled.
-    async fn stall_get(&self, key: &str) {
-        self.wait_while(|| self.stalled_key.lock().unwrap().as_deref() == Some(key))
+    /// Wait while requests of `op` on `key` are stalled.
+    async fn stalled(&self, op: Op, key: &str) {
+        self.wait_while(|| self.stalled.lock().unwrap().get(&op).map(String::as_str) == Some(key))
             .await;
     }
 
@@ -184,7 +186,7 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
         if_match: Option<&ETag>,
     ) -> StoreResult<ByteStream> {
         self.check(Op::Get)?;
-        self.stall_get(key).await;
+        self.stalled(Op::Get, key).await;
         self.inner.get_stream(key, range, if_match).await
     }
 
@@ -197,6 +199,7 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
 
     async fn put(&self, key: &str, body: Bytes, metadata: &UserMetadata) -> StoreResult<PutResult> {
         self.check(Op::Put)?;
+        self.stalled(Op::Put, key).await;
         self.inner.put(key, body, metadata).await
     }
 

@@ -830,21 +830,36 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// Whether this mount learnt something of `path` at or after `asked`, when a request about
-    /// it was sent: found it missing (or removed it), or confirmed or wrote its attributes. The
-    /// answer to that request is then older than what the mount knows, and must not replace it
-    /// (an `ls` running while a file is rewritten or removed would bring back its old size, or
-    /// the file itself).
-    fn known_since(&self, path: &str, asked: Instant) -> bool {
+    /// Whether a HEAD of `path`'s object (`etag`: the version it found) or of its marker
+    /// (`etag` None), sent at `asked`, came back older than what this mount learnt of `path`
+    /// since: found it missing (or removed it), or confirmed or wrote its attributes. The
+    /// answer must then not replace what the mount knows (an `ls` running while a file is
+    /// rewritten or removed would bring back its old size, or the file itself). A listing
+    /// since counts only where it knew as much: it shows no directory's marker, nor the mode
+    /// and owner of a file, so of the version it showed those of this answer still go in.
+    fn answer_outdated(&self, path: &str, asked: Instant, etag: Option<&common::ETag>) -> bool {
         // Both under the table's lock, which an unlink holds while it records the removal.
         let inodes = self.inodes.lock().unwrap();
-        let known_since = inodes.by_path(path).map(|inode| inode.known_at());
         let missing_since = self.negative.lock().unwrap().get(path).copied();
-        missing_since.is_some_and(|at| at >= asked) || known_since.is_some_and(|at| at >= asked)
+        if missing_since.is_some_and(|at| at >= asked) {
+            return true;
+        }
+        let Some(inode) = inodes.by_path(path) else {
+            return false;
+        };
+        if inode.changed >= asked {
+            return true;
+        }
+        let listed_only = !inode.metadata_known
+            && match etag {
+                None => inode.attr.kind == Kind::Dir,
+                Some(etag) => inode.etag.as_ref() == Some(etag),
+            };
+        inode.fetched >= asked && !listed_only
     }
 
     /// The entry at `path` as this mount knows it, for an answer of the store that came back
-    /// older than that (see [`known_since`](Self::known_since)).
+    /// older than that (see [`answer_outdated`](Self::answer_outdated)).
     fn known_entry(&self, path: &str) -> FsResult<Attr> {
         let inodes = self.inodes.lock().unwrap();
         inodes
@@ -854,7 +869,7 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     /// Forget `path` (unlinked, removed or moved away by this mount) and remember it missing,
-    /// in one step for [`known_since`](Self::known_since) and listings.
+    /// in one step for [`answer_outdated`](Self::answer_outdated) and listings.
     fn record_removal(&self, path: &str) {
         let mut inodes = self.inodes.lock().unwrap();
         inodes.remove_path(path);
@@ -1062,7 +1077,8 @@ impl<S: ObjectStore> Fs<S> {
         let asked = Instant::now();
         let (head, listing) = tokio::join!(self.store.head(&key), self.store.list(&list_params));
         let listing = listing?;
-        if self.known_since(&path, asked) {
+        let found = head.as_ref().ok().map(|meta| &meta.etag);
+        if self.answer_outdated(&path, asked, found) {
             return self.known_entry(&path);
         }
         // A directory shadows an object of the same name (see SEMANTICS.md).
@@ -1093,9 +1109,11 @@ impl<S: ObjectStore> Fs<S> {
             Kind::Dir => self.marker_key(&path),
             Kind::File | Kind::Symlink => self.key(&path),
         };
+        // A file's size and ETag too: another client may have rewritten it, and what is
+        // stored back (a copy onto itself) must be sized as it is now.
         let stored = match self.store.head(&key).await {
-            Ok(meta) if kind == Kind::Dir => Some(self.attr_from_marker(&meta)),
-            Ok(meta) => Some(self.attr_from_meta(&meta)),
+            Ok(meta) if kind == Kind::Dir => Some((self.attr_from_marker(&meta), None)),
+            Ok(meta) => Some((self.attr_from_meta(&meta), Some(meta.etag))),
             // No marker (or the object went): the defaults it has are all there is.
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
@@ -1108,13 +1126,34 @@ impl<S: ObjectStore> Fs<S> {
         if inode.metadata_known || inode.changed >= asked {
             return Ok(());
         }
-        if let Some(stored) = stored {
+        if let Some((stored, etag)) = stored {
             (inode.attr.perm, inode.attr.uid, inode.attr.gid) =
                 (stored.perm, stored.uid, stored.gid);
             inode.attr.mtime = stored.mtime;
+            if let Some(etag) = etag {
+                inode.attr.size = stored.size;
+                inode.etag = Some(etag);
+            }
+            inode.fetched = Instant::now();
         }
         inode.metadata_known = true;
         Ok(())
+    }
+
+    /// [`lookup`](Self::lookup) for an operation that changes the entry or the name (create,
+    /// mkdir, unlink, rmdir, rename), which needs its kind and inode but not, of a directory,
+    /// the mode and owner its marker holds: a directory a fresh listing shows is taken as
+    /// listed, without a HEAD of its marker (`rm -r` would otherwise send one per folder).
+    async fn lookup_for_change(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        check_name(name)?;
+        if self.listing_says(parent, name) == Some(Listed::Dir) {
+            let path = join(&self.dir_path(parent)?, name);
+            let inodes = self.inodes.lock().unwrap();
+            if let Some(inode) = inodes.by_path(&path).filter(|i| i.attr.kind == Kind::Dir) {
+                return Ok(inode.attr.clone());
+            }
+        }
+        self.lookup(parent, name).await
     }
 
     /// Look up `name` in `parent` (at `path`), a directory as far as the store says: its
@@ -1126,7 +1165,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         let asked = Instant::now();
         let marker = self.store.head(&self.marker_key(&path)).await;
-        if self.known_since(&path, asked) {
+        if self.answer_outdated(&path, asked, None) {
             return self.known_entry(&path);
         }
         let attr = match marker {
@@ -1159,7 +1198,8 @@ impl<S: ObjectStore> Fs<S> {
         head: common::StoreResult<ObjectMeta>,
         asked: Instant,
     ) -> FsResult<Attr> {
-        if self.known_since(&path, asked) {
+        let found = head.as_ref().ok().map(|meta| &meta.etag);
+        if self.answer_outdated(&path, asked, found) {
             return self.known_entry(&path);
         }
         match head {
@@ -2232,7 +2272,13 @@ impl<S: ObjectStore> Fs<S> {
                 if attr.kind != Kind::Dir {
                     inode.etag = Some(etag);
                 }
-                inode.fetched = Instant::now();
+                // What is stored now, over what a lookup's HEAD may have brought back
+                // meanwhile (sent before this PUT, it saw the old mode or owner).
+                (inode.attr.perm, inode.attr.uid, inode.attr.gid) = (attr.perm, attr.uid, attr.gid);
+                inode.attr.mtime = attr.mtime;
+                inode.metadata_known = true;
+                inode.changed = Instant::now();
+                inode.fetched = inode.changed;
             }
         }
         Ok(attr)
@@ -2262,7 +2308,7 @@ impl<S: ObjectStore> Fs<S> {
         if_exists: IfExists,
     ) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
-        match self.lookup(parent, name).await {
+        match self.lookup_for_change(parent, name).await {
             // (A directory or symlink the kernel did not know of: not a file to open here.)
             Ok(attr) if if_exists == IfExists::Fail || attr.kind != Kind::File => {
                 return Err(FsError::Exists)
@@ -2304,7 +2350,7 @@ impl<S: ObjectStore> Fs<S> {
     /// and the name is free.
     async fn path_for_new_entry(&self, parent: u64, name: &str) -> FsResult<String> {
         self.check_writable()?;
-        match self.lookup(parent, name).await {
+        match self.lookup_for_change(parent, name).await {
             Ok(_) => Err(FsError::Exists),
             Err(FsError::NotFound) => Ok(join(&self.dir_path(parent)?, name)),
             Err(e) => Err(e),
@@ -2374,7 +2420,7 @@ impl<S: ObjectStore> Fs<S> {
 
     async fn unlink_passed(&self, parent: u64, name: &str) -> FsResult<()> {
         self.check_writable()?;
-        let attr = self.lookup(parent, name).await?;
+        let attr = self.lookup_for_change(parent, name).await?;
         if attr.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
@@ -2403,7 +2449,7 @@ impl<S: ObjectStore> Fs<S> {
 
     async fn rmdir_passed(&self, parent: u64, name: &str, check: EmptyCheck) -> FsResult<()> {
         self.check_writable()?;
-        let attr = self.lookup(parent, name).await?;
+        let attr = self.lookup_for_change(parent, name).await?;
         if attr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
@@ -2477,7 +2523,7 @@ impl<S: ObjectStore> Fs<S> {
         from: String,
         to: String,
     ) -> FsResult<()> {
-        let src = self.lookup(parent, name).await?;
+        let src = self.lookup_for_change(parent, name).await?;
         if from == to {
             return Ok(());
         }
@@ -2488,7 +2534,7 @@ impl<S: ObjectStore> Fs<S> {
         // A file replaced by the move: as for an unlink of it, those who still have it open
         // keep reading it whole, and its writes never reach the store again (its state stays
         // locked meanwhile, so no close of it overwrites what is moved in).
-        let replaced = match self.lookup(new_parent, new_name).await {
+        let replaced = match self.lookup_for_change(new_parent, new_name).await {
             Ok(dst) if dst.kind == Kind::Dir && src.kind != Kind::Dir => {
                 return Err(FsError::IsDir)
             }

@@ -883,6 +883,107 @@ async fn a_change_to_an_entry_known_only_from_a_listing_keeps_what_it_does_not_s
         (&*meta["mode"], &*meta["uid"], &*meta["gid"]),
         (&*(S_IFREG | 0o604).to_string(), "55", "66")
     );
+    // Rewritten by another client since the listing: the chmod shows the new version's size
+    // (and the owner it stores), as the HEAD it needed found them.
+    store
+        .put(
+            "vol/h",
+            bytes::Bytes::from_static(b"old"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let listed = f.fs.readdir(ROOT_INO).await.unwrap();
+    let h = listed.iter().find(|e| e.name == "h").unwrap().attr.ino;
+    store
+        .put(
+            "vol/h",
+            bytes::Bytes::from_static(b"rewritten!"),
+            &s3fs_metadata(S_IFREG | 0o644, 77, 88, 1_600_000_000),
+        )
+        .await
+        .unwrap();
+    let changed = f.fs.setattr(h, chmod).await.unwrap();
+    assert_eq!((changed.size, changed.uid, changed.perm), (10, 77, 0o600));
+    assert_eq!(f.fs.getattr(h).await.unwrap().size, 10);
+    assert_eq!(read_all(&f.fs, h).await, b"rewritten!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_or_metadata_read_while_the_folder_is_listed_again_is_kept() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let meta = |mode| s3fs_metadata(mode, 44, 55, 1_500_000_000);
+    store
+        .put("vol/d/", bytes::Bytes::new(), &meta(S_IFDIR | 0o700))
+        .await
+        .unwrap();
+    store
+        .put(
+            "vol/f",
+            bytes::Bytes::from_static(b"f"),
+            &meta(S_IFREG | 0o604),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    // A lookup's HEAD answers late, after an `ls` listed the folder again (past the TTL of
+    // the listing the lookup took): that listing shows no marker, nor a file's mode and
+    // owner, so what the HEAD read is what the entry gets.
+    for (name, key, perm) in [("d", "vol/d/", 0o700), ("f", "vol/f", 0o604)] {
+        // Nothing of it fresh: the lookup asks the store.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        store.hold_answers(Op::Head, key);
+        let lookup = {
+            let fs = fs.clone();
+            tokio::spawn(async move { fs.lookup(ROOT_INO, name).await })
+        };
+        store.until_waiting(1).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        fs.readdir(ROOT_INO).await.unwrap();
+        store.release_answers();
+        let found = lookup.await.unwrap().unwrap();
+        assert_eq!((found.perm, found.uid, found.gid), (perm, 44, 55), "{name}");
+        let now = fs.getattr(found.ino).await.unwrap();
+        assert_eq!((now.perm, now.uid, now.gid), (perm, 44, 55), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chmod_of_a_folder_is_not_undone_by_a_lookup_that_read_its_marker_meanwhile() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    let d = fs.mkdir(ROOT_INO, "d", 0o755, 1, 2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The chmod's PUT of the marker is slow to reach the store; a lookup past the TTL reads
+    // the marker before it does, and its answer arrives before the chmod is done.
+    store.stall(Op::Put, "vol/d/");
+    let chmod = {
+        let fs = fs.clone();
+        let to_700 = SetAttr {
+            mode: Some(0o700),
+            ..Default::default()
+        };
+        tokio::spawn(async move { fs.setattr(d.ino, to_700).await })
+    };
+    store.until_waiting(1).await;
+    store.hold_answers(Op::Head, "vol/d/");
+    let lookup = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.lookup(ROOT_INO, "d").await })
+    };
+    store.until_waiting(2).await;
+    store.release_answers();
+    lookup.await.unwrap().unwrap(); // (either mode: the two overlap)
+    store.resume();
+    assert_eq!(chmod.await.unwrap().unwrap().perm, 0o700);
+    // Once the chmod returned, the mode is the one it set.
+    assert_eq!(fs.getattr(d.ino).await.unwrap().perm, 0o700);
+    assert_eq!(fs.lookup(ROOT_INO, "d").await.unwrap().perm, 0o700);
+    let stored = store.head("vol/d/").await.unwrap().user_metadata;
+    assert_eq!(&*stored["mode"], (S_IFDIR | 0o700).to_string());
 }
 
 #[tokio::test]
@@ -1210,7 +1311,7 @@ async fn a_stalled_read_does_not_hold_up_reads_of_other_files() {
     }
     let slow = fs.lookup(ROOT_INO, "slow").await.unwrap();
     let fast = fs.lookup(ROOT_INO, "fast").await.unwrap();
-    store.stall_gets("vol/slow");
+    store.stall(Op::Get, "vol/slow");
     let slow_fh = fs.open(slow.ino, false, false).await.unwrap();
     let stalled = {
         let fs = fs.clone();
@@ -1225,7 +1326,7 @@ async fn a_stalled_read_does_not_hold_up_reads_of_other_files() {
     let fast_fh = fs.open(fast.ino, false, false).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), fs.read(fast_fh, 0, 8)).await;
     assert_eq!(&got.expect("not blocked").unwrap()[..], b"fastfast");
-    store.resume_gets();
+    store.resume();
     assert_eq!(&stalled.await.unwrap().unwrap()[..4], b"slow");
 }
 
@@ -1838,7 +1939,7 @@ async fn a_last_close_during_the_removal_of_an_open_file_leaves_nothing_staged()
     let attr = write_file(&*fs, ROOT_INO, "f", b"some bytes").await;
     let fh = fs.open(attr.ino, false, false).await.unwrap();
     // The removal fetches the bytes for the open descriptor; it closes meanwhile.
-    store.stall_gets("vol/f");
+    store.stall(Op::Get, "vol/f");
     let unlink = {
         let fs = fs.clone();
         tokio::spawn(async move { fs.unlink(ROOT_INO, "f").await })
@@ -1846,7 +1947,7 @@ async fn a_last_close_during_the_removal_of_an_open_file_leaves_nothing_staged()
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!unlink.is_finished(), "the removal waits for the bytes");
     fs.release(fh).await.unwrap();
-    store.resume_gets();
+    store.resume();
     unlink.await.unwrap().unwrap();
     assert!(store.head("vol/f").await.is_err());
     assert_eq!(staged(&staging_dir), Vec::<String>::new());
@@ -1869,7 +1970,7 @@ async fn a_file_renamed_onto_an_open_one_while_their_folder_is_renamed_does_not_
     let y_fh = fs.open(y.ino, false, false).await.unwrap();
     // `mv a/x a/y` fetches y's bytes for its open descriptor (stalled here), holding the
     // states of both files; `mv a b` wants them too, and must wait, not deadlock.
-    store.stall_gets("vol/a/y");
+    store.stall(Op::Get, "vol/a/y");
     let file_move = {
         let fs = fs.clone();
         tokio::spawn(async move { fs.rename(a.ino, "x", a.ino, "y").await })
@@ -1880,7 +1981,7 @@ async fn a_file_renamed_onto_an_open_one_while_their_folder_is_renamed_does_not_
         tokio::spawn(async move { fs.rename(ROOT_INO, "a", ROOT_INO, "b").await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    store.resume_gets();
+    store.resume();
     let both = async { (file_move.await, folder_move.await) };
     let (file_move, folder_move) = tokio::time::timeout(Duration::from_secs(10), both)
         .await
@@ -2112,7 +2213,7 @@ async fn a_first_write_during_the_rename_of_its_folder_lands_under_the_new_name(
     // Open, not written yet: its first write fetches its bytes (stalled here) for a write
     // state whose object key comes from its path.
     let fh = fs.open(x.ino, true, false).await.unwrap();
-    store.stall_gets("vol/a/x");
+    store.stall(Op::Get, "vol/a/x");
     let write = {
         let fs = fs.clone();
         tokio::spawn(async move { fs.write(fh, 0, b"NEW").await })
@@ -2124,7 +2225,7 @@ async fn a_first_write_during_the_rename_of_its_folder_lands_under_the_new_name(
         !rename.is_finished(),
         "the rename waits for the write in flight below it"
     );
-    store.resume_gets();
+    store.resume();
     assert_eq!(write.await.unwrap().unwrap(), 3);
     rename.await.unwrap().unwrap();
     fs.release(fh).await.unwrap();
@@ -2660,6 +2761,30 @@ async fn a_folder_read_again_within_the_ttl_is_not_listed_again_nor_checked_when
     );
     fs.rmdir(ROOT_INO, "g").await.unwrap();
     assert!(store.head("vol/g/f0").await.is_ok());
+}
+
+#[tokio::test]
+async fn removing_a_tree_known_from_listings_costs_no_head_per_entry() {
+    let (f, store) = fixture_with_ttl(Duration::from_secs(30));
+    let fs = &f.fs;
+    for folder in ["vol/top/a", "vol/top/b"] {
+        put_empty_files(&store, folder, 2).await;
+    }
+    let top = fs.lookup(ROOT_INO, "top").await.unwrap();
+    let heads = || store.request_count(Op::Head);
+    let before = heads();
+    // `rm -r top` with readdirplus: the kernel has every entry from the listings, and asks
+    // to remove each by name. A folder's kind is all an rmdir needs, not its marker's mode.
+    for sub in fs.readdir(top.ino).await.unwrap() {
+        assert_eq!(sub.attr.kind, Kind::Dir);
+        for file in fs.readdir(sub.attr.ino).await.unwrap() {
+            fs.unlink(sub.attr.ino, &file.name).await.unwrap();
+        }
+        fs.rmdir(top.ino, &sub.name).await.unwrap();
+    }
+    fs.rmdir(ROOT_INO, "top").await.unwrap();
+    assert_eq!(heads(), before, "no HEAD");
+    assert!(store.keys().is_empty(), "{:?}", store.keys());
 }
 
 #[tokio::test]

@@ -680,8 +680,13 @@ impl<S: ObjectStore> ChunkCache<S> {
     /// [`SCAN_RESISTANT_ABOVE`]: a big file read once (a backup, a video, a log) would cost
     /// a disk write per byte read, about a third of a cold read's time on the benchmark
     /// machine (docs/BENCHMARKS.md), and push out of the disk tier what is read again. From
-    /// its second sequential read on, it is kept like any other.
+    /// its second sequential read on, it is kept like any other. A cache without a disk
+    /// folder keeps nothing on disk, and its reads do not count as first reads for the
+    /// caches sharing its tiers that have one.
     pub fn keeps_on_disk_when_streamed(&self, object: &ObjectVersion) -> bool {
+        if self.disk().is_none() {
+            return false;
+        }
         if object.size <= SCAN_RESISTANT_ABOVE {
             return true;
         }

@@ -242,6 +242,17 @@ async fn a_cache_without_a_disk_folder_shares_the_memory_tier_and_keeps_off_the_
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(tiers.disk().unwrap().used_bytes() > 0);
+    // A big object streamed through the cache without a disk is not thereby read once
+    // before for the one with a disk: its first streamed read still keeps off the disk.
+    let big = ObjectVersion {
+        size: SCAN_RESISTANT_ABOVE + 1,
+        ..obj.clone()
+    };
+    for _ in 0..2 {
+        assert!(!uncached.keeps_on_disk_when_streamed(&big));
+    }
+    assert!(!cached.keeps_on_disk_when_streamed(&big), "its first read");
+    assert!(cached.keeps_on_disk_when_streamed(&big), "its second read");
 }
 
 #[tokio::test]
