@@ -49,6 +49,7 @@ impl<S: ObjectStore> FailureStore<S> {
     /// Make requests of `op` on `key` hang, before they reach the store, until
     /// [`resume`](Self::resume): a stalled backend. Supported for GET and PUT.
     pub fn stall(&self, op: Op, key: &str) {
+        assert!(matches!(op, Op::Get | Op::Put), "only GETs and PUTs stall");
         self.stalled.lock().unwrap().insert(op, key.to_string());
     }
 
@@ -102,6 +103,12 @@ impl<S: ObjectStore> FailureStore<S> {
         self.resumed.notify_waiters();
     }
 
+    /// Release the held answers of `op` only.
+    pub fn release_answers_of(&self, op: Op) {
+        self.held.lock().unwrap().remove(&op);
+        self.resumed.notify_waiters();
+    }
+
     /// Wait while answers of `op` on `key` are held.
     async fn hold_answer(&self, op: Op, key: &str) {
         self.wait_while(|| self.held.lock().unwrap().get(&op).map(String::as_str) == Some(key))
@@ -109,7 +116,7 @@ impl<S: ObjectStore> FailureStore<S> {
     }
 
     /// Wait while requests of `op` on `key` are stalled.
-    async fn stalled(&self, op: Op, key: &str) {
+    async fn wait_if_stalled(&self, op: Op, key: &str) {
         self.wait_while(|| self.stalled.lock().unwrap().get(&op).map(String::as_str) == Some(key))
             .await;
     }
@@ -186,7 +193,7 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
         if_match: Option<&ETag>,
     ) -> StoreResult<ByteStream> {
         self.check(Op::Get)?;
-        self.stalled(Op::Get, key).await;
+        self.wait_if_stalled(Op::Get, key).await;
         self.inner.get_stream(key, range, if_match).await
     }
 
@@ -199,7 +206,7 @@ impl<S: ObjectStore> ObjectStore for FailureStore<S> {
 
     async fn put(&self, key: &str, body: Bytes, metadata: &UserMetadata) -> StoreResult<PutResult> {
         self.check(Op::Put)?;
-        self.stalled(Op::Put, key).await;
+        self.wait_if_stalled(Op::Put, key).await;
         self.inner.put(key, body, metadata).await
     }
 

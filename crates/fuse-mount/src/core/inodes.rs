@@ -65,10 +65,40 @@ pub struct Inode {
     pub lookups: u64,
 }
 
+/// What a HEAD about an entry found, to weigh against what the mount learnt of it since
+/// ([`Inode::knows_more_than`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'a> {
+    /// A directory's marker (or that it has none): its mode, owner and mtime.
+    Marker,
+    /// The object, at this version, with its metadata.
+    Object(&'a ETag),
+    /// No object of that name.
+    Missing,
+}
+
 impl Inode {
     /// Since when the mount's knowledge of it holds: confirmed by the store, or changed here.
     pub fn known_at(&self) -> Instant {
         self.fetched.max(self.changed)
+    }
+
+    /// Whether what the mount knows of this entry is newer than `answer`, a HEAD sent at
+    /// `asked`: changed here since, or confirmed since by what knew as much. A listing since
+    /// knew less than a HEAD of a directory's marker (it does not show it) or of a file's
+    /// metadata at the version the listing showed (it shows no mode nor owner): that answer
+    /// still goes in.
+    pub fn knows_more_than(&self, asked: Instant, answer: Answer) -> bool {
+        if self.changed >= asked {
+            return true;
+        }
+        let listing_knew_less = !self.metadata_known
+            && match answer {
+                Answer::Marker => self.attr.kind == Kind::Dir,
+                Answer::Object(etag) => self.etag.as_ref() == Some(etag),
+                Answer::Missing => false,
+            };
+        self.fetched >= asked && !listing_knew_less
     }
 }
 
@@ -85,8 +115,11 @@ struct Remembered {
 /// Files remembered after their inodes went (about 100 bytes each); the oldest go first.
 const REMEMBERED: usize = 100_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InodeTable {
+    /// When the table was made: the `changed` of an inode the mount has not changed, older
+    /// than any request the mount sends ([`Inode::knows_more_than`]).
+    made: Instant,
     next: u64,
     inodes: HashMap<u64, Inode>,
     by_path: HashMap<String, u64>,
@@ -98,9 +131,15 @@ pub struct InodeTable {
 
 impl InodeTable {
     pub fn new(root: Attr) -> Self {
+        let made = Instant::now();
         let mut table = Self {
+            made,
             next: ROOT_INO + 1,
-            ..Self::default()
+            inodes: HashMap::new(),
+            by_path: HashMap::new(),
+            journal: None,
+            remembered: HashMap::new(),
+            remembered_order: VecDeque::new(),
         };
         table.inodes.insert(
             ROOT_INO,
@@ -110,8 +149,8 @@ impl InodeTable {
                 path: String::new(),
                 attr: root,
                 etag: None,
-                fetched: Instant::now(),
-                changed: Instant::now(),
+                fetched: made,
+                changed: made,
                 kernel_cached: None,
                 metadata_known: true,
                 lookups: 1,
@@ -354,7 +393,8 @@ impl InodeTable {
                 attr,
                 etag,
                 fetched: Instant::now(),
-                changed: Instant::now(),
+                // Found in the store (or made here, which `metadata_known` and `fetched` say).
+                changed: self.made,
                 kernel_cached: None,
                 metadata_known,
                 lookups: 0,

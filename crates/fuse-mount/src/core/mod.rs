@@ -32,7 +32,7 @@ use s3_backend::upload_journal::{LeftoverUploads, UploadJournal};
 
 pub use error::{FsError, FsResult};
 use files::{FileState, Initial};
-use inodes::InodeTable;
+use inodes::{Answer, InodeTable};
 pub use inodes::{Attr, Kind, ROOT_INO};
 use journal::InodeJournal;
 use metadata::{StoredAttrs, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
@@ -830,32 +830,19 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// Whether a HEAD of `path`'s object (`etag`: the version it found) or of its marker
-    /// (`etag` None), sent at `asked`, came back older than what this mount learnt of `path`
-    /// since: found it missing (or removed it), or confirmed or wrote its attributes. The
-    /// answer must then not replace what the mount knows (an `ls` running while a file is
-    /// rewritten or removed would bring back its old size, or the file itself). A listing
-    /// since counts only where it knew as much: it shows no directory's marker, nor the mode
-    /// and owner of a file, so of the version it showed those of this answer still go in.
-    fn answer_outdated(&self, path: &str, asked: Instant, etag: Option<&common::ETag>) -> bool {
+    /// Whether `answer`, a HEAD about `path` sent at `asked`, came back older than what this
+    /// mount learnt of `path` since: found it missing (or removed it), or changed or confirmed
+    /// it ([`Inode::knows_more_than`]). The answer must then not replace what the mount
+    /// knows (an `ls` running while a file is rewritten or removed would bring back its old
+    /// size, or the file itself).
+    fn answer_outdated(&self, path: &str, asked: Instant, answer: Answer) -> bool {
         // Both under the table's lock, which an unlink holds while it records the removal.
         let inodes = self.inodes.lock().unwrap();
         let missing_since = self.negative.lock().unwrap().get(path).copied();
-        if missing_since.is_some_and(|at| at >= asked) {
-            return true;
-        }
-        let Some(inode) = inodes.by_path(path) else {
-            return false;
-        };
-        if inode.changed >= asked {
-            return true;
-        }
-        let listed_only = !inode.metadata_known
-            && match etag {
-                None => inode.attr.kind == Kind::Dir,
-                Some(etag) => inode.etag.as_ref() == Some(etag),
-            };
-        inode.fetched >= asked && !listed_only
+        missing_since.is_some_and(|at| at >= asked)
+            || inodes
+                .by_path(path)
+                .is_some_and(|inode| inode.knows_more_than(asked, answer))
     }
 
     /// The entry at `path` as this mount knows it, for an answer of the store that came back
@@ -1077,12 +1064,17 @@ impl<S: ObjectStore> Fs<S> {
         let asked = Instant::now();
         let (head, listing) = tokio::join!(self.store.head(&key), self.store.list(&list_params));
         let listing = listing?;
-        let found = head.as_ref().ok().map(|meta| &meta.etag);
-        if self.answer_outdated(&path, asked, found) {
+        let is_dir = !listing.objects.is_empty() || !listing.common_prefixes.is_empty();
+        let answer = match &head {
+            _ if is_dir => Answer::Marker, // what is read next
+            Ok(meta) => Answer::Object(&meta.etag),
+            Err(_) => Answer::Missing,
+        };
+        if self.answer_outdated(&path, asked, answer) {
             return self.known_entry(&path);
         }
         // A directory shadows an object of the same name (see SEMANTICS.md).
-        if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
+        if is_dir {
             return self.dir_for_lookup(parent, name, path).await;
         }
         self.found_by_head(parent, name, path, head, asked)
@@ -1109,8 +1101,8 @@ impl<S: ObjectStore> Fs<S> {
             Kind::Dir => self.marker_key(&path),
             Kind::File | Kind::Symlink => self.key(&path),
         };
-        // A file's size and ETag too: another client may have rewritten it, and what is
-        // stored back (a copy onto itself) must be sized as it is now.
+        // A file's size and ETag too: another client may have rewritten it since the listing,
+        // and the change then shows the file as it is now.
         let stored = match self.store.head(&key).await {
             Ok(meta) if kind == Kind::Dir => Some((self.attr_from_marker(&meta), None)),
             Ok(meta) => Some((self.attr_from_meta(&meta), Some(meta.etag))),
@@ -1130,7 +1122,8 @@ impl<S: ObjectStore> Fs<S> {
             (inode.attr.perm, inode.attr.uid, inode.attr.gid) =
                 (stored.perm, stored.uid, stored.gid);
             inode.attr.mtime = stored.mtime;
-            if let Some(etag) = etag {
+            // (Unless a listing showed a newer version meanwhile: that one's size stays.)
+            if let Some(etag) = etag.filter(|e| !inode.knows_more_than(asked, Answer::Object(e))) {
                 inode.attr.size = stored.size;
                 inode.etag = Some(etag);
             }
@@ -1165,7 +1158,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         let asked = Instant::now();
         let marker = self.store.head(&self.marker_key(&path)).await;
-        if self.answer_outdated(&path, asked, None) {
+        if self.answer_outdated(&path, asked, Answer::Marker) {
             return self.known_entry(&path);
         }
         let attr = match marker {
@@ -1198,8 +1191,11 @@ impl<S: ObjectStore> Fs<S> {
         head: common::StoreResult<ObjectMeta>,
         asked: Instant,
     ) -> FsResult<Attr> {
-        let found = head.as_ref().ok().map(|meta| &meta.etag);
-        if self.answer_outdated(&path, asked, found) {
+        let answer = match &head {
+            Ok(meta) => Answer::Object(&meta.etag),
+            Err(_) => Answer::Missing,
+        };
+        if self.answer_outdated(&path, asked, answer) {
             return self.known_entry(&path);
         }
         match head {
@@ -1293,9 +1289,15 @@ impl<S: ObjectStore> Fs<S> {
         let head = self.store.head(&self.key(&path)).await;
         // Written or confirmed by this mount while the HEAD ran: that is newer.
         let newer = {
+            let answer = match &head {
+                Ok(meta) => Answer::Object(&meta.etag),
+                Err(_) => Answer::Missing,
+            };
             let inodes = self.inodes.lock().unwrap();
             let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
-            (inode.known_at() >= asked).then(|| inode.attr.clone())
+            inode
+                .knows_more_than(asked, answer)
+                .then(|| inode.attr.clone())
         };
         if let Some(attr) = newer {
             return Ok(self.current_attr(attr).await);

@@ -951,6 +951,106 @@ async fn a_marker_or_metadata_read_while_the_folder_is_listed_again_is_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_read_while_a_listing_first_shows_its_folder_is_kept() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    store
+        .put(
+            "vol/d/",
+            bytes::Bytes::new(),
+            &s3fs_metadata(S_IFDIR | 0o700, 44, 55, 1_500_000_000),
+        )
+        .await
+        .unwrap();
+    // A root too big to list for one lookup: the lookup asks for d alone, and the listing
+    // of an `ls` meanwhile is the first to show d to the mount.
+    for i in 0..2_001 {
+        store
+            .put(
+                &format!("vol/f{i}"),
+                bytes::Bytes::new(),
+                &UserMetadata::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    store.hold_answers(Op::Head, "vol/d/");
+    let lookup = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.lookup(ROOT_INO, "d").await })
+    };
+    store.until_waiting(1).await;
+    fs.readdir(ROOT_INO).await.unwrap();
+    store.release_answers();
+    let d = lookup.await.unwrap().unwrap();
+    assert_eq!((d.perm, d.uid, d.gid), (0o700, 44, 55));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_answered_after_a_listing_of_a_newer_state_keeps_the_listings() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    for key in ["vol/g", "vol/x"] {
+        store
+            .put(key, bytes::Bytes::from_static(b"old"), &UserMetadata::new())
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    // g: the HEAD found the old version; another client rewrote g, and an `ls` showed the new
+    // one, before the HEAD's answer came: the newer version stands.
+    store.hold_answers(Op::Head, "vol/g");
+    let lookup = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.lookup(ROOT_INO, "g").await })
+    };
+    store.until_waiting(1).await;
+    store
+        .put(
+            "vol/g",
+            bytes::Bytes::from_static(b"new!!"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    fs.readdir(ROOT_INO).await.unwrap();
+    store.release_answers();
+    let g = lookup.await.unwrap().unwrap();
+    assert_eq!(g.size, 5);
+    assert_eq!(fs.getattr(g.ino).await.unwrap().size, 5);
+    // x: listed as a file, but gone by the HEAD, which found nothing; another client made a
+    // folder x meanwhile, and an `ls` showed it before the HEAD's answer came: x is a folder,
+    // not a missing name.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    store.hold_answers(Op::List, "vol/");
+    let lookup = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.lookup(ROOT_INO, "x").await })
+    };
+    store.until_waiting(1).await;
+    store.delete("vol/x").await.unwrap();
+    store
+        .put(
+            "vol/x/y",
+            bytes::Bytes::from_static(b"y"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    store.hold_answers(Op::Head, "vol/x");
+    store.release_answers_of(Op::List);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store.until_waiting(1).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    fs.readdir(ROOT_INO).await.unwrap();
+    store.release_answers();
+    assert_eq!(lookup.await.unwrap().unwrap().kind, Kind::Dir);
+    assert_eq!(fs.lookup(ROOT_INO, "x").await.unwrap().kind, Kind::Dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chmod_of_a_folder_is_not_undone_by_a_lookup_that_read_its_marker_meanwhile() {
     let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
     let dir = tempfile::tempdir().unwrap();
@@ -2770,6 +2870,7 @@ async fn removing_a_tree_known_from_listings_costs_no_head_per_entry() {
     for folder in ["vol/top/a", "vol/top/b"] {
         put_empty_files(&store, folder, 2).await;
     }
+    put_empty_files(&store, "vol/p/q", 1).await;
     let top = fs.lookup(ROOT_INO, "top").await.unwrap();
     let heads = || store.request_count(Op::Head);
     let before = heads();
@@ -2784,7 +2885,23 @@ async fn removing_a_tree_known_from_listings_costs_no_head_per_entry() {
     }
     fs.rmdir(ROOT_INO, "top").await.unwrap();
     assert_eq!(heads(), before, "no HEAD");
-    assert!(store.keys().is_empty(), "{:?}", store.keys());
+    assert_eq!(store.keys(), ["vol/p/q/f0"]);
+    // Nor to make a name a listed folder has (EEXIST), or to move such a folder.
+    let p = fs.lookup(ROOT_INO, "p").await.unwrap();
+    fs.readdir(p.ino).await.unwrap();
+    let before = heads();
+    assert!(matches!(
+        fs.mkdir(p.ino, "q", 0o755, 0, 0).await,
+        Err(FsError::Exists)
+    ));
+    assert!(matches!(
+        fs.create(p.ino, "q", 0o644, 0, 0, IfExists::Fail).await,
+        Err(FsError::Exists)
+    ));
+    assert!(matches!(fs.unlink(p.ino, "q").await, Err(FsError::IsDir)));
+    fs.rename(p.ino, "q", p.ino, "r").await.unwrap();
+    assert_eq!(heads(), before, "no HEAD of the folder's marker");
+    assert!(store.head("vol/p/r/f0").await.is_ok());
 }
 
 #[tokio::test]
