@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Instant, SystemTime};
 
-use common::ETag;
+use common::{ETag, ObjectMeta, StoreResult};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{InodeJournal, JournaledInode, Record};
@@ -75,6 +75,17 @@ pub enum Answer<'a> {
     Object(&'a ETag),
     /// No object of that name.
     Missing,
+}
+
+impl<'a> Answer<'a> {
+    /// What a HEAD of an object found (an error other than "not found" says nothing of it,
+    /// and its caller returns that error).
+    pub fn of_head(head: &'a StoreResult<ObjectMeta>) -> Self {
+        match head {
+            Ok(meta) => Answer::Object(&meta.etag),
+            Err(_) => Answer::Missing,
+        }
+    }
 }
 
 impl Inode {

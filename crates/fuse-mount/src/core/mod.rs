@@ -1064,17 +1064,11 @@ impl<S: ObjectStore> Fs<S> {
         let asked = Instant::now();
         let (head, listing) = tokio::join!(self.store.head(&key), self.store.list(&list_params));
         let listing = listing?;
-        let is_dir = !listing.objects.is_empty() || !listing.common_prefixes.is_empty();
-        let answer = match &head {
-            _ if is_dir => Answer::Marker, // what is read next
-            Ok(meta) => Answer::Object(&meta.etag),
-            Err(_) => Answer::Missing,
-        };
-        if self.answer_outdated(&path, asked, answer) {
-            return self.known_entry(&path);
-        }
         // A directory shadows an object of the same name (see SEMANTICS.md).
-        if is_dir {
+        if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
+            if self.answer_outdated(&path, asked, Answer::Marker) {
+                return self.known_entry(&path);
+            }
             return self.dir_for_lookup(parent, name, path).await;
         }
         self.found_by_head(parent, name, path, head, asked)
@@ -1191,11 +1185,7 @@ impl<S: ObjectStore> Fs<S> {
         head: common::StoreResult<ObjectMeta>,
         asked: Instant,
     ) -> FsResult<Attr> {
-        let answer = match &head {
-            Ok(meta) => Answer::Object(&meta.etag),
-            Err(_) => Answer::Missing,
-        };
-        if self.answer_outdated(&path, asked, answer) {
+        if self.answer_outdated(&path, asked, Answer::of_head(&head)) {
             return self.known_entry(&path);
         }
         match head {
@@ -1289,14 +1279,10 @@ impl<S: ObjectStore> Fs<S> {
         let head = self.store.head(&self.key(&path)).await;
         // Written or confirmed by this mount while the HEAD ran: that is newer.
         let newer = {
-            let answer = match &head {
-                Ok(meta) => Answer::Object(&meta.etag),
-                Err(_) => Answer::Missing,
-            };
             let inodes = self.inodes.lock().unwrap();
             let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
             inode
-                .knows_more_than(asked, answer)
+                .knows_more_than(asked, Answer::of_head(&head))
                 .then(|| inode.attr.clone())
         };
         if let Some(attr) = newer {
