@@ -195,7 +195,8 @@ impl InodeTable {
         } else {
             format!("{parent_path}/{name}")
         };
-        self.insert(attr.ino, parent, name, path, attr.clone(), None, false);
+        let now = Instant::now();
+        self.insert(attr.ino, parent, name, path, attr.clone(), None, false, now);
         if let Some(inode) = self.inodes.get_mut(&attr.ino) {
             inode.lookups = 1;
         }
@@ -337,6 +338,10 @@ impl InodeTable {
 
     /// Insert or refresh the inode for `parent`/`name`, keeping its number if it had one.
     /// A kind change (a file replaced by a directory of the same name) gets a new number.
+    /// `confirmed` is when the store was asked (a HEAD sent, a listing begun): the answer
+    /// describes the store as it was then at the earliest, so the TTL and later answers are
+    /// weighed from there.
+    #[allow(clippy::too_many_arguments)]
     pub fn upsert(
         &mut self,
         parent: u64,
@@ -345,6 +350,7 @@ impl InodeTable {
         mut attr: Attr,
         etag: Option<ETag>,
         metadata_known: bool,
+        confirmed: Instant,
     ) -> Attr {
         if let Some(&ino) = self.by_path.get(&path) {
             let inode = self.inodes.get_mut(&ino).expect("indexed inodes exist");
@@ -363,7 +369,7 @@ impl InodeTable {
                 attr.ino = ino;
                 inode.attr = attr.clone();
                 inode.etag = etag;
-                inode.fetched = Instant::now();
+                inode.fetched = confirmed;
                 return attr;
             }
             self.remove_path(&path);
@@ -371,7 +377,16 @@ impl InodeTable {
         let ino = self.next;
         self.next += 1;
         attr.ino = ino;
-        self.insert(ino, parent, name, path, attr.clone(), etag, metadata_known);
+        self.insert(
+            ino,
+            parent,
+            name,
+            path,
+            attr.clone(),
+            etag,
+            metadata_known,
+            confirmed,
+        );
         attr
     }
 
@@ -386,6 +401,7 @@ impl InodeTable {
         attr: Attr,
         etag: Option<ETag>,
         metadata_known: bool,
+        fetched: Instant,
     ) {
         if let Some(journal) = &mut self.journal {
             journal.append(&Record::New {
@@ -403,7 +419,7 @@ impl InodeTable {
                 path: path.clone(),
                 attr,
                 etag,
-                fetched: Instant::now(),
+                fetched,
                 // Found in the store (or made here, which `metadata_known` and `fetched` say).
                 changed: self.made,
                 kernel_cached: None,
@@ -498,6 +514,7 @@ impl InodeTable {
 
     /// The inode of file `path` (`name` in `parent`) as a listing shows it (`attr`, `etag`),
     /// with the mode and owner remembered from before its inode went, if its ETag is the same.
+    /// `listed` is when that listing began.
     pub fn recall(
         &mut self,
         parent: u64,
@@ -505,6 +522,7 @@ impl InodeTable {
         path: &str,
         attr: &Attr,
         etag: &ETag,
+        listed: Instant,
     ) -> Option<Attr> {
         let remembered = self
             .remembered
@@ -525,6 +543,7 @@ impl InodeTable {
             attr,
             Some(remembered.etag),
             true,
+            listed,
         ))
     }
 

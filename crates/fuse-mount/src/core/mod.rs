@@ -929,7 +929,7 @@ impl<S: ObjectStore> Fs<S> {
         self.inodes
             .lock()
             .unwrap()
-            .upsert(parent, name, path, attr, etag, true)
+            .upsert(parent, name, path, attr, etag, true, Instant::now())
     }
 
     /// Keep a listing of `parent` up to date with a change made through this mount: `name`
@@ -1121,7 +1121,7 @@ impl<S: ObjectStore> Fs<S> {
                 inode.attr.size = stored.size;
                 inode.etag = Some(etag);
             }
-            inode.fetched = Instant::now();
+            inode.fetched = inode.fetched.max(asked);
         }
         inode.metadata_known = true;
         Ok(())
@@ -1165,7 +1165,7 @@ impl<S: ObjectStore> Fs<S> {
             .inodes
             .lock()
             .unwrap()
-            .upsert(parent, name, path, attr, None, true))
+            .upsert(parent, name, path, attr, None, true, asked))
     }
 
     /// Look up `name` in `parent` (at `path`), a file or symlink as far as the store says, with
@@ -1199,6 +1199,7 @@ impl<S: ObjectStore> Fs<S> {
                     attr,
                     Some(meta.etag),
                     true,
+                    asked,
                 ))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -1295,7 +1296,7 @@ impl<S: ObjectStore> Fs<S> {
                 let inode = inodes.get_mut(ino).ok_or(FsError::NotFound)?;
                 inode.attr = Attr { ino, ..fresh };
                 inode.etag = Some(meta.etag);
-                inode.fetched = Instant::now();
+                inode.fetched = inode.fetched.max(asked);
                 inode.metadata_known = true;
                 Ok(inode.attr.clone())
             }
@@ -1555,6 +1556,7 @@ impl<S: ObjectStore> Fs<S> {
                         self.dir_attr(SystemTime::now()),
                         None,
                         false,
+                        started,
                     );
                     entries.push(DirEntry {
                         name: name.clone(),
@@ -1579,14 +1581,14 @@ impl<S: ObjectStore> Fs<S> {
                         // Unchanged since a HEAD: keep what it learnt (kind, mode, owner).
                         Some((known, true, false)) => {
                             let inode = inodes.get_mut(known).expect("indexed inodes exist");
-                            inode.fetched = Instant::now();
+                            inode.fetched = started;
                             inode.attr.clone()
                         }
-                        _ => match inodes.recall(ino, &name, &child, &attr, &etag) {
+                        _ => match inodes.recall(ino, &name, &child, &attr, &etag, started) {
                             // Its inode went (the kernel forgot it), what a HEAD taught was kept.
                             Some(recalled) => recalled,
                             None if trust_files => {
-                                inodes.upsert(ino, &name, child, attr, Some(etag), false)
+                                inodes.upsert(ino, &name, child, attr, Some(etag), false, started)
                             }
                             None => attr,
                         },

@@ -1050,6 +1050,66 @@ async fn a_lookup_answered_after_a_listing_of_a_newer_state_keeps_the_listings()
     assert_eq!(fs.lookup(ROOT_INO, "x").await.unwrap().kind, Kind::Dir);
 }
 
+#[tokio::test]
+async fn a_listing_that_began_before_a_change_does_not_outrank_a_lookup_sent_after_it() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    store
+        .put(
+            "vol/f",
+            bytes::Bytes::from_static(b"old"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    for i in 0..2_001 {
+        store
+            .put(
+                &format!("vol/pad{i}"),
+                bytes::Bytes::new(),
+                &UserMetadata::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let long = Duration::from_secs(60);
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir).ttls(long, long)).unwrap());
+    // A first lookup learns that the root is too big to list for one name: the next one sends
+    // a HEAD at once.
+    fs.lookup(ROOT_INO, "pad0").await.unwrap();
+    // An `ls` reads the folder (old f), then another client rewrites f, then a lookup sends
+    // its HEAD; the listing's answer arrives first, the HEAD's after it.
+    store.hold_answers(Op::List, "vol/");
+    let listing = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.readdir(ROOT_INO).await })
+    };
+    store.until_waiting(1).await;
+    store
+        .put(
+            "vol/f",
+            bytes::Bytes::from_static(b"new!!"),
+            &UserMetadata::new(),
+        )
+        .await
+        .unwrap();
+    store.hold_answers(Op::Head, "vol/f");
+    let lookup = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.lookup(ROOT_INO, "f").await })
+    };
+    store.until_waiting(2).await;
+    store.release_answers_of(Op::List);
+    let listed = listing.await.unwrap().unwrap();
+    let f = listed.iter().find(|e| e.name == "f").unwrap();
+    assert_eq!(f.attr.size, 3, "the listing saw the old version");
+    // The HEAD was sent after the listing began: it knows the newer version.
+    store.release_answers();
+    let f = lookup.await.unwrap().unwrap();
+    assert_eq!(f.size, 5);
+    assert_eq!(fs.getattr(f.ino).await.unwrap().size, 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chmod_of_a_folder_is_not_undone_by_a_lookup_that_read_its_marker_meanwhile() {
     let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
