@@ -78,7 +78,9 @@ fn errno(e: &FsError) -> Errno {
 fn log_error(op: &str, e: &FsError) {
     match e {
         FsError::NotFound | FsError::Exists | FsError::NotEmpty => tracing::debug!(op, error = %e),
-        FsError::Store(_) | FsError::Local(_) => tracing::warn!(op, error = %e, "operation failed"),
+        FsError::Store(_) | FsError::Local(_) | FsError::NoSpace(_) => {
+            tracing::warn!(op, error = %e, "operation failed")
+        }
         _ => tracing::debug!(op, error = %e),
     }
 }

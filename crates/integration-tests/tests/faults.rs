@@ -255,6 +255,10 @@ impl Drop for SmallDisk {
 fn a_full_corrupted_or_deleted_disk_cache_is_never_served() {
     use s3_backend::cache::{CacheConfig, ChunkCache, ObjectVersion};
     let Some(env) = S3Env::from_env() else { return };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let disk = SmallDisk::new("4m");
     let chunks = disk.0.path().join("chunks");
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -287,7 +291,13 @@ fn a_full_corrupted_or_deleted_disk_cache_is_never_served() {
         })
     };
 
-    // Full: every write past 4 MiB fails with ENOSPC; reads stay right.
+    // Full: the cache fills the 4 MiB but a twentieth of it, then deletes chunks to cache new
+    // ones; reads stay right.
+    let free = || {
+        let stat = nix::sys::statvfs::statvfs(disk.0.path()).unwrap();
+        stat.blocks_available() as u64 * stat.fragment_size() as u64
+    };
+    let floor = (4 << 20) / 20;
     let cache = std::sync::Arc::new(ChunkCache::new(store.clone(), config.clone()).unwrap());
     assert!(read_all(&cache) == data);
     assert!(
@@ -295,31 +305,38 @@ fn a_full_corrupted_or_deleted_disk_cache_is_never_served() {
         "second pass, from memory, disk and S3"
     );
     let disk_tier = cache.disk().unwrap();
-    assert!(
-        disk_tier.write_errors() > 0,
-        "the disk was expected to fill"
-    );
+    assert!(disk_tier.given_way() > 0, "the disk was expected to fill");
     assert!(disk_tier.used_bytes() <= 4 << 20);
+    assert!(free() >= floor, "{} bytes free", free());
+    // Another program takes all but 8 KiB of what the cache left free: the cache gives way.
+    fs::write(
+        disk.0.path().join("other"),
+        vec![1u8; (free() - (8 << 10)) as usize],
+    )
+    .unwrap();
+    assert!(free() < floor);
+    assert!(read_all(&cache) == data, "third pass, the disk nearly full");
+    wait_for_background_writes(&chunks);
+    // (A write may still find the disk full, rarely: a chunk deleted for room while a reader
+    // has it open keeps its blocks until closed. It is counted and skipped.)
+    assert!(free() >= floor, "{} bytes free", free());
+    fs::remove_file(disk.0.path().join("other")).unwrap();
 
     // Corrupted: flip a byte in the data of every chunk file; a new cache (empty memory) on
     // the same folder must detect each one and read it from S3 again. The byte is flipped in
     // place: rewriting a whole file on the full tmpfs could find no free page (ENOSPC).
-    // Chunks the second pass read again are written in the background: wait until no write is
+    // Chunks the third pass read again are written in the background: wait until no write is
     // under way (a `.tmp` file counted here would be deleted, not read, by the next cache).
-    let writing = |path: &std::path::PathBuf| path.extension().is_some_and(|e| e == "tmp");
-    let mut last = Vec::new();
-    for _ in 0..100 {
-        let mut now = files_under(&chunks);
-        now.sort();
-        if now == last && !now.iter().any(writing) {
-            break;
-        }
-        last = now;
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_background_writes(&chunks);
     drop(cache);
-    let mut corrupted = 0;
-    for path in files_under(&chunks).into_iter().filter(|p| !writing(p)) {
+    // Chunk files are named `<hash>.<chunk index>`.
+    let mut corrupted_chunks = Vec::new();
+    for path in files_under(&chunks)
+        .into_iter()
+        .filter(|p| !is_being_written(p))
+    {
+        let index: u64 = path.extension().unwrap().to_str().unwrap().parse().unwrap();
+        corrupted_chunks.push(index);
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -329,12 +346,26 @@ fn a_full_corrupted_or_deleted_disk_cache_is_never_served() {
         let mut byte = [0u8];
         file.read_exact_at(&mut byte, last).unwrap();
         file.write_all_at(&[byte[0] ^ 0xff], last).unwrap();
-        corrupted += 1;
     }
-    assert!(corrupted > 0, "chunks were cached on disk");
+    assert!(!corrupted_chunks.is_empty(), "chunks were cached on disk");
     let cache = std::sync::Arc::new(ChunkCache::new(store.clone(), config.clone()).unwrap());
+    // The corrupted chunks first: other chunks written to the small disk before them could
+    // take their room (the cache deletes chunks to keep a twentieth of the disk free).
+    for &index in &corrupted_chunks {
+        let offset = index << 20;
+        let chunk = runtime
+            .block_on(cache.read(&object, offset, 1 << 20))
+            .unwrap();
+        assert!(
+            chunk[..] == data[offset as usize..][..chunk.len()],
+            "corrupted chunk {index} was served"
+        );
+    }
+    assert_eq!(
+        cache.disk().unwrap().corrupt_dropped(),
+        corrupted_chunks.len() as u64
+    );
     assert!(read_all(&cache) == data, "a corrupted chunk was served");
-    assert_eq!(cache.disk().unwrap().corrupt_dropped(), corrupted);
 
     // Deleted while in use: misses, not errors. The chunks just read again are written to
     // the disk tier in the background, so files may appear while the folder is removed.
@@ -352,6 +383,81 @@ fn a_full_corrupted_or_deleted_disk_cache_is_never_served() {
     assert!(read_all(&cache) == data);
     let cache = std::sync::Arc::new(ChunkCache::new(store, config).unwrap());
     assert!(read_all(&cache) == data);
+}
+
+#[test]
+fn a_write_that_finds_the_disk_full_gets_room_from_the_cache_or_enospc() {
+    use s3_backend::cache::CacheConfig;
+    let Some(env) = S3Env::from_env() else { return };
+    // Staging files and cached chunks share one 64 MiB disk; the cache's cap is far above it.
+    let disk = SmallDisk::new("64m");
+    let chunks = disk.0.path().join("chunks");
+    let mount = TestMount::new(&env, "fault-room", "vol", |mut config| {
+        config.staging_dir = disk.0.path().join("staging");
+        config.cache(
+            CacheConfig::default()
+                .memory_bytes(8 << 20)
+                .disk(Some(chunks.clone()), 1 << 30),
+        )
+    });
+    let bytes_under = |dir: &std::path::Path| -> u64 {
+        files_under(dir)
+            .iter()
+            .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    // Reading 48 MiB fills the disk tier.
+    let cached = pattern(48 << 20, 5);
+    mount.put("vol/cached", &cached, &Default::default());
+    assert!(fs::read(mount.path("cached")).unwrap() == cached);
+    wait_for_background_writes(&chunks);
+    let cached_bytes = bytes_under(&chunks);
+    assert!(cached_bytes >= 24 << 20, "{cached_bytes} bytes cached");
+
+    // A 56 MiB file does not fit beside them: the cache gives way to it.
+    let written = pattern(56 << 20, 6);
+    fs::write(mount.path("written"), &written).unwrap();
+    assert!(mount.object("vol/written") == written);
+    assert!(bytes_under(&chunks) < cached_bytes);
+
+    // With nothing left to give, a write past the disk's end is ENOSPC (not EIO), and what
+    // was written before it stays readable.
+    let path = mount.path("too-big");
+    let mut file = fs::File::create(&path).unwrap();
+    let piece = pattern(1 << 20, 7);
+    let error = (0..80)
+        .find_map(|_| file.write_all(&piece).err())
+        .expect("80 MiB fit on a 64 MiB disk");
+    assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
+    let mut first = vec![0u8; 1 << 20];
+    fs::File::open(&path)
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert!(first == piece);
+    // Removed while open: its bytes are not uploaded at the close.
+    fs::remove_file(&path).unwrap();
+    drop(file);
+    drop(mount);
+}
+
+fn is_being_written(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "tmp")
+}
+
+/// Wait until the disk tier in `chunks` writes nothing more: no file being written, and the
+/// same files twice in a row.
+fn wait_for_background_writes(chunks: &std::path::Path) {
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        let mut now = files_under(chunks);
+        now.sort();
+        if now == last && !now.iter().any(|p| is_being_written(p)) {
+            return;
+        }
+        last = now;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

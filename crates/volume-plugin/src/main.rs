@@ -80,6 +80,7 @@ struct ServeArgs {
     #[arg(long, env = "S3VOL_DEFAULT_BUCKET")]
     default_bucket: Option<String>,
     /// Hard cap of the disk chunk cache, all volumes together (e.g. 10GiB; 0 turns it off).
+    /// Whatever the cap, the cache leaves 5% of its folder's filesystem free.
     #[arg(long, env = "S3VOL_CACHE_SIZE", default_value = "10GiB")]
     cache_size: ByteSize,
     /// Memory budget of cached chunks, read-ahead and write buffers, all volumes together
@@ -144,7 +145,8 @@ struct MountArgs {
         default_value = "/var/cache/s3vol"
     )]
     cache: PathBuf,
-    /// Hard cap of the disk chunk cache (e.g. 10GiB; 0 turns it off).
+    /// Hard cap of the disk chunk cache (e.g. 10GiB; 0 turns it off). Whatever the cap,
+    /// the cache leaves 5% of its folder's filesystem free.
     #[arg(long, env = "S3VOL_CACHE_SIZE", default_value = "10GiB")]
     max_cache_size: ByteSize,
     /// Hard cap of memory for cached chunks, read-ahead and write buffers (e.g. 512MiB).

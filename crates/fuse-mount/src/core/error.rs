@@ -30,6 +30,9 @@ pub enum FsError {
     Store(#[from] StoreError),
     #[error("local staging file: {0}")]
     Local(String),
+    /// The disk of the cache folder is full: a staging file cannot take the bytes.
+    #[error("no space left on the cache folder's disk: {0}")]
+    NoSpace(String),
 }
 
 pub type FsResult<T> = Result<T, FsError>;
@@ -49,6 +52,7 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::Removed => libc::ESTALE,
             FsError::Local(_) => libc::EIO,
+            FsError::NoSpace(_) => libc::ENOSPC,
             FsError::Store(e) => match e.kind() {
                 ErrorKind::NotFound => libc::ENOENT,
                 ErrorKind::AccessDenied => libc::EACCES,

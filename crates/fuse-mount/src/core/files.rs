@@ -208,7 +208,12 @@ fn unique_suffix() -> String {
 }
 
 fn local(e: std::io::Error, what: &str, path: &Path) -> FsError {
-    FsError::Local(format!("{what} {}: {e}", path.display()))
+    let message = format!("{what} {}: {e}", path.display());
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        FsError::NoSpace(message)
+    } else {
+        FsError::Local(message)
+    }
 }
 
 impl<S: ObjectStore> FileState<S> {

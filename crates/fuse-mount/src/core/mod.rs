@@ -221,6 +221,10 @@ const MIN_SWEEP: usize = 4096;
 /// Pages of a directory listed to answer a lookup in it (see `lookup`).
 const LOOKUP_LISTING_PAGES: usize = 2;
 
+/// What the disk tier of the cache deletes, at least, when a write finds the disk full: room
+/// for the next writes too, not one failed write per chunk.
+const GIVE_WAY_AT_LEAST: u64 = 64 << 20;
+
 /// Stale `getattr`s of files of one directory within an attribute TTL from which the next
 /// one lists the directory instead of HEADing the file (see `getattr`).
 const STALE_STATS_BEFORE_LISTING: u32 = 4;
@@ -2095,6 +2099,25 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        match self.write_staged(fh, offset, data).await {
+            // The mount's data comes before its cache: cached chunks make room, and the write
+            // (which changed nothing it cannot do again) is tried once more.
+            Err(FsError::NoSpace(_)) if self.cache_gives_way(data.len()) => {
+                self.write_staged(fh, offset, data).await
+            }
+            result => result,
+        }
+    }
+
+    /// For a write that found the disk of the staging folder full: whether the disk tier of
+    /// the cache deleted chunks to make room (at least [`GIVE_WAY_AT_LEAST`]).
+    fn cache_gives_way(&self, len: usize) -> bool {
+        self.cache
+            .disk()
+            .is_some_and(|disk| disk.give_way((len as u64).max(GIVE_WAY_AT_LEAST)) > 0)
+    }
+
+    async fn write_staged(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let (ino, writable) = self.handle_ino(fh)?;
         if !writable {
             return Err(FsError::BadHandle);

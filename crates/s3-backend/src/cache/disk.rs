@@ -11,6 +11,11 @@
 //!
 //! The index of files is a moka cache weighted by file size with the byte cap as capacity; its
 //! eviction listener deletes the evicted file. On start the folder is scanned into the index.
+//!
+//! Whatever the cap, the tier leaves [`FREE_SHARE`] of its filesystem free: before each write
+//! it asks the filesystem how much room is left, and when that is short it deletes cached
+//! chunks (the host, Docker and this mount's staged writes share the disk, and a cache that
+//! fills it breaks them all), or does not cache the chunk.
 
 use std::fs;
 use std::io::{self, Write};
@@ -33,6 +38,29 @@ const CHUNK_FOLDER: &str = "chunks-v2";
 const OLD_CHUNK_FOLDERS: &[&str] = &["chunks-v1"];
 /// The data of a chunk file is checked in blocks of this size, each with its own CRC32C.
 const BLOCK: usize = 64 << 10;
+/// The part of the cache folder's filesystem the disk tier leaves free, as a fraction: 1/20
+/// (5%), room for the host's own growth (logs, images) that a full disk would break.
+const FREE_SHARE: u64 = 20;
+
+/// The room on a filesystem, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Room {
+    /// Free for unprivileged users (`f_bavail`).
+    available: u64,
+    total: u64,
+}
+
+/// How much room the filesystem of a folder has (`statvfs`; tests give their own).
+type RoomProbe = Arc<dyn Fn(&Path) -> io::Result<Room> + Send + Sync>;
+
+fn room_of(dir: &Path) -> io::Result<Room> {
+    let stat = nix::sys::statvfs::statvfs(dir)?;
+    let fragment = stat.fragment_size() as u64;
+    Ok(Room {
+        available: stat.blocks_available() as u64 * fragment,
+        total: stat.blocks() as u64 * fragment,
+    })
+}
 
 /// A bounded folder of chunk files.
 #[derive(Debug, Clone)]
@@ -40,12 +68,26 @@ pub struct DiskCache {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     root: PathBuf,
     index: moka::sync::Cache<PathBuf, u32>,
+    room: RoomProbe,
+    /// Bytes of chunk files being written now, which the filesystem may not count yet:
+    /// room taken by [`DiskCache::reserve_room`] under this lock, given back after the write.
+    writing: std::sync::Mutex<u64>,
     corrupt_dropped: AtomicU64,
     write_errors: AtomicU64,
+    /// Chunks not cached, or deleted, to leave the filesystem its free share.
+    given_way: AtomicU64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("root", &self.root)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DiskCache {
@@ -60,6 +102,11 @@ impl DiskCache {
     }
 
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+        Self::open_with_room(dir, max_bytes, Arc::new(room_of))
+    }
+
+    /// [`open`](Self::open), with `room` telling how much room the folder's filesystem has.
+    fn open_with_room(dir: &Path, max_bytes: u64, room: RoomProbe) -> io::Result<Self> {
         for old in OLD_CHUNK_FOLDERS {
             remove_folder(&dir.join(old))?;
         }
@@ -80,11 +127,16 @@ impl DiskCache {
             inner: Arc::new(Inner {
                 root,
                 index,
+                room,
+                writing: std::sync::Mutex::new(0),
                 corrupt_dropped: AtomicU64::new(0),
                 write_errors: AtomicU64::new(0),
+                given_way: AtomicU64::new(0),
             }),
         };
         cache.scan()?;
+        // The disk may have filled up since the last run.
+        cache.reserve_room(0);
         Ok(cache)
     }
 
@@ -211,7 +263,14 @@ impl DiskCache {
         let path = self.path_of(key);
         // Header and data written one after the other: no copy of the chunk into a new buffer.
         let prefix = file_prefix(key, data);
-        match write_atomically(&path, &[&prefix, data]) {
+        // Filesystems take whole blocks (of 4 KiB, mostly).
+        let len = ((prefix.len() + data.len()) as u64).next_multiple_of(4096);
+        if !self.reserve_room(len) {
+            return;
+        }
+        let written = write_atomically(&path, &[&prefix, data]);
+        *self.inner.writing.lock().unwrap() -= len;
+        match written {
             Ok(()) => {
                 self.inner
                     .index
@@ -226,6 +285,74 @@ impl DiskCache {
                 }
             }
         }
+    }
+
+    /// Whether `len` more bytes fit on the filesystem with its free share left, after
+    /// deleting cached chunks if they do not; if so, they are counted as being written
+    /// (the caller takes them off once written), so parallel writers do not count the same
+    /// room twice. A filesystem that cannot tell its room leaves the cap alone in charge.
+    fn reserve_room(&self, len: u64) -> bool {
+        let mut writing = self.inner.writing.lock().unwrap();
+        let Ok(room) = (self.inner.room)(&self.inner.root) else {
+            *writing += len;
+            return true;
+        };
+        let floor = room.total / FREE_SHARE;
+        let short = (floor + *writing + len).saturating_sub(room.available);
+        let fits = short == 0 || self.delete_chunks(short, "to keep 5% of it free") >= short;
+        if fits {
+            *writing += len;
+        } else if len > 0 {
+            self.gave_way(1, "a chunk was not cached, to keep 5% of it free");
+        }
+        fits
+    }
+
+    /// For a write of the mount's own data (a staging file) that found the disk full: delete
+    /// cached chunks of at least `bytes` in all, or all there are, since the mount's data
+    /// comes before its cache. Returns the bytes deleted.
+    pub fn give_way(&self, bytes: u64) -> u64 {
+        let _writing = self.inner.writing.lock().unwrap();
+        self.delete_chunks(bytes, "for a staged write that found the disk full")
+    }
+
+    /// Delete cached chunks until they add up to `bytes` or none are left; returns the bytes
+    /// deleted. The chunks go in no particular order (moka does not expose its LRU order):
+    /// the room matters more than which chunks stay. The caller holds `writing`. `why` is for
+    /// the log.
+    fn delete_chunks(&self, bytes: u64, why: &str) -> u64 {
+        let (mut deleted, mut count) = (0u64, 0u64);
+        for (path, size) in self.inner.index.iter() {
+            if deleted >= bytes {
+                break;
+            }
+            // The eviction listener deletes the file.
+            self.inner.index.invalidate(&*path);
+            deleted += size as u64;
+            count += 1;
+        }
+        self.inner.index.run_pending_tasks();
+        if count > 0 {
+            self.gave_way(count, &format!("cached chunks were deleted {why}"));
+        }
+        deleted
+    }
+
+    /// Count chunks deleted or not cached for want of room, with a warning now and then.
+    fn gave_way(&self, chunks: u64, what: &str) {
+        let before = self.inner.given_way.fetch_add(chunks, Ordering::Relaxed);
+        if before == 0 || (before + chunks).ilog2() > before.max(1).ilog2() {
+            tracing::warn!(
+                folder = %self.inner.root.display(),
+                chunks,
+                "the disk cache's filesystem is short of room: {what}"
+            );
+        }
+    }
+
+    /// Chunks not cached, or deleted from the disk, to leave the filesystem its free share.
+    pub fn given_way(&self) -> u64 {
+        self.inner.given_way.load(Ordering::Relaxed)
     }
 
     /// Bytes of chunk files the index accounts for.
@@ -488,6 +615,81 @@ mod tests {
         // Writing recreates the folder.
         cache.put(&key(1), b"y");
         assert_eq!(cache.get(&key(1)).unwrap(), &b"y"[..]);
+    }
+
+    /// A filesystem of `total` bytes of which other programs' files take `others`: its room
+    /// is what they and the cache's files in `dir` leave.
+    fn small_disk(dir: &Path, total: u64, others: Arc<AtomicU64>) -> RoomProbe {
+        let dir = dir.to_path_buf();
+        Arc::new(move |_: &Path| {
+            let ours: u64 = walk(&dir)
+                .iter()
+                .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+                .sum();
+            let used = others.load(Ordering::SeqCst) + ours;
+            Ok(Room {
+                available: total.saturating_sub(used),
+                total,
+            })
+        })
+    }
+
+    #[test]
+    fn leaves_a_twentieth_of_its_filesystem_free_and_gives_way_to_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = 20 << 20; // 1 MiB must stay free
+        let others = Arc::new(AtomicU64::new(0));
+        let room = small_disk(dir.path(), total, others.clone());
+        let left = || room(dir.path()).unwrap().available;
+        // A cap far above what the disk has.
+        let cache = DiskCache::open_with_room(dir.path(), 1 << 30, room.clone()).unwrap();
+        let chunk = vec![1u8; 512 << 10];
+        for i in 0..60 {
+            cache.put(&key(i), &chunk);
+            assert!(left() >= total / 20, "after {i}: {} bytes left", left());
+        }
+        assert!(
+            cache.used_bytes() > 15 << 20,
+            "the cache fills what it may: {}",
+            cache.used_bytes()
+        );
+        assert!(cache.get(&key(59)).is_some(), "the newest chunk is cached");
+        // Another program takes all that is free: the next write makes room first.
+        let take_the_rest = || others.fetch_add(left(), Ordering::SeqCst);
+        take_the_rest();
+        cache.put(&key(60), &chunk);
+        assert!(left() >= total / 20, "{} bytes left", left());
+        assert!(cache.get(&key(60)).is_some());
+        // It does again while no chunk is written: a new start makes room at once.
+        drop(cache);
+        take_the_rest();
+        let cache = DiskCache::open_with_room(dir.path(), 1 << 30, room.clone()).unwrap();
+        assert!(left() >= total / 20, "{} bytes left", left());
+        // And again after every write: the cache shrinks until it has nothing left to give,
+        // and then caches nothing.
+        for i in 61.. {
+            take_the_rest();
+            cache.put(&key(i), &chunk);
+            if cache.used_bytes() == 0 {
+                assert!(cache.get(&key(i)).is_none());
+                break;
+            }
+            assert!(i < 200, "the cache does not shrink: {}", cache.used_bytes());
+        }
+        assert!(walk(dir.path()).is_empty(), "{:?}", walk(dir.path()));
+        assert!(cache.given_way() > 0);
+    }
+
+    #[test]
+    fn a_write_that_fails_is_counted_not_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let root = dir.path().join(CHUNK_FOLDER);
+        fs::remove_dir_all(&root).unwrap();
+        fs::write(&root, b"a file where the folder was").unwrap();
+        cache.put(&key(0), b"x");
+        assert_eq!(cache.write_errors(), 1);
+        assert!(cache.get(&key(0)).is_none());
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {
