@@ -1147,6 +1147,37 @@ async fn a_chmod_of_a_folder_is_not_undone_by_a_lookup_that_read_its_marker_mean
 }
 
 #[tokio::test]
+async fn a_chmod_of_a_file_is_not_undone_by_a_getattr_that_read_its_metadata_meanwhile() {
+    let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
+    let (f, fh) = fs
+        .create(ROOT_INO, "f", 0o644, 1, 2, IfExists::Truncate)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"x").await.unwrap();
+    fs.release(fh).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // A getattr past the TTL reads the old metadata; a chmod is done before its answer comes.
+    store.hold_answers(Op::Head, "vol/f");
+    let getattr = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.getattr(f.ino).await })
+    };
+    store.until_waiting(1).await;
+    let to_600 = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    assert_eq!(fs.setattr(f.ino, to_600).await.unwrap().perm, 0o600);
+    store.release_answers();
+    assert_eq!(getattr.await.unwrap().unwrap().perm, 0o600);
+    assert_eq!(fs.getattr(f.ino).await.unwrap().perm, 0o600);
+    let stored = store.head("vol/f").await.unwrap().user_metadata;
+    assert_eq!(&*stored["mode"], (S_IFREG | 0o600).to_string());
+}
+
+#[tokio::test]
 async fn a_failed_upload_is_eio_and_the_data_is_kept() {
     let store = Arc::new(FailureStore::new(InMemoryStore::new("b")));
     let dir = tempfile::tempdir().unwrap();
