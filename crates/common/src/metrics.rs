@@ -67,6 +67,8 @@ pub struct Metrics {
     pub cache_misses: Counter,
     /// Bytes of chunks held, by tier (set before each encoding).
     pub cache_bytes: Family<TierLabels, Gauge>,
+    /// Chunks the disk tier deleted, or did not cache, for want of room on its filesystem.
+    pub cache_disk_given_way: Counter,
     /// Sum of the read-ahead windows of open readers.
     pub readahead_window_bytes: Gauge,
     /// Multipart parts being uploaded now.
@@ -139,6 +141,12 @@ impl Metrics {
                 "cache_bytes",
                 "Bytes of chunks held by the chunk cache, by tier",
                 Family::default(),
+            ),
+            cache_disk_given_way: registered(
+                &mut r,
+                "cache_disk_given_way",
+                "Chunks the disk tier deleted, or did not cache, to keep 5% of its filesystem free or to make room for staged writes",
+                Counter::default(),
             ),
             readahead_window_bytes: registered(
                 &mut r,

@@ -340,6 +340,9 @@ impl DiskCache {
 
     /// Count chunks deleted or not cached for want of room, with a warning now and then.
     fn gave_way(&self, chunks: u64, what: &str) {
+        common::metrics::metrics()
+            .cache_disk_given_way
+            .inc_by(chunks);
         let before = self.inner.given_way.fetch_add(chunks, Ordering::Relaxed);
         if before == 0 || (before + chunks).ilog2() > before.max(1).ilog2() {
             tracing::warn!(
@@ -644,6 +647,8 @@ mod tests {
         // A cap far above what the disk has.
         let cache = DiskCache::open_with_room(dir.path(), 1 << 30, room.clone()).unwrap();
         let chunk = vec![1u8; 512 << 10];
+        let given_way = || common::metrics::metrics().cache_disk_given_way.get();
+        let given_way_before = given_way();
         for i in 0..60 {
             cache.put(&key(i), &chunk);
             assert!(left() >= total / 20, "after {i}: {} bytes left", left());
@@ -678,6 +683,8 @@ mod tests {
         }
         assert!(walk(dir.path()).is_empty(), "{:?}", walk(dir.path()));
         assert!(cache.given_way() > 0);
+        // (Other tests may count too: the metrics are the process's.)
+        assert!(given_way() >= given_way_before + cache.given_way());
     }
 
     #[test]
