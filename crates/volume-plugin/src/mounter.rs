@@ -144,10 +144,7 @@ impl FuseMounter {
             within_probe_time("mounting", &spec.bucket, &endpoint, "the plugin", async {
                 let store = self.store(spec).await?;
                 // The bucket may have gone, or the keys changed, since the volume was created.
-                store
-                    .ensure_bucket(false)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                wait_for_bucket(&store).await.map_err(|e| e.to_string())?;
                 Ok(store)
             })
             .await?
@@ -252,6 +249,30 @@ impl FuseMounter {
 /// Longest a probe of the backend may take: Docker gives each call 30 s in all. (The store's
 /// own limits allow a silent endpoint three attempts of 30 s.)
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a mount waits for an endpoint that does not answer yet, within the probe time.
+const ENDPOINT_PATIENCE: Duration = Duration::from_secs(15);
+
+/// The bucket of a volume being mounted, checked again every half second while the endpoint
+/// fails in a way that passes (refused connections, 5xx, throttling), for up to
+/// [`ENDPOINT_PATIENCE`]: a container started together with its S3 server (a MinIO service of
+/// the same Compose file, a host booting) mounts once the server answers, instead of failing
+/// to start. Any other answer (keys refused, bucket gone) is final at once.
+async fn wait_for_bucket(store: &S3Store) -> common::StoreResult<()> {
+    let deadline = tokio::time::Instant::now() + ENDPOINT_PATIENCE;
+    let mut said = false;
+    loop {
+        match store.ensure_bucket(false).await {
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                if !std::mem::replace(&mut said, true) {
+                    tracing::info!(error = %e, "the S3 endpoint does not answer yet; asking again every 0.5 s for up to {} s", ENDPOINT_PATIENCE.as_secs());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
+    }
+}
 
 /// `work` (a probe of `bucket` at `endpoint`), or an error that says which went unanswered
 /// once [`PROBE_TIMEOUT`] has passed. `asker` names who could not reach it ("the plugin").

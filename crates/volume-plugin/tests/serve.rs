@@ -404,6 +404,57 @@ fn volumes_mount_over_the_socket_and_their_files_are_objects() {
 }
 
 #[test]
+fn a_mount_waits_for_an_s3_server_that_is_not_up_yet() {
+    use integration_tests::fault_proxy::{Fault, FaultProxy};
+    let Some(env) = S3Env::from_env() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let default_bucket = rt.block_on(env.new_bucket("serve-late"));
+    let proxy = FaultProxy::start(&env.endpoint);
+    let through_proxy = S3Env {
+        endpoint: proxy.endpoint(),
+        ..env.clone()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&through_proxy, dir.path(), default_bucket.bucket());
+    server.ok("Create", json!({"Name": "late", "Opts": null}));
+
+    // The S3 server is down when Docker mounts the volume (a Compose stack starting it beside
+    // the container, a host booting) and answers 8 s later (longer than the S3 client's own
+    // retries last): the Mount waits for it.
+    proxy.set(Fault::Down);
+    let started = Instant::now();
+    let (reply, waited) = std::thread::scope(|threads| {
+        let mount = threads.spawn(|| {
+            let reply = server.ok("Mount", json!({"Name": "late", "ID": id(1)}));
+            (reply, started.elapsed())
+        });
+        std::thread::sleep(Duration::from_secs(8));
+        proxy.set(Fault::None);
+        mount.join().unwrap()
+    });
+    assert!(waited >= Duration::from_secs(8), "mounted after {waited:?}");
+    let mountpoint = PathBuf::from(reply["Mountpoint"].as_str().unwrap());
+    std::fs::write(mountpoint.join("f.txt"), b"written once it was up").unwrap();
+    server.ok("Unmount", json!({"Name": "late", "ID": id(1)}));
+    let body = rt
+        .block_on(default_bucket.get_range("late/f.txt", 0..100, None))
+        .unwrap();
+    assert_eq!(&body[..], b"written once it was up");
+
+    // One that stays down: the Mount fails within Docker's 30 s, saying which endpoint.
+    proxy.set(Fault::Down);
+    let started = Instant::now();
+    let err = server.err("Mount", json!({"Name": "late", "ID": id(2)}));
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    assert!(err.contains(&proxy.endpoint()), "{err}");
+    assert!(!is_mounted(&mountpoint));
+}
+
+#[test]
 fn create_says_what_is_wrong_with_the_backend() {
     let Some(env) = S3Env::from_env() else { return };
     let dir = tempfile::tempdir().unwrap();
