@@ -412,6 +412,38 @@ fn compose_brings_a_stack_up_and_down_with_driver_opts() {
 }
 
 #[test]
+fn a_container_started_while_its_s3_server_is_starting_waits_for_it() {
+    use integration_tests::fault_proxy::{Fault, FaultProxy};
+    let Some((fx, _turn)) = plugin() else { return };
+    // The volume's endpoint is a proxy to the RGW that can play a server not up yet.
+    let proxy = FaultProxy::start(&fx.env.endpoint);
+    let bucket = unique_bucket("e2e-late").to_string();
+    let options = [
+        format!("bucket={bucket}"),
+        format!("endpoint={}", proxy.endpoint()),
+    ];
+    let volume = Volume::create("late", &[&options[0], &options[1]]);
+    // Down at `docker run`, up 8 s later (a MinIO service of the same Compose stack still
+    // starting): the container starts once it answers.
+    proxy.set(Fault::Down);
+    let started = Instant::now();
+    let seen = std::thread::scope(|threads| {
+        let container =
+            threads.spawn(|| run(&volume, "echo up > /data/late.txt && cat /data/late.txt"));
+        std::thread::sleep(Duration::from_secs(8));
+        proxy.set(Fault::None);
+        container.join().unwrap()
+    });
+    assert!(
+        started.elapsed() >= Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(seen.contains("up"), "{seen}");
+    assert_eq!(fx.object(&bucket, "late.txt"), b"up\n");
+}
+
+#[test]
 fn bad_options_and_an_unreachable_endpoint_are_explained() {
     let Some((_fx, _turn)) = plugin() else { return };
     let create = |options: &[&str]| {
