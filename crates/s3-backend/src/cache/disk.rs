@@ -77,7 +77,7 @@ struct Inner {
     writing: std::sync::Mutex<u64>,
     corrupt_dropped: AtomicU64,
     write_errors: AtomicU64,
-    /// Chunks not cached, or deleted, to leave the filesystem its free share.
+    /// Chunks not cached, or deleted, for want of room (see [`DiskCache::given_way`]).
     given_way: AtomicU64,
 }
 
@@ -353,7 +353,8 @@ impl DiskCache {
         }
     }
 
-    /// Chunks not cached, or deleted from the disk, to leave the filesystem its free share.
+    /// Chunks not cached, or deleted from the disk, for want of room: to leave the filesystem
+    /// its free share, or for staged writes.
     pub fn given_way(&self) -> u64 {
         self.inner.given_way.load(Ordering::Relaxed)
     }
