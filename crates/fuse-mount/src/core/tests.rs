@@ -61,7 +61,7 @@ async fn read_all<S: ObjectStore>(fs: &Fs<S>, ino: u64) -> Vec<u8> {
 }
 
 /// `count` empty objects `<prefix>/f<n>`, put directly in the store.
-async fn put_empty_files(store: &Arc<InMemoryStore>, prefix: &str, count: usize) {
+async fn put_empty_files<S: ObjectStore>(store: &Arc<S>, prefix: &str, count: usize) {
     let puts = (0..count).map(|i| {
         let store = store.clone();
         async move {
@@ -963,16 +963,7 @@ async fn a_marker_read_while_a_listing_first_shows_its_folder_is_kept() {
         .unwrap();
     // A root too big to list for one lookup: the lookup asks for d alone, and the listing
     // of an `ls` meanwhile is the first to show d to the mount.
-    for i in 0..2_001 {
-        store
-            .put(
-                &format!("vol/f{i}"),
-                bytes::Bytes::new(),
-                &UserMetadata::new(),
-            )
-            .await
-            .unwrap();
-    }
+    put_empty_files(&store, "vol", 2_001).await;
     let dir = tempfile::tempdir().unwrap();
     let fs = Arc::new(Fs::new(store.clone(), config(&dir)).unwrap());
     store.hold_answers(Op::Head, "vol/d/");
@@ -1061,22 +1052,13 @@ async fn a_listing_that_began_before_a_change_does_not_outrank_a_lookup_sent_aft
         )
         .await
         .unwrap();
-    for i in 0..2_001 {
-        store
-            .put(
-                &format!("vol/pad{i}"),
-                bytes::Bytes::new(),
-                &UserMetadata::new(),
-            )
-            .await
-            .unwrap();
-    }
+    put_empty_files(&store, "vol", 2_001).await;
     let dir = tempfile::tempdir().unwrap();
     let long = Duration::from_secs(60);
     let fs = Arc::new(Fs::new(store.clone(), config(&dir).ttls(long, long)).unwrap());
     // A first lookup learns that the root is too big to list for one name: the next one sends
     // a HEAD at once.
-    fs.lookup(ROOT_INO, "pad0").await.unwrap();
+    fs.lookup(ROOT_INO, "f0").await.unwrap();
     // An `ls` reads the folder (old f), then another client rewrites f, then a lookup sends
     // its HEAD; the listing's answer arrives first, the HEAD's after it.
     store.hold_answers(Op::List, "vol/");
